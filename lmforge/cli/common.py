@@ -1,0 +1,52 @@
+"""What every command shares: the workspace from the root options, and the
+two consoles (messages and progress on stderr, results on stdout so that
+``--json`` output parses cleanly)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from lmforge.workspace import Workspace
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+@dataclass
+class AppState:
+    """The root options, kept in ``ctx.obj``."""
+
+    workspace_path: str | None = None
+    verbose: bool = False
+    quiet: bool = False
+
+    @property
+    def workspace(self) -> Workspace:
+        return Workspace.resolve(self.workspace_path)
+
+
+def state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, AppState):
+        root.obj = AppState()
+    return root.obj
+
+
+def workspace(ctx: typer.Context) -> Workspace:
+    return state(ctx).workspace
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output: plain JSON on stdout, no Rich markup."""
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def info(ctx: typer.Context, message: str) -> None:
+    """A progress/status message on stderr, silenced by ``--quiet``."""
+    if not state(ctx).quiet:
+        err_console.print(message)
