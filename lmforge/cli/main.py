@@ -9,8 +9,10 @@ from typer.core import TyperGroup
 
 from lmforge import __version__
 from lmforge.cli import info as info_cmd
+from lmforge.cli import train as train_cmd
 from lmforge.cli.common import AppState, err_console
 from lmforge.errors import LmforgeError
+
 
 class ErrorRenderingGroup(TyperGroup):
     """The root group: turns an ``LmforgeError`` raised anywhere below into one
@@ -34,7 +36,7 @@ app = typer.Typer(
     "  lmforge data prepare wikitext-103\n\n"
     "  lmforge train --steps 300000\n\n"
     "  lmforge eval best\n\n"
-    "  lmforge generate best --temperature 0.8 \"The history of\"",
+    '  lmforge generate best --temperature 0.8 "The history of"',
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
@@ -56,7 +58,7 @@ def root(
         "--workspace",
         envvar="LMFORGE_HOME",
         help="Workspace directory for datasets, runs and tokenizers "
-        "[default: the per-user data directory].",
+        "(default: the per-user data directory, e.g. ~/.local/share/lmforge).",
         show_default=False,
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More output; tracebacks on errors."),
@@ -69,6 +71,7 @@ def root(
 
 
 app.command("info")(info_cmd.info)
+app.command("train")(train_cmd.train)
 # Command groups and commands of the later parts are mounted here as they are built.
 
 

@@ -1,0 +1,425 @@
+"""Typed configuration: one dataclass per concern, the seed's defaults, presets
+as code, TOML in and out.
+
+Precedence when a run is configured: dataclass defaults < ``--config FILE.toml``
+< ``--preset`` < command-line options. Every leaf field is also a command-line
+option, generated from these dataclasses (see ``lmforge.cli.config_options``),
+so a default lives in exactly one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+from lmforge.errors import ConfigError
+
+
+def doc(text: str, flag: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with a help text (and an optional CLI flag name)."""
+    metadata = {"help": text}
+    if flag:
+        metadata["flag"] = flag
+    return field(metadata=metadata, **kwargs)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ConfigError(f"--{_flag(name)} must be positive, got {value}")
+
+
+@dataclass
+class ModelConfig:
+    """The GPT-2 architecture."""
+
+    vocab_size: int = doc("Vocabulary size (GPT-2 BPE: 50257).", default=50257)
+    block_size: int = doc("Context length in tokens; also the training window.", default=1024)
+    n_layer: int = doc("Number of transformer blocks.", default=12)
+    n_head: int = doc("Attention heads per block.", default=12)
+    n_embd: int = doc("Width of the residual stream.", default=768)
+    dropout: float = doc("Dropout on embeddings, attention weights and residual branches.", default=0.1)
+    bias: bool = doc("Biases in Linear and LayerNorm layers, as in GPT-2.", default=True)
+    layer_norm_epsilon: float = doc("LayerNorm epsilon.", default=1e-5)
+    gradient_checkpointing: bool = doc(
+        "Recompute block activations in backward to save memory.", default=False
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})",
+                "pick a width that is a multiple of the number of heads",
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DataConfig:
+    """Which prepared dataset, and how windows are cut from it."""
+
+    name: str = doc(
+        "Prepared dataset to train on (see `lmforge data list`).", flag="data", default="wikitext-103"
+    )
+    stride: int = doc("Step between the starts of consecutive training windows.", default=512)
+    sampling: Literal["sliding", "random"] = doc(
+        "Windows at fixed strides ('sliding') or at random offsets ('random').", default="sliding"
+    )
+    num_workers: int = doc("DataLoader worker processes (0 = load in the main process).", default=0)
+
+    def __post_init__(self) -> None:
+        _positive(self, "stride")
+        if self.num_workers < 0:
+            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and the learning-rate schedule (linear warmup, cosine decay to ``min_lr``)."""
+
+    lr: float = doc("Peak learning rate.", default=1.5e-4)
+    min_lr: float = doc("Learning rate at the end of the cosine decay.", default=1.5e-5)
+    warmup_steps: int = doc("Linear warmup steps.", default=4000)
+    weight_decay: float = doc(
+        "AdamW weight decay on matrices (not biases, LayerNorm, embeddings).", default=0.01
+    )
+    beta1: float = doc("AdamW beta1.", default=0.9)
+    beta2: float = doc("AdamW beta2.", default=0.95)
+    eps: float = doc("AdamW epsilon.", default=1e-8)
+    max_grad_norm: float = doc("Clip the gradient norm to this (0 = no clipping).", default=1.0)
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr")
+        for name in ("min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --lr ({self.lr})")
+        for name in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = doc("Optimizer steps to train for (may be raised on --resume).", default=300_000)
+    batch_size: int = doc("Sequences per micro-batch (per process).", default=4)
+    grad_accum: int = doc("Micro-batches accumulated per optimizer step.", default=8)
+    seed: int = doc("Random seed for initialization, data order and dropout.", default=1337)
+    device: str = doc("auto, cpu, cuda, cuda:N or mps.", default="auto")
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = doc(
+        "Precision: auto = bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPUs without fast bf16.",
+        default="auto",
+    )
+    compile: Literal["auto", "on", "off"] = doc(
+        "torch.compile: auto = on for CUDA, off on CPU.", default="auto"
+    )
+    eval_interval: int = doc("Evaluate on the validation split every N steps.", default=1000)
+    eval_tokens: int = doc("Validation tokens per evaluation (0 = the whole split).", default=0)
+    patience: int = doc("Stop after N evaluations without improvement (0 = never).", default=0)
+    max_bad_steps: int = doc("Consecutive non-finite steps before rolling back or stopping.", default=5)
+    strategy: Literal["ddp", "fsdp"] = doc("Multi-process strategy under torchrun.", default="ddp")
+    threads: int = doc("CPU threads for torch (0 = torch's default).", default=0)
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "grad_accum", "eval_interval", "max_bad_steps")
+        for name in ("eval_tokens", "patience", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class CheckpointConfig:
+    """When checkpoints are written and how many are kept."""
+
+    light_interval: int = doc("Save weights + config every N steps (0 = never).", default=2000)
+    full_interval: int = doc(
+        "Save the full training state every N steps (0 = only at the end).", default=10_000
+    )
+    keep_last: int = doc(
+        "Keep the newest N periodic checkpoints (best and newest full always kept).", default=3
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("light_interval", "full_interval"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        _positive(self, "keep_last")
+
+
+@dataclass
+class LoggingConfig:
+    """Terminal, metrics file, samples and Weights & Biases."""
+
+    log_interval: int = doc("Log training metrics every N steps.", default=10)
+    wandb: Literal["auto", "online", "offline", "disabled"] = doc(
+        "W&B mode: auto = online when logged in, else offline.", default="auto"
+    )
+    wandb_project: str = doc("W&B project name.", default="lmforge")
+    sample_prompt: str = doc("Prompt for the text sample at each evaluation.", default="The history of")
+    sample_tokens: int = doc("Tokens generated for that sample (0 = no samples).", default=64)
+
+    def __post_init__(self) -> None:
+        _positive(self, "log_interval")
+        if self.sample_tokens < 0:
+            raise ConfigError(f"--sample-tokens must be >= 0, got {self.sample_tokens}")
+
+
+@dataclass
+class TrainingConfig:
+    """Everything that defines a training run. ``TrainingConfig()`` is the
+    seed's setup: GPT-2 small (124M) on WikiText-103."""
+
+    preset: str = doc(
+        "Model preset (see PRESETS): gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny.", default="gpt2"
+    )
+    run: str | None = doc(
+        "Run name (generated as <preset>-<data>-<yyyymmdd-hhmmss> when not given).", default=None
+    )
+    tokenizer: str = doc("Tokenizer: gpt2 (tiktoken BPE) or bytes.", default="gpt2")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}", f"choose one of: {', '.join(PRESETS)}")
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimizer step on one process."""
+        return self.train.batch_size * self.train.grad_accum * self.model.block_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainingConfig:
+        return _build(cls, data, source)
+
+    def to_toml(self) -> str:
+        return dumps_toml(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> TrainingConfig:
+        return cls.from_dict(load_toml(path), source=str(path))
+
+
+# Presets as code. Sizes are GPT-2's; `tiny` trains usefully on a laptop CPU in minutes.
+PRESETS: dict[str, ModelConfig] = {
+    "gpt2": ModelConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # 124M
+    "gpt2-medium": ModelConfig(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # 350M
+    "gpt2-large": ModelConfig(n_layer=36, n_head=20, n_embd=1280, block_size=1024),  # 774M
+    "gpt2-xl": ModelConfig(n_layer=48, n_head=25, n_embd=1600, block_size=1024),  # 1558M
+    "tiny": ModelConfig(
+        n_layer=4, n_head=4, n_embd=256, block_size=256, dropout=0.0
+    ),  # 16M, mostly embeddings
+}
+
+
+def apply_preset(config: TrainingConfig, preset: str) -> TrainingConfig:
+    """Return ``config`` with the model architecture of ``preset`` (vocab size kept)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}", f"choose one of: {', '.join(PRESETS)}")
+    base = PRESETS[preset]
+    model = dataclasses.replace(base, vocab_size=config.model.vocab_size)
+    return dataclasses.replace(config, preset=preset, model=model)
+
+
+# ----------------------------------------------------------------------------- flags
+
+
+@dataclass(frozen=True)
+class ConfigField:
+    """One leaf of the config tree, as seen by the CLI."""
+
+    path: tuple[str, ...]  # ("optim", "lr")
+    flag: str  # "lr"
+    type: Any  # int, float, str, bool, Literal[...], str | None
+    default: Any
+    help: str
+
+
+def config_fields() -> list[ConfigField]:
+    """Every leaf field of ``TrainingConfig`` with its CLI flag name."""
+    out: list[ConfigField] = []
+    _collect(TrainingConfig, (), out)
+    return out
+
+
+def _collect(cls: type, prefix: tuple[str, ...], out: list[ConfigField]) -> None:
+    hints = get_type_hints(cls)
+    defaults = cls()
+    for f in fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            _collect(hint, (*prefix, f.name), out)
+            continue
+        out.append(
+            ConfigField(
+                path=(*prefix, f.name),
+                flag=f.metadata.get("flag", _flag(f.name)),
+                type=hint,
+                default=getattr(defaults, f.name),
+                help=f.metadata.get("help", ""),
+            )
+        )
+
+
+def with_overrides(config: TrainingConfig, overrides: dict[tuple[str, ...], Any]) -> TrainingConfig:
+    """Return a copy of ``config`` with ``{("optim", "lr"): 3e-4, ...}`` applied and validated."""
+    data = config.to_dict()
+    for path, value in overrides.items():
+        node = data
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+    return TrainingConfig.from_dict(data, source="command line")
+
+
+# ----------------------------------------------------------------------------- TOML
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist", "check the --config path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from nested dicts, naming unknown keys and bad types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: [{prefix.rstrip('.')}] must be a table, got {data!r}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {prefix + key!r}", _closest(prefix, key, known))
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, source, prefix=f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, hint, f"{source}: {prefix}{key}")
+    return cls(**kwargs)
+
+
+def _closest(prefix: str, key: str, known: set[str]) -> str:
+    match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.5)
+    if match:
+        return f"did you mean {prefix + match[0]!r}?"
+    return f"valid keys here: {', '.join(sorted(known))}"
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check (and gently convert) a TOML/CLI value against a field's type."""
+    args = get_args(hint)
+    if get_origin(hint) is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if type(None) in args:  # str | None
+        if value is None or value == "":
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Write a nested dict of scalars as TOML (top-level scalars first, then tables).
+
+    ``None`` has no TOML spelling; such keys are omitted and read back as their default.
+    """
+    lines: list[str] = []
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    for key, value in data.items():
+        if not isinstance(value, dict) and value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for name, table in tables.items():
+        lines.append("")
+        lines.append(f"[{name}]")
+        for key, value in table.items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def resolve_config(
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+    overrides: dict[tuple[str, ...], Any] | None = None,
+) -> TrainingConfig:
+    """Layer the sources of a run's config: defaults < TOML file < preset < overrides.
+
+    The file's own ``preset`` key picks the architecture its model values start
+    from; ``preset`` (the ``--preset`` option) replaces the architecture after the
+    file; ``overrides`` (``{("optim", "lr"): 3e-4}``, from the other options) win.
+    """
+    data = load_toml(config_file) if config_file else {}
+    base = data.get("preset", "gpt2")
+    config = (
+        apply_preset(TrainingConfig(), base)
+        if isinstance(base, str) and base in PRESETS
+        else TrainingConfig()
+    )
+    if data:
+        merged = config.to_dict()
+        for key, value in data.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key].update(value)
+            else:
+                merged[key] = value
+        config = TrainingConfig.from_dict(merged, source=str(config_file))
+    if preset:
+        config = apply_preset(config, preset)
+    if overrides:
+        config = with_overrides(config, overrides)
+    return config

@@ -1,0 +1,47 @@
+"""What a run will cost, computed without data or a device (``train --dry-run``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lmforge.config import TrainingConfig
+from lmforge.model import GPT
+
+# fp32 master weights (4) + fp32 gradients (4) + AdamW's two fp32 moments (8)
+BYTES_PER_PARAM_TRAINING = 16
+
+
+def build_on_meta(config: TrainingConfig) -> GPT:
+    """The model on the meta device: exact shapes and counts, no memory, no init cost."""
+    with torch.device("meta"):
+        return GPT(config.model)
+
+
+def plan(config: TrainingConfig, world_size: int = 1) -> dict[str, Any]:
+    """Parameter counts, tokens per step, FLOPs and memory for ``config``."""
+    model = build_on_meta(config)
+    n_total = model.get_num_params(non_embedding=False)
+    n_non_embedding = n_total - model.transformer.wpe.weight.numel() - model.transformer.wte.weight.numel()
+    tokens_per_step = config.tokens_per_step * world_size
+    flops_per_token = model.flops_per_token()
+    weights = 4 * n_total
+    return {
+        "config": config.to_dict(),
+        "parameters": {
+            "total": n_total,
+            "without_position_embeddings": model.get_num_params(non_embedding=True),
+            "non_embedding": n_non_embedding,
+        },
+        "tokens_per_step": tokens_per_step,
+        "total_tokens": tokens_per_step * config.train.steps,
+        "flops_per_token": flops_per_token,
+        "flops_per_step": flops_per_token * tokens_per_step,
+        "memory_bytes": {
+            "weights": weights,
+            "gradients": 4 * n_total,
+            "optimizer": 8 * n_total,
+            "total": BYTES_PER_PARAM_TRAINING * n_total,
+        },
+    }

@@ -1,0 +1,122 @@
+"""GPT-2, top to bottom: embeddings, n blocks, final LayerNorm, tied LM head.
+
+Parameter names follow GPT-2 and Hugging Face's ``GPT2LMHeadModel``
+(``transformer.h.0.attn.c_attn.weight`` ...), so export and import are a
+rename-free mapping (HF stores Linear weights transposed, as Conv1D).
+The model imports nothing from the trainer, the CLI or W&B.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from lmforge.attention import KVCache
+from lmforge.blocks import Block
+from lmforge.config import ModelConfig
+
+
+class GPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: the output projection is the token embedding (GPT-2, Press & Wolf 2017)
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), since each block adds two
+        # residual branches and the sum's variance would otherwise grow with depth
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count. With ``non_embedding`` (the default, as GPT-2 reports it) the
+        position embeddings are left out; the token embeddings stay in, since they are
+        also the output layer."""
+        n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``idx`` (B, T) token ids -> logits (B, T, vocab) and the mean cross-entropy
+        loss over ``targets`` (B, T) (positions with target -1 are ignored).
+
+        With a ``kv_cache`` (generation), ``idx`` holds only the new tokens, positions
+        continue after the cached ones, and only the last position's logits are made.
+        """
+        B, T = idx.size()
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.config.block_size:
+            raise ValueError(
+                f"sequence of {past + T} tokens is longer than the context of {self.config.block_size}"
+            )
+        pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for block in self.transformer.h:
+            if self.config.gradient_checkpointing and self.training and kv_cache is None:
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = self.transformer.ln_f(x)
+
+        if targets is not None:
+            logits = self.lm_head(x)  # (B, T, vocab)
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
+            )
+            return logits, loss
+        if kv_cache is not None:
+            return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab): all sampling needs
+        return self.lm_head(x), None
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
+        c = self.config
+        p = self.transformer.wte.weight
+        return KVCache(
+            c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, p.device, p.dtype
+        )
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6N for the matmuls with the
+        weights plus the attention scores and values (PaLM appendix B)."""
+        c = self.config
+        t = seq_len or c.block_size
+        return 6 * self.get_num_params() + 12 * c.n_layer * c.n_embd * t
+
+    def estimate_mfu(self, tokens_per_sec: float, peak_flops: float | None, seq_len: int | None = None):
+        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (None if unknown)."""
+        if not peak_flops:
+            return None
+        return self.flops_per_token(seq_len) * tokens_per_sec / peak_flops

@@ -1,0 +1,108 @@
+import dataclasses
+
+import pytest
+
+from lmforge.config import (
+    PRESETS,
+    ModelConfig,
+    TrainingConfig,
+    config_fields,
+    resolve_config,
+)
+from lmforge.errors import ConfigError
+
+
+def test_defaults_are_the_seeds():
+    c = TrainingConfig()
+    assert (c.train.batch_size, c.train.grad_accum, c.optim.lr) == (4, 8, 1.5e-4)
+    assert (c.optim.warmup_steps, c.train.steps, c.optim.weight_decay) == (4000, 300_000, 0.01)
+    assert (c.optim.max_grad_norm, c.model.block_size, c.data.stride) == (1.0, 1024, 512)
+    assert (c.checkpoint.light_interval, c.checkpoint.full_interval, c.train.dtype) == (2000, 10_000, "auto")
+    assert c.model == PRESETS["gpt2"]
+    assert c.tokens_per_step == 4 * 8 * 1024
+
+
+def test_toml_round_trip(tmp_path):
+    c = resolve_config(
+        preset="tiny", overrides={("optim", "lr"): 3e-4, ("run",): "my-run", ("data", "name"): "x"}
+    )
+    path = tmp_path / "c.toml"
+    path.write_text(c.to_toml())
+    assert TrainingConfig.from_toml(path) == c
+
+
+def test_precedence_defaults_file_preset_cli(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('preset = "tiny"\n[model]\nn_layer = 2\n[optim]\nlr = 0.001\n[train]\nsteps = 50\n')
+    from_file = resolve_config(path)
+    assert from_file.model.n_layer == 2  # the file's value over its preset's
+    assert from_file.model.n_embd == PRESETS["tiny"].n_embd
+    assert from_file.optim.lr == 0.001
+    with_preset = resolve_config(path, preset="gpt2")
+    assert with_preset.model == PRESETS["gpt2"]  # the preset after the file
+    assert with_preset.optim.lr == 0.001  # untouched by a preset
+    with_cli = resolve_config(path, preset="gpt2", overrides={("model", "n_layer"): 3, ("train", "steps"): 7})
+    assert (with_cli.model.n_layer, with_cli.train.steps) == (3, 7)
+
+
+def test_unknown_toml_key_names_the_closest(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[optim]\nlearning_rat = 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key 'optim.learning_rat'"):
+        resolve_config(path)
+    path.write_text("[train]\nstep = 3\n")
+    with pytest.raises(ConfigError) as exc:
+        resolve_config(path)
+    assert "train.steps" in exc.value.hint
+
+
+def test_bad_toml_values(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nbatch_size = "four"\n')
+    with pytest.raises(ConfigError, match="train.batch_size must be an integer"):
+        resolve_config(path)
+    path.write_text('[train]\ndtype = "fp64"\n')
+    with pytest.raises(ConfigError, match="must be one of"):
+        resolve_config(path)
+    path.write_text("[train\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        resolve_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        resolve_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({("train", "steps"): -1}, "--steps must be positive"),
+        ({("train", "batch_size"): 0}, "--batch-size must be positive"),
+        ({("optim", "lr"): -0.1}, "--lr must be positive"),
+        ({("model", "n_head"): 5}, "divisible by --n-head"),
+        ({("model", "dropout"): 1.5}, "--dropout"),
+        ({("optim", "min_lr"): 1.0}, "--min-lr"),
+    ],
+)
+def test_bad_values_name_the_flag(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config(overrides=overrides)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset 'gpt3'"):
+        resolve_config(preset="gpt3")
+
+
+def test_every_field_has_a_unique_flag_and_the_required_spellings():
+    flags = [f.flag for f in config_fields()]
+    assert len(flags) == len(set(flags))
+    required = (
+        "steps batch-size grad-accum lr warmup-steps block-size stride n-layer n-head n-embd dropout "
+        "eval-interval seed device dtype run data preset wandb"
+    ).split()
+    assert set(required) <= set(flags)
+    assert all(f.help for f in config_fields())
+
+
+def test_preset_keeps_vocab_size():
+    c = resolve_config(overrides={("model", "vocab_size"): 257})
+    assert dataclasses.replace(c.model) == ModelConfig(vocab_size=257)
