@@ -40,8 +40,6 @@ def info(
 
 
 def _tokenizer_status(ws) -> dict[str, str]:
-    try:
-        from lmforge.tokenizer import tokenizer_status
-    except ImportError:  # the tokenizer module is part of the data work
-        return {}
+    from lmforge.tokenizer import tokenizer_status
+
     return tokenizer_status(ws)

@@ -1,4 +1,5 @@
-"""``lmforge train``: parse options into a TrainingConfig, then hand it to the trainer."""
+"""``lmforge train``: parse options into a TrainingConfig (or a run's own, on --resume), hand it
+to the ``TrainingManager``, print the summary."""
 
 from __future__ import annotations
 
@@ -7,10 +8,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from lmforge.cli.common import out_console, print_json
+from lmforge.cli.common import err_console, out_console, print_json, state, workspace
 from lmforge.cli.config_options import with_config_options
 from lmforge.config import resolve_config
-from lmforge.errors import LmforgeError
 
 
 @with_config_options
@@ -19,11 +19,30 @@ def train(
     config_file: str = typer.Option(
         None, "--config", help="TOML file with config values.", show_default=False
     ),
+    resume: str = typer.Option(
+        None,
+        "--resume",
+        help="Continue a run (a name or 'latest') from its newest full checkpoint; options may change "
+        "steps, lr, intervals, device, dtype, but not the architecture or data.",
+        show_default=False,
+    ),
+    init_from: str = typer.Option(
+        None,
+        "--init-from",
+        help="Start a new run from a checkpoint's weights and architecture "
+        "(best, latest, RUN, RUN:step-N or a path).",
+        show_default=False,
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and costs, then exit."),
-    as_json: bool = typer.Option(False, "--json", help="With --dry-run: machine-readable JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan (--dry-run) or the summary as JSON."),
     overrides: dict | None = None,
 ) -> None:
     """Train a GPT-2-style model on a prepared dataset.
+
+    Ctrl-C or SIGTERM finishes the current step, saves a full checkpoint and exits
+    (130 / 143); continue with --resume. Progress goes to stderr (a live view on a
+    terminal, plain lines otherwise), the summary to stdout; metrics, samples and
+    checkpoints to runs/<run>/ in the workspace.
 
     Examples:
 
@@ -31,10 +50,48 @@ def train(
 
       [bold]lmforge train --preset tiny --data wikitext-2 --steps 2000[/bold]   (a CPU run)
 
+      [bold]lmforge train --resume latest --steps 4000[/bold]   (continue the newest run, for longer)
+
+      [bold]lmforge train --init-from tiny-run:best --data my-corpus --run tuned[/bold]   (start from weights)
+
       [bold]lmforge train --preset gpt2-medium --dry-run[/bold]   (sizes, FLOPs and memory only)
     """
-    preset = (overrides or {}).pop(("preset",), None)
-    config = resolve_config(config_file, preset, overrides)
+    from lmforge.errors import UsageError
+
+    overrides = dict(overrides or {})
+    preset = overrides.pop(("preset",), None)
+    ws = workspace(ctx)
+    run_dir = checkpoint_path = None
+    if resume and init_from:
+        raise UsageError(
+            "--resume and --init-from cannot be used together",
+            "--resume continues a run; --init-from starts a new one from a checkpoint's weights",
+        )
+    if resume:
+        from lmforge.resolve import resolve_run
+        from lmforge.run_setup import resume_config
+
+        if config_file:
+            raise UsageError(
+                "--config cannot be combined with --resume",
+                "a resumed run keeps its config.toml; change single values with options such as --steps",
+            )
+        if ("run",) in overrides:
+            raise UsageError("--run cannot be combined with --resume", f"use --resume {overrides[('run',)]}")
+        run_dir = resolve_run(ws, resume)
+        config = resume_config(run_dir, overrides, preset)
+    else:
+        config = resolve_config(config_file, preset, overrides)
+        if init_from:
+            from lmforge.checkpoint import read_meta
+            from lmforge.resolve import resolve_checkpoint
+            from lmforge.run_setup import init_config
+
+            checkpoint_path = resolve_checkpoint(ws, init_from)
+            given = {**overrides, ("preset",): preset} if preset else overrides
+            config = init_config(
+                config, read_meta(checkpoint_path), given, where=f"checkpoint {checkpoint_path}"
+            )
     if dry_run:
         from lmforge.estimate import plan
 
@@ -44,7 +101,29 @@ def train(
         else:
             _print_plan(report)
         return
-    raise LmforgeError("training is not available in this build yet", "use --dry-run to inspect a config")
+
+    from lmforge.trainer import TrainingManager
+
+    manager = TrainingManager(config, ws, reporter=_reporter(ctx), resume=run_dir, init_from=checkpoint_path)
+    result = manager.train()
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        from lmforge.dashboard import summary_table
+
+        out_console.print(summary_table(result))
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
+def _reporter(ctx: typer.Context):
+    """A live view on a terminal; plain lines in a log or a pipe; with --quiet warnings only."""
+    from lmforge.dashboard import PlainReporter, RichReporter
+
+    quiet = state(ctx).quiet
+    if err_console.is_terminal and not quiet:
+        return RichReporter(err_console)
+    return PlainReporter(quiet=quiet)
 
 
 def _print_plan(report: dict[str, Any]) -> None:

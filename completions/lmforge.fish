@@ -1,0 +1,1 @@
+complete --command lmforge --no-files --arguments "(env _LMFORGE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) lmforge)" --condition "env _LMFORGE_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) lmforge"

@@ -1,0 +1,490 @@
+"""Checkpoints: one directory per checkpoint, one file per concern, metadata last.
+
+```
+checkpoints/step-2000/
+  model.safetensors   # weights, fp32 (the tied lm_head.weight is not stored; re-tied on load)
+  trainer.pt          # full checkpoints only: optimizer, scaler, step, RNG, data position ...
+  meta.json           # written last: the completion marker, readable by a person
+```
+
+A save writes everything into ``.tmp-<name>-<random>/`` beside the target,
+fsyncs each file, writes ``meta.json`` last, then renames the directory into
+place. A crash (or a full disk) at any point before the rename leaves the
+previous checkpoint untouched and nothing that looks complete: a directory
+without ``meta.json`` is never loaded, listed or counted.
+
+``trainer.pt`` holds only tensors and plain containers, so it loads with
+``torch.load(weights_only=True)``: a file that needs code to unpickle is
+refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from lmforge.config import TrainingConfig
+from lmforge.errors import CheckpointError, LmforgeError
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.pt"
+META_FILE = "meta.json"
+TMP_PREFIX = ".tmp-"
+TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One complete checkpoint, as ``ckpt list`` shows it."""
+
+    path: Path
+    run: str
+    name: str  # "step-2000" or "best"
+    kind: str  # "light" | "full" | "best"
+    step: int
+    tokens: int
+    val_loss: float | None
+    size_bytes: int
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights to store: fp32, contiguous, on the CPU, tied copies left out."""
+    return {
+        k: v.detach().to("cpu", torch.float32).contiguous()
+        for k, v in model.state_dict().items()
+        if k not in TIED_KEYS
+    }
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``path`` through a temporary file and a rename, so readers never see half a file."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    meta: dict[str, Any],
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint directory at ``path`` atomically and return ``path``.
+
+    ``meta`` holds the fields of ``meta.json`` (kind, run, step, tokens, val_loss,
+    config, tokenizer, dataset); ``format_version``, ``created_at``, ``lmforge_version``
+    and the byte sizes of the files are added here. An existing checkpoint at ``path``
+    (``best``) stays intact until the new one is complete.
+    """
+    from safetensors.torch import save_file
+
+    from lmforge import __version__
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        save_file(model_state(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        _fsync_file(tmp / MODEL_FILE)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / TRAINER_FILE)
+            _fsync_file(tmp / TRAINER_FILE)
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+        full_meta = {
+            "format_version": FORMAT_VERSION,
+            **meta,
+            "created_at": now_iso(),
+            "lmforge_version": __version__,
+            "files": files,
+        }
+        # meta.json last: its presence is what makes the directory a checkpoint
+        write_json_atomic(tmp / META_FILE, full_meta)
+        _fsync_dir(tmp)
+        _install(tmp, path)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise CheckpointError(
+                f"the disk is full: could not save the checkpoint {path}",
+                "free some space (e.g. `lmforge ckpt prune`) and resume; the previous checkpoint is intact",
+            ) from exc
+        raise CheckpointError(f"could not save the checkpoint {path}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def _install(tmp: Path, path: Path) -> None:
+    """Rename the finished ``tmp`` to ``path``; an older ``path`` is moved aside first
+    (a directory cannot be renamed over a non-empty one) and deleted after."""
+    old = None
+    if path.exists():
+        old = path.parent / f"{TMP_PREFIX}old-{path.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, old)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.rename(old, path)  # put the previous one back
+        raise
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """``meta.json`` of a complete checkpoint (CheckpointError if missing or corrupt)."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not meta_path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete (no {META_FILE}); it was never finished",
+            "use another checkpoint (`lmforge ckpt list`)",
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is corrupt: {exc}") from exc
+    if not isinstance(meta, dict) or "config" not in meta or "kind" not in meta:
+        raise CheckpointError(f"{meta_path} is not lmforge checkpoint metadata")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {meta['format_version']}, newer than this lmforge reads",
+            "upgrade lmforge",
+        )
+    return meta
+
+
+def _check_sizes(path: Path, meta: dict[str, Any], names: tuple[str, ...]) -> None:
+    for name, size in meta.get("files", {}).items():
+        if name not in names:
+            continue
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"checkpoint file {f} is missing")
+        if f.stat().st_size != size:
+            raise CheckpointError(
+                f"checkpoint file {f} is truncated or changed ({f.stat().st_size} bytes, expected {size})"
+            )
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The stored weights of a checkpoint (without the tied head)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_meta(path)
+    _check_sizes(path, meta, (MODEL_FILE,))
+    try:
+        return load_file(str(path / MODEL_FILE))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint file {path / MODEL_FILE} is corrupt: {exc}") from exc
+
+
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path = "checkpoint") -> None:
+    """Copy ``state`` into ``model`` (every key but the tied head must match)."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(f"{where} does not fit the model: {exc}") from exc
+    missing = [k for k in missing if k not in TIED_KEYS]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{where} does not fit the model: missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """``(model, config, meta)``: the GPT of a checkpoint in eval mode on ``device``."""
+    from lmforge.model import GPT
+
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        config = TrainingConfig.from_dict(meta["config"], source=str(path / META_FILE))
+    except LmforgeError as exc:
+        raise CheckpointError(f"{path / META_FILE} holds an invalid config: {exc.message}") from exc
+    state = load_state_dict(path)
+    # built on the meta device: no time spent on a random init that is overwritten at once
+    with torch.device("meta"):
+        model = GPT(config.model)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path / MODEL_FILE} does not fit its config: {exc}") from exc
+    missing = [k for k in missing if k not in TIED_KEYS]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path / MODEL_FILE} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.lm_head.weight = model.transformer.wte.weight  # re-tie
+    model.to(device)
+    model.eval()
+    return model, config, meta
+
+
+def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+    """``trainer.pt`` of a full checkpoint, loaded without running any pickled code."""
+    path = Path(path)
+    meta = read_meta(path)
+    file = path / TRAINER_FILE
+    if meta.get("kind") != "full" or not file.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is a {meta.get('kind')} checkpoint without training state",
+            "resume needs a full checkpoint; start a new run from these weights with --init-from",
+        )
+    _check_sizes(path, meta, (TRAINER_FILE,))
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for code in the pickle, RuntimeError for corruption
+        raise CheckpointError(
+            f"refusing to load {file}: it is corrupt or holds more than tensors and plain data "
+            f"({type(exc).__name__})",
+            "only load checkpoints you trust; this one may have been tampered with",
+        ) from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file} does not hold lmforge training state")
+    return state
+
+
+# ----------------------------------------------------------------------------- listing and pruning
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
+    """The complete checkpoints of a run, sorted by step (``best`` after a periodic one of the
+    same step). Incomplete and temporary directories are skipped."""
+    run_dir = Path(run_dir)
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    out = []
+    for d in root.iterdir():
+        if d.name.startswith(".") or not d.is_dir():
+            continue
+        try:
+            meta = read_meta(d)
+        except CheckpointError:
+            continue
+        out.append(
+            CheckpointInfo(
+                path=d,
+                run=meta.get("run") or run_dir.name,
+                name=d.name,
+                kind=meta["kind"],
+                step=int(meta.get("step", 0)),
+                tokens=int(meta.get("tokens", 0)),
+                val_loss=meta.get("val_loss"),
+                size_bytes=sum(f.stat().st_size for f in d.iterdir() if f.is_file()),
+                created_at=meta.get("created_at", ""),
+            )
+        )
+    out.sort(key=lambda c: (c.step, c.name == "best"))
+    return out
+
+
+def prunable(checkpoints: list[CheckpointInfo], keep_last: int) -> list[CheckpointInfo]:
+    """Which checkpoints the keep-last-N policy removes: all periodic checkpoints but the newest
+    ``keep_last``; never ``best`` and never the newest full checkpoint (the one a resume needs)."""
+    periodic = sorted((c for c in checkpoints if c.name != "best"), key=lambda c: c.step)
+    fulls = [c for c in periodic if c.kind == "full"]
+    keep = {c.path for c in periodic[-keep_last:]} if keep_last > 0 else set()
+    if fulls:
+        keep.add(fulls[-1].path)
+    return [c for c in periodic if c.path not in keep]
+
+
+def latest_full(run_dir: str | os.PathLike) -> CheckpointInfo | None:
+    """The newest full checkpoint of a run (what ``--resume`` continues from)."""
+    fulls = [c for c in list_checkpoints(run_dir) if c.kind == "full"]
+    return fulls[-1] if fulls else None
+
+
+def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete ``.tmp-*`` leftovers of saves that crashed (call only while holding the run)."""
+    root = Path(run_dir) / "checkpoints"
+    removed = []
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(TMP_PREFIX):
+                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
+                removed.append(d)
+    return removed
+
+
+# ----------------------------------------------------------------------------- deleting (`ckpt prune`)
+# Added by the ckpt engineer: the prune plan (policy above + safety rules) and the one delete helper.
+
+STALE_INCOMPLETE_S = 3600.0  # a directory without meta.json untouched this long is a crashed save
+
+
+@dataclass(frozen=True)
+class PruneItem:
+    """A directory ``ckpt prune`` deletes (or refuses to, with the reason)."""
+
+    path: Path
+    run: str
+    name: str
+    kind: str  # light | full | incomplete
+    step: int | None
+    size_bytes: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "path": str(self.path)}
+
+
+@dataclass
+class PrunePlan:
+    run: str
+    keep_last: int
+    delete: list[PruneItem]
+    keep: list[CheckpointInfo]
+    refused: list[PruneItem]  # would be pruned, but are symlinks, outside the workspace or being written
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(i.size_bytes for i in self.delete)
+
+
+def _tree_size_and_mtime(path: Path) -> tuple[int, float]:
+    size, mtime = 0, path.lstat().st_mtime
+    for root, dirs, files in os.walk(path):  # does not follow symlinks
+        for name in files + dirs:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            size += st.st_size if name in files else 0
+            mtime = max(mtime, st.st_mtime)
+    return size, mtime
+
+
+def _deletable(workspace, path: Path) -> str | None:
+    """Why ``path`` must not be deleted, or None: only real directories at
+    ``<workspace>/runs/<run>/checkpoints/<name>`` are."""
+    if path.is_symlink():
+        return f"a symbolic link to {path.resolve()}"
+    resolved = path.resolve()
+    runs_root = workspace.runs_dir.resolve()
+    if resolved.parent.name != "checkpoints" or resolved.parent.parent.parent != runs_root:
+        return f"not a checkpoint directory of the workspace {workspace.root} ({resolved})"
+    return None
+
+
+def plan_prune(workspace, run_dir: str | os.PathLike, keep_last: int, now: float | None = None) -> PrunePlan:
+    """What ``ckpt prune`` deletes in one run: the checkpoints ``prunable`` picks, minus any
+    that are symlinks or lie outside the workspace, plus leftovers of crashed saves (``.tmp-*``
+    and directories without ``meta.json``) older than ``STALE_INCOMPLETE_S``; younger ones may
+    still be being written and are kept."""
+    import time
+    from dataclasses import replace
+
+    run_dir = Path(run_dir)
+    now = time.time() if now is None else now
+    checkpoints = list_checkpoints(run_dir)
+    doomed = prunable(checkpoints, keep_last)
+    delete, refused = [], []
+    for c in doomed:
+        item = PruneItem(
+            c.path, run_dir.name, c.name, c.kind, c.step, c.size_bytes, f"not among the last {keep_last}"
+        )
+        why = _deletable(workspace, c.path)
+        if why:
+            refused.append(replace(item, reason=why))
+        else:
+            delete.append(item)
+    root = run_dir / "checkpoints"
+    complete = {c.path for c in checkpoints}
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        if d in complete or not (d.is_dir() or d.is_symlink()):
+            continue
+        if not d.name.startswith(TMP_PREFIX) and (d / META_FILE).is_file():
+            continue  # complete but unreadable meta: not ours to judge
+        why = _deletable(workspace, d)
+        size, mtime = _tree_size_and_mtime(d) if not why else (0, now)
+        item = PruneItem(
+            d, run_dir.name, d.name, "incomplete", None, size, "leftover of a save that never finished"
+        )
+        if why:
+            refused.append(replace(item, reason=why))
+        elif now - mtime < STALE_INCOMPLETE_S:
+            refused.append(replace(item, reason="may still be being written (changed within the hour)"))
+        else:
+            delete.append(item)
+    doomed_paths = {c.path for c in doomed}
+    keep = [c for c in checkpoints if c.path not in doomed_paths]
+    return PrunePlan(run_dir.name, keep_last, delete, keep, refused)
+
+
+def delete_checkpoint(workspace, path: str | os.PathLike) -> int:
+    """Delete one checkpoint directory of the workspace and return the bytes freed; a symlink or
+    anything that is not ``<workspace>/runs/<run>/checkpoints/<name>`` is refused."""
+    from lmforge.errors import UsageError
+
+    path = Path(path)
+    why = _deletable(workspace, path)
+    if why:
+        raise UsageError(
+            f"refusing to delete {path}: {why}", "lmforge only deletes checkpoints inside its workspace"
+        )
+    size, _ = _tree_size_and_mtime(path)
+    shutil.rmtree(path)
+    return size

@@ -1,0 +1,120 @@
+"""``lmforge generate``: sample text from a checkpoint, streamed as it is made."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from lmforge.cli.common import err_console, info, workspace
+
+SEPARATOR = "-" * 40
+
+
+def generate_command(
+    ctx: typer.Context,
+    checkpoint: str = typer.Argument(
+        ..., metavar="CKPT", help="Checkpoint: best, latest, RUN, RUN:best, RUN:latest, RUN:step-N or a path."
+    ),
+    prompt: str = typer.Argument(
+        None,
+        metavar="[PROMPT]",
+        help="Text to continue (default: read from stdin when it is not a terminal; "
+        "else start from end-of-text).",
+        show_default=False,
+    ),
+    max_tokens: int = typer.Option(200, "--max-tokens", help="New tokens per sample (at most)."),
+    temperature: float = typer.Option(0.8, "--temperature", help="Softmax temperature (> 0) when sampling."),
+    top_k: int = typer.Option(
+        None, "--top-k", help="Sample only from the K most likely tokens.", show_default=False
+    ),
+    top_p: float = typer.Option(
+        None,
+        "--top-p",
+        help="Nucleus sampling: the smallest set of tokens with probability >= P.",
+        show_default=False,
+    ),
+    greedy: bool = typer.Option(False, "--greedy", help="Always take the most likely token (no sampling)."),
+    num_samples: int = typer.Option(1, "--num-samples", help="How many completions."),
+    seed: int = typer.Option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False),
+    no_stream: bool = typer.Option(False, "--no-stream", help="Print the finished text only."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32 (autocast)."),
+    tokenizer_file: str = typer.Option(
+        None,
+        "--tokenizer-file",
+        help="GPT-2 ranks file, when the tokenizer is not in the workspace.",
+        show_default=False,
+    ),
+) -> None:
+    """Generate text from a checkpoint, streamed token by token (with a KV cache).
+
+    Text goes to stdout (the prompt, then the completion); everything else to stderr.
+
+    Stops at end-of-text or after --max-tokens. A prompt longer than the context keeps its last tokens;
+    a full context slides on with its last half.
+
+    Examples:
+
+      [bold]lmforge generate best "The history of"[/bold]
+
+      [bold]lmforge generate my-run:step-2000 "The history of" --temperature 0.7 --top-p 0.9 --seed 1[/bold]
+
+      [bold]echo "Once upon a time" | lmforge generate best --greedy --no-stream[/bold]
+    """
+    from lmforge.device import resolve_device, resolve_dtype
+    from lmforge.generate import check_sampling, generate, load_for_generation
+
+    # cheap checks first, before a model is loaded
+    check_sampling(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        num_samples=num_samples,
+    )
+    precision = resolve_dtype(dtype, resolve_device(device))
+    if prompt is None:
+        prompt = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else ""
+
+    model, tokenizer, meta = load_for_generation(
+        workspace(ctx), checkpoint, device=device, tokenizer_file=tokenizer_file
+    )
+    info(
+        ctx,
+        f"[dim]{checkpoint}: run {meta.get('run')}, step {meta.get('step')}, "
+        f"tokenizer {tokenizer.name}, {next(model.parameters()).device}, {precision}[/dim]",
+    )
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def sample_end(i: int, completion: str) -> None:
+        if no_stream:
+            write(prompt + completion)
+        write("\n")
+        if i < num_samples - 1:
+            write(SEPARATOR + "\n")
+            if not no_stream:
+                write(prompt)
+
+    if not no_stream:
+        write(prompt)
+    generate(
+        model,
+        tokenizer,
+        prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        greedy=greedy,
+        num_samples=num_samples,
+        seed=seed,
+        on_text=None if no_stream else (lambda i, text: write(text)),
+        on_sample_end=sample_end,
+        dtype=precision,
+        on_warning=lambda message: err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False),
+    )

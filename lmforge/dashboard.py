@@ -1,0 +1,250 @@
+"""Showing a training run: fixed-format lines, a Rich live view, a summary table.
+
+``PlainReporter`` writes one line per logging step (and per evaluation) to a
+stream, the format a log file or CI wants::
+
+    step 100/2000 | loss 3.21 | ppl 24.8 | lr 1.50e-04 | gnorm 0.84 | 12,345 tok/s | mfu n/a | eta 3m12s
+
+``RichReporter`` draws a live panel on a terminal (stderr) instead. Both only
+render what the trainer reports (``lmforge.reporting.Reporter``).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import IO, Any
+
+from lmforge.reporting import EvalStats, Reporter, StepStats, TrainResult
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "n/a"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def perplexity(loss: float) -> float:
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+def format_mfu(mfu: float | None) -> str:
+    return "n/a" if mfu is None else f"{100 * mfu:.1f}%"
+
+
+def format_step_line(s: StepStats) -> str:
+    return (
+        f"step {s.step}/{s.total_steps} | loss {s.loss:.2f} | ppl {perplexity(s.loss):.1f} | lr {s.lr:.2e} | "
+        f"gnorm {s.grad_norm:.2f} | {s.tokens_per_sec:,.0f} tok/s | mfu {format_mfu(s.mfu)} | "
+        f"eta {format_duration(s.eta_s)}"
+    )
+
+
+def format_eval_line(e: EvalStats) -> str:
+    mark = " (new best)" if e.improved else ""
+    return (
+        f"eval step {e.step} | val_loss {e.val_loss:.4f} | val_ppl {e.val_ppl:.1f} | "
+        f"best {e.best_val_loss:.4f} at step {e.best_step}{mark}"
+    )
+
+
+class PlainReporter(Reporter):
+    """Plain lines on a stream (stderr by default). ``quiet``: warnings only."""
+
+    def __init__(self, stream: IO[str] | None = None, quiet: bool = False) -> None:
+        self.stream = stream
+        self.quiet = quiet
+
+    def _write(self, line: str) -> None:
+        stream = self.stream or sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+    def start(self, info: dict[str, Any]) -> None:
+        if not self.quiet:
+            self._write(describe_start(info))
+
+    def step(self, stats: StepStats) -> None:
+        if not self.quiet:
+            self._write(format_step_line(stats))
+
+    def evaluation(self, stats: EvalStats) -> None:
+        if not self.quiet:
+            self._write(format_eval_line(stats))
+
+    def sample(self, step: int, prompt: str, text: str) -> None:
+        if not self.quiet:
+            self._write(f"sample step {step} | {(prompt + text)!r}")
+
+    def checkpoint(self, kind: str, path: Path, step: int) -> None:
+        if not self.quiet:
+            self._write(f"checkpoint {kind} step {step} -> {path}")
+
+    def warning(self, message: str) -> None:
+        self._write(f"warning: {message}")
+
+
+def describe_start(info: dict[str, Any]) -> str:
+    parts = [
+        f"run {info['run']} ({info['run_dir']})",
+        f"{info['parameters']:,} parameters",
+        f"{info['device']} {info['dtype']}" + (" compiled" if info.get("compile") else ""),
+        f"{info['tokens_per_step']:,} tokens/step",
+    ]
+    if info.get("resumed_from_step"):
+        parts.append(f"resumed at step {info['resumed_from_step']}")
+    if info.get("init_from"):
+        parts.append(f"weights from {info['init_from']}")
+    return "start " + " | ".join(parts)
+
+
+class RichReporter(Reporter):
+    """A live panel on a terminal: progress bar, the latest metrics, validation, samples."""
+
+    def __init__(self, console: Any) -> None:
+        self.console = console
+        self._live = None
+        self._progress = None
+        self._task = None
+        self._info: dict[str, Any] = {}
+        self._step: StepStats | None = None
+        self._eval: EvalStats | None = None
+
+    def start(self, info: dict[str, Any]) -> None:
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._info = info
+        self.console.print(describe_start(info), highlight=False)
+        self._progress = Progress(
+            TextColumn("[bold]train[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("steps"),
+            TimeElapsedColumn(),
+            TextColumn("eta {task.fields[eta]}"),
+            console=self.console,
+        )
+        self._task = self._progress.add_task(
+            "train", total=info["total_steps"], completed=info.get("resumed_from_step") or 0, eta="n/a"
+        )
+        self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
+        self._live.start()
+
+    def _render(self):
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table.grid(padding=(0, 3))
+        for _ in range(4):
+            table.add_column()
+        s, e = self._step, self._eval
+        na = "[dim]…[/dim]"
+        table.add_row(
+            "loss",
+            f"{s.loss:.4f}" if s else na,
+            "ppl",
+            f"{perplexity(s.loss):.1f}" if s else na,
+        )
+        table.add_row("lr", f"{s.lr:.2e}" if s else na, "grad norm", f"{s.grad_norm:.2f}" if s else na)
+        table.add_row(
+            "tokens/s", f"{s.tokens_per_sec:,.0f}" if s else na, "MFU", format_mfu(s.mfu) if s else na
+        )
+        table.add_row(
+            "val loss",
+            f"{e.val_loss:.4f}" if e else na,
+            "best val",
+            f"{e.best_val_loss:.4f} (step {e.best_step})" if e else na,
+        )
+        table.add_row(
+            "tokens", f"{s.tokens:,}" if s else na, "elapsed", format_duration(s.elapsed_s) if s else na
+        )
+        return Group(self._progress, table)
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._render())
+
+    def step(self, stats: StepStats) -> None:
+        self._step = stats
+        if self._progress is not None:
+            self._progress.update(self._task, completed=stats.step, eta=format_duration(stats.eta_s))
+        self._refresh()
+
+    def evaluation(self, stats: EvalStats) -> None:
+        self._eval = stats
+        self.console.print(format_eval_line(stats), highlight=False)
+        self._refresh()
+
+    def sample(self, step: int, prompt: str, text: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(
+            f"[dim]sample step {step}:[/dim] [bold]{escape(prompt)}[/bold]{escape(text)}", highlight=False
+        )
+
+    def checkpoint(self, kind: str, path: Path, step: int) -> None:
+        self.console.print(f"[dim]checkpoint {kind} step {step} -> {path}[/dim]", highlight=False)
+
+    def warning(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
+
+    def end(self, result: TrainResult) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=result.step)
+        self._refresh()
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+
+def summary_rows(result: TrainResult) -> list[tuple[str, str]]:
+    def num(x: float | None, fmt: str = ".4f") -> str:
+        return "n/a" if x is None else format(x, fmt)
+
+    rows = [
+        ("run", result.run),
+        ("status", result.status + ("" if result.stop_reason == "steps" else f" ({result.stop_reason})")),
+        ("steps", f"{result.step:,} / {result.total_steps:,}"),
+        ("tokens", f"{result.tokens:,}"),
+        ("time", format_duration(result.elapsed_s)),
+        ("tokens/s", f"{result.tokens_per_sec:,.0f}"),
+        ("last train loss", num(result.last_loss)),
+        ("last val loss", num(result.last_val_loss)),
+        (
+            "best val loss",
+            num(result.best_val_loss) + (f" (step {result.best_step})" if result.best_step else ""),
+        ),
+        (
+            "best val ppl",
+            "n/a" if result.best_val_loss is None else f"{perplexity(result.best_val_loss):.2f}",
+        ),
+        ("skipped steps", str(result.bad_steps)),
+        ("checkpoint", str(result.checkpoint) if result.checkpoint else "none"),
+        ("run directory", str(result.run_dir)),
+    ]
+    return rows
+
+
+def summary_table(result: TrainResult):
+    from rich.table import Table
+
+    table = Table(title="Training summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in summary_rows(result):
+        table.add_row(key, value)
+    return table

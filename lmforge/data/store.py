@@ -1,0 +1,216 @@
+"""Prepared datasets on disk: ``datasets/<name>/{train,validation,test}.bin`` + ``meta.json``.
+
+A ``.bin`` file is a flat array of token ids (``uint16`` when the vocabulary
+fits, else ``uint32``), documents separated by one end-of-text token, read by
+memory map. ``meta.json`` says how to read it and what it holds::
+
+    {"format_version": 1, "tokenizer": {"name": "gpt2", "sha256": "..."},
+     "vocab_size": 50257, "eot_token": 50256, "dtype": "uint16",
+     "splits": {"validation": {"tokens": ..., "documents": ..., "bytes": ...,
+                               "words": ..., "source": ..., "sha256": ...}}}
+
+``bytes`` and ``words`` describe the source text (UTF-8 bytes, and
+``len(text.split())``) so evaluation can report bits per byte and word-level
+perplexity.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lmforge.errors import DataError, NotFoundError, UsageError
+from lmforge.workspace import Workspace
+
+META_FILE = "meta.json"
+FORMAT_VERSION = 1
+_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
+
+# (path, size, mtime_ns) -> max id, so a large split is scanned once per process
+_MAX_ID_CACHE: dict[tuple[str, int, int], int] = {}
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocab_size <= 65536), else uint32."""
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    if vocab_size <= 1 << 32:
+        return np.dtype(np.uint32)
+    raise DataError(f"vocabulary of {vocab_size} ids does not fit uint32")
+
+
+def _fix_hint(name: str) -> str:
+    return f"prepare it again: lmforge data prepare {name} --force"
+
+
+@dataclass
+class PreparedDataset:
+    name: str
+    path: Path
+    meta: dict
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta.get("splits", {}))
+
+    @property
+    def tokenizer_identity(self) -> dict:
+        return dict(self.meta["tokenizer"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    @property
+    def eot_token(self) -> int:
+        return int(self.meta["eot_token"])
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(_DTYPES[self.meta["dtype"]])
+
+    def split_meta(self, split: str) -> dict:
+        """tokens, documents, bytes, words, source and sha256 of one split."""
+        self._require(split)
+        return dict(self.meta["splits"][split])
+
+    def split_path(self, split: str) -> Path:
+        return self.path / self.meta["splits"][split].get("file", f"{split}.bin")
+
+    def size_on_disk(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+    def _require(self, split: str) -> None:
+        if split not in self.meta.get("splits", {}):
+            have = ", ".join(self.splits) or "none"
+            wanted = ",".join(dict.fromkeys([*self.splits, split]))
+            source = (self.meta.get("source") or {}).get("requested", self.name)
+            raise UsageError(
+                f"dataset '{self.name}' has no '{split}' split (it has {have})",
+                f"prepare it with: lmforge data prepare {source} --as {self.name} --splits {wanted} --force",
+            )
+
+    def tokens(self, split: str) -> np.memmap:
+        """The split's token ids as a read-only memory map, checked against ``meta.json``:
+        file size, dtype, and every id below ``vocab_size`` (scanned once per process)."""
+        self._require(split)
+        count = int(self.meta["splits"][split]["tokens"])
+        path = self.split_path(split)
+        if not path.is_file():
+            raise DataError(f"token file {path} is missing", _fix_hint(self.name))
+        dtype = self.dtype
+        stat = path.stat()
+        if stat.st_size != count * dtype.itemsize:
+            raise DataError(
+                f"token file {path} is truncated or corrupt: {stat.st_size} bytes, expected "
+                f"{count * dtype.itemsize} ({count} tokens of {dtype.name})",
+                _fix_hint(self.name),
+            )
+        if count == 0:
+            raise DataError(f"split '{split}' of dataset '{self.name}' holds no tokens", _fix_hint(self.name))
+        array = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if key not in _MAX_ID_CACHE:
+            top = 0
+            step = 1 << 24  # scan in 16M-token pieces: memory stays flat
+            for start in range(0, count, step):
+                top = max(top, int(array[start : start + step].max()))
+            _MAX_ID_CACHE[key] = top
+        if _MAX_ID_CACHE[key] >= self.vocab_size:
+            raise DataError(
+                f"token file {path} holds id {_MAX_ID_CACHE[key]}, "
+                f"outside the vocabulary of {self.vocab_size}",
+                _fix_hint(self.name),
+            )
+        return array
+
+    def summary(self) -> dict:
+        """One row of ``data list`` / the body of ``data info --json``."""
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "tokenizer": self.tokenizer_identity,
+            "vocab_size": self.vocab_size,
+            "eot_token": self.eot_token,
+            "dtype": self.meta["dtype"],
+            "size_on_disk": self.size_on_disk(),
+            "created": self.meta.get("created"),
+            "source": self.meta.get("source"),
+            "splits": {s: self.split_meta(s) for s in self.splits},
+        }
+
+
+def _read_meta(path: Path, name: str) -> dict:
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {meta_path}: {exc}", _fix_hint(name)) from None
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"{meta_path} has format version {version}; this lmforge reads version {FORMAT_VERSION}",
+            _fix_hint(name),
+        )
+    for key in ("tokenizer", "vocab_size", "eot_token", "dtype", "splits"):
+        if key not in meta:
+            raise DataError(f"{meta_path} lacks '{key}'", _fix_hint(name))
+    if meta["dtype"] not in _DTYPES:
+        raise DataError(f"{meta_path} has unknown dtype {meta['dtype']!r}", _fix_hint(name))
+    if meta["vocab_size"] > np.iinfo(_DTYPES[meta["dtype"]]).max + 1:
+        raise DataError(
+            f"{meta_path}: vocabulary {meta['vocab_size']} does not fit {meta['dtype']}", _fix_hint(name)
+        )
+    return meta
+
+
+def _prepared_names(workspace: Workspace) -> list[str]:
+    # temporary folders of a running or crashed prepare start with "." and are never datasets
+    return [n for n in workspace.dataset_names() if not n.startswith(".")]
+
+
+def open_dataset(workspace: Workspace, name: str) -> PreparedDataset:
+    """The prepared dataset ``name``; ``NotFoundError`` listing the prepared ones."""
+    path = workspace.dataset_dir(name)
+    if name.startswith(".") or "/" in name or not (path / META_FILE).is_file():
+        known = _prepared_names(workspace)
+        listing = f"prepared: {', '.join(known)}" if known else "no dataset is prepared yet"
+        raise NotFoundError(
+            f"unknown dataset '{name}' in {workspace.datasets_dir} ({listing})",
+            f"prepare it with: lmforge data prepare {name}",
+        )
+    return PreparedDataset(name, path, _read_meta(path, name))
+
+
+def list_datasets(workspace: Workspace, errors: list[tuple[str, str]] | None = None) -> list[PreparedDataset]:
+    """The prepared datasets, by name. One with unreadable metadata is left out; pass
+    ``errors`` to collect ``(name, message)`` for those."""
+    found = []
+    for name in _prepared_names(workspace):
+        try:
+            found.append(open_dataset(workspace, name))
+        except DataError as exc:
+            if errors is not None:
+                errors.append((name, exc.message))
+    return found
+
+
+def check_tokenizer_match(dataset_identity: dict, other_identity: dict, what: str) -> None:
+    """Raise when ``what`` (e.g. "checkpoint runs/x/best") uses another tokenizer than the data."""
+    if dataset_identity.get("name") == other_identity.get("name") and dataset_identity.get(
+        "sha256"
+    ) == other_identity.get("sha256"):
+        return
+    raise UsageError(
+        f"tokenizer mismatch: the dataset was tokenized with {_ident(dataset_identity)}, "
+        f"but {what} uses {_ident(other_identity)}",
+        "prepare the data with the same tokenizer (lmforge data prepare NAME --tokenizer ... --as NEW), "
+        "or use a matching checkpoint",
+    )
+
+
+def _ident(identity: dict) -> str:
+    return f"{identity.get('name', '?')} (sha256 {str(identity.get('sha256', '?'))[:12]}…)"

@@ -1,0 +1,395 @@
+"""Perplexity of a model on a token stream: sliding windows, every token scored once.
+
+A split of ``N`` tokens has ``N - 1`` targets (the first token has nothing to
+predict it). Windows of ``block_size`` tokens start every ``stride`` tokens;
+each window scores only the targets that no earlier window scored, so every
+target is scored exactly once, and (after the first window) with at least
+``block_size - stride`` tokens of context. ``stride == block_size`` gives
+non-overlapping windows (fast, the least context); ``stride == 1`` gives every
+token the full context (slowest). The last window is shifted back to end at the
+last target so that every window is full length and windows batch without
+padding.
+
+Besides token-level loss and perplexity, ``evaluate`` reports the two numbers
+that compare across tokenizers, both from the summed negative log-likelihood
+(NLL, nats) of the split:
+
+* word-level perplexity ``exp(NLL / words)``, where ``words`` is the number of
+  whitespace-separated words of the original text (the WikiText convention);
+* bits per byte ``NLL / ln 2 / bytes`` over the UTF-8 bytes of the original text.
+
+Both need the whole split to be scored: with ``max_tokens`` cutting the split
+short they are reported as ``None`` (with a note) rather than extrapolated.
+
+Under ``torch.distributed`` each rank scores windows ``rank, rank + world_size,
+...``; the NLL sums and token counts are summed with ``all_reduce``, so every
+rank ends with the result of one process scoring everything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.distributed import unwrap as unwrap_model
+from lmforge.errors import UsageError
+
+if TYPE_CHECKING:
+    from lmforge.data.store import PreparedDataset
+    from lmforge.workspace import Workspace
+
+DEFAULT_SPLITS = ("validation", "test")
+DEFAULT_BATCH_SIZE = 8
+
+# progress(n): n more targets were scored
+Progress = Callable[[int], None]
+# start(label, total) -> progress, for one bar per checkpoint and split
+ProgressFactory = Callable[[str, int], Progress]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Summed NLL (nats) and the number of targets it covers."""
+
+    loss_sum: float
+    tokens: int
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.tokens if self.tokens else float("nan")
+
+    @property
+    def ppl(self) -> float:
+        return _exp(self.loss)
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One line of ``lmforge eval``: one checkpoint on one split."""
+
+    checkpoint: str
+    split: str
+    loss: float
+    ppl: float
+    word_ppl: float | None  # None when only part of the split was scored
+    bpb: float | None
+    tokens: int
+    note: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _exp(x: float) -> float:
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return float("inf")
+
+
+def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for inference: bf16/fp16 autocast on CUDA (bf16 also on CPU)."""
+    from lmforge.device import TORCH_DTYPES
+
+    if dtype == "fp32" or device.type not in ("cuda", "cpu") or (device.type == "cpu" and dtype != "bf16"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=TORCH_DTYPES[dtype])
+
+
+def check_window(block_size: int, stride: int, batch_size: int, context: int) -> None:
+    """The one-line errors for window options that cannot work."""
+    if block_size < 1:
+        raise UsageError(f"--block-size must be >= 1, got {block_size}")
+    if block_size > context:
+        raise UsageError(
+            f"--block-size {block_size} is larger than the model's context of {context} tokens",
+            f"use --block-size {context} or less",
+        )
+    if not 1 <= stride <= block_size:
+        raise UsageError(
+            f"--stride must be between 1 and the block size ({block_size}), got {stride}",
+            f"--stride {block_size} gives non-overlapping windows, --stride {max(1, block_size // 2)} "
+            "gives every token at least half a block of context",
+        )
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+
+
+def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
+    """``(begin, end, first_scored)`` per window over ``n_tokens`` tokens.
+
+    A window feeds ``tokens[begin:end]`` and predicts ``tokens[begin + 1:end + 1]``;
+    it scores the targets at positions ``first_scored .. end - 1`` (input positions),
+    the ones no earlier window scored. Targets ``0 .. n_tokens - 2`` are covered once.
+    """
+    n_targets = n_tokens - 1
+    if n_targets < 1:
+        return []
+    block_size = min(block_size, n_targets)
+    windows = []
+    scored_to = 0  # targets [0, scored_to) are done
+    begin = 0
+    while scored_to < n_targets:
+        end = min(begin + block_size, n_targets)
+        windows.append((end - block_size, end, scored_to))  # shifted back when cut at the end
+        scored_to = end
+        begin += stride
+    return windows
+
+
+def _batches(windows: Sequence[tuple[int, int, int] | None], batch_size: int) -> Iterator[list]:
+    for i in range(0, len(windows), batch_size):
+        yield list(windows[i : i + batch_size])
+
+
+def evaluate_tokens(
+    model: nn.Module,
+    tokens: Any,
+    *,
+    block_size: int,
+    stride: int,
+    batch_size: int,
+    max_tokens: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: str = "fp32",
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Progress | None = None,
+) -> EvalResult:
+    """Sliding-window NLL of ``model`` over ``tokens`` (1-D ints: array, memmap, tensor, list).
+
+    ``max_tokens`` scores only the first ``max_tokens`` targets. ``rank``/``world_size``
+    pick this process's share of the windows; when ``torch.distributed`` is initialized
+    the sums are all-reduced, otherwise the result is this rank's share (which is what
+    a test of the reduction wants). ``progress(n)`` is called after each batch with the
+    number of targets it scored. The model is put in eval mode and its mode restored.
+    """
+    inner = unwrap_model(model)
+    config = getattr(inner, "config", None)
+    context = config.block_size if config is not None else block_size
+    check_window(block_size, stride, batch_size, context)
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+
+    n = len(tokens)
+    if max_tokens is not None:
+        n = min(n, max_tokens + 1)
+    if n < 2:
+        raise UsageError(f"cannot evaluate on {n} token(s): at least 2 are needed")
+    data = _as_array(tokens)[:n]  # a memmap stays a memmap: windows are read as they are needed
+    if config is not None:
+        top = int(data.max())
+        if top >= config.vocab_size:
+            raise UsageError(
+                f"token id {top} is outside the model's vocabulary of {config.vocab_size}",
+                "the data was tokenized with another tokenizer than the model's; prepare it again",
+            )
+
+    windows = sliding_windows(n, block_size, stride)
+    mine: list[tuple[int, int, int] | None] = list(windows[rank::world_size])
+    # Every rank runs the same number of forward passes (padding with windows that score
+    # nothing), so that sharded models (FSDP), whose forward is a collective, never hang.
+    per_rank = math.ceil(len(windows) / world_size)
+    mine += [None] * (per_rank - len(mine))
+
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast(device, dtype):
+            for batch in _batches(mine, batch_size):
+                x, y = _window_batch(data, batch, windows[0])
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                logits, _ = model(x)  # (B, T, vocab)
+                nll = F.cross_entropy(
+                    logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1, reduction="sum"
+                )
+                loss_sum += nll.double()  # stays on the device: no sync per batch
+                scored = sum(end - first for (_, end, first) in filter(None, batch))
+                count += scored
+                if progress is not None and scored:
+                    progress(scored)
+    finally:
+        model.train(was_training)
+
+    totals = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device)])
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    loss_total, tokens_total = totals.tolist()  # one device-to-host sync for the whole evaluation
+    return EvalResult(loss_sum=loss_total, tokens=int(round(tokens_total)))
+
+
+def _as_array(tokens: Any) -> np.ndarray:
+    if isinstance(tokens, torch.Tensor):
+        return tokens.detach().cpu().numpy()
+    return tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens, dtype=np.int64)
+
+
+def _window_batch(
+    data: np.ndarray, batch: list[tuple[int, int, int] | None], pad: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs (B, T) and targets (B, T) with -1 where a target is not scored here."""
+    rows = []
+    for window in batch:
+        begin, end, first = window or pad
+        chunk = np.asarray(data[begin : end + 1], dtype=np.int64)  # (T + 1,)
+        y = chunk[1:].copy()
+        y[: (first if window else end) - begin] = -1  # scored by an earlier window (or padding)
+        rows.append((chunk[:-1], y))
+    x = torch.from_numpy(np.stack([r[0] for r in rows]))
+    y = torch.from_numpy(np.stack([r[1] for r in rows]))
+    return x, y
+
+
+# ----------------------------------------------------------------------------- checkpoint level
+
+
+def split_row(
+    checkpoint: str,
+    split: str,
+    result: EvalResult,
+    split_meta: dict[str, Any],
+    split_tokens: int,
+) -> EvalRow:
+    """Token, word and byte level numbers for one split.
+
+    Word perplexity and bits per byte divide the NLL of the *whole* split by the
+    words/bytes of its source text; when fewer targets were scored than the split
+    has, they are None (scaling the counts by the fraction scored would be a guess).
+    """
+    full = result.tokens >= split_tokens - 1
+    words, nbytes = split_meta.get("words"), split_meta.get("bytes")
+    word_ppl = bpb = None
+    note = None
+    if not full:
+        note = f"partial split ({result.tokens:,} of {split_tokens - 1:,} tokens): word ppl and bpb need all"
+    else:
+        if words:
+            word_ppl = _exp(result.loss_sum / words)
+        if nbytes:
+            bpb = result.loss_sum / math.log(2) / nbytes
+        if not words or not nbytes:
+            note = "no word/byte counts in the dataset metadata"
+    return EvalRow(
+        checkpoint=checkpoint,
+        split=split,
+        loss=result.loss,
+        ppl=result.ppl,
+        word_ppl=word_ppl,
+        bpb=bpb,
+        tokens=result.tokens,
+        note=note,
+    )
+
+
+def evaluate(
+    model: nn.Module,
+    dataset: PreparedDataset,
+    *,
+    splits: Sequence[str] = DEFAULT_SPLITS,
+    checkpoint: str = "model",
+    block_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_tokens: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: str = "fp32",
+    rank: int = 0,
+    world_size: int = 1,
+    progress: ProgressFactory | None = None,
+) -> list[EvalRow]:
+    """Evaluate ``model`` on ``splits`` of a prepared dataset: one row per split.
+
+    ``block_size`` defaults to the model's context, ``stride`` to half the block size.
+    Every split is checked before the first is scored, so a typo fails fast.
+    """
+    context = unwrap_model(model).config.block_size
+    block_size = context if block_size is None else block_size
+    stride = max(1, block_size // 2) if stride is None else stride
+    check_window(block_size, stride, batch_size, context)
+    for split in splits:
+        if split not in dataset.splits:
+            raise UsageError(
+                f"dataset '{dataset.name}' has no split '{split}' (it has: {', '.join(dataset.splits)})",
+                f"use --split {','.join(s for s in dataset.splits if s != 'train') or 'train'}",
+            )
+    rows = []
+    for split in splits:
+        tokens = dataset.tokens(split)
+        n_targets = len(tokens) - 1 if max_tokens is None else min(len(tokens) - 1, max_tokens)
+        advance = progress(f"{checkpoint} {split}", n_targets) if progress else None
+        result = evaluate_tokens(
+            model,
+            tokens,
+            block_size=block_size,
+            stride=stride,
+            batch_size=batch_size,
+            max_tokens=max_tokens,
+            device=device,
+            dtype=dtype,
+            rank=rank,
+            world_size=world_size,
+            progress=advance,
+        )
+        rows.append(split_row(checkpoint, split, result, dataset.split_meta(split), len(tokens)))
+    return rows
+
+
+def evaluate_checkpoint(
+    workspace: Workspace,
+    spec: str,
+    *,
+    data: str | None = None,
+    splits: Sequence[str] = DEFAULT_SPLITS,
+    block_size: int | None = None,
+    stride: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_tokens: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    rank: int = 0,
+    world_size: int = 1,
+    progress: ProgressFactory | None = None,
+) -> list[EvalRow]:
+    """``lmforge eval SPEC``: resolve a checkpoint name, load it, evaluate it on its
+    dataset (or ``data``) after checking that the tokenizers match."""
+    from lmforge.checkpoint import load_model
+    from lmforge.data.store import check_tokenizer_match, open_dataset
+    from lmforge.device import resolve_device, resolve_dtype
+    from lmforge.resolve import resolve_checkpoint
+
+    path = resolve_checkpoint(workspace, spec)
+    dev = resolve_device(device)
+    precision = resolve_dtype(dtype, dev)
+    model, config, meta = load_model(path, device=dev)
+    name = data or meta.get("dataset") or config.data.name
+    dataset = open_dataset(workspace, name)
+    if meta.get("tokenizer"):
+        check_tokenizer_match(dataset.tokenizer_identity, meta["tokenizer"], f"checkpoint {spec}")
+    return evaluate(
+        model,
+        dataset,
+        splits=splits,
+        checkpoint=spec,
+        block_size=block_size,
+        stride=stride,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        device=dev,
+        dtype=precision,
+        rank=rank,
+        world_size=world_size,
+        progress=progress,
+    )

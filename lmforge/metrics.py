@@ -1,0 +1,157 @@
+"""What a run leaves behind besides checkpoints: ``metrics.jsonl``, ``samples.jsonl``,
+``run.json``; and the throughput meter (tokens/s, MFU) of the training loop.
+
+``metrics.jsonl`` holds one JSON object per line, appended and flushed as it is
+made, so ``tail -f`` and ``lmforge runs show`` see a live run::
+
+    {"kind": "train", "step", "loss", "lr", "grad_norm", "tokens_per_sec", "mfu", "tokens", "time"}
+    {"kind": "eval", "step", "val_loss", "val_ppl", "tokens", "time"}
+    {"kind": "bad_step", "step", "loss", "grad_norm", "consecutive", "tokens", "time"}
+
+``time`` is the Unix time in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from lmforge.checkpoint import now_iso, write_json_atomic
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.toml"
+
+
+def _finite_or_none(value: Any) -> Any:
+    # JSON has no NaN/Infinity; a bad step's loss is written as null
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JsonlWriter:
+    """Append-only JSON lines, flushed after every record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._fh is None:
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+        clean = {k: _finite_or_none(v) for k, v in record.items()}
+        self._fh.write(json.dumps(clean, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def truncate_after(path: Path, step: int) -> int:
+    """Drop the records of steps after ``step`` (a resumed run redoes them); returns how many."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record_step = json.loads(line).get("step", 0)
+        except (json.JSONDecodeError, AttributeError):
+            dropped += 1  # a line cut short by a crash
+            continue
+        if record_step > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+class RunRecord:
+    """``run.json``: the run's status, rewritten atomically whenever it changes."""
+
+    def __init__(self, run_dir: Path, initial: dict[str, Any]) -> None:
+        self.path = run_dir / RUN_FILE
+        self.data: dict[str, Any] = {
+            "name": run_dir.name,
+            "status": "running",
+            "started_at": now_iso(),
+            "ended_at": None,
+            "step": 0,
+            "total_steps": 0,
+            "tokens": 0,
+            "best_val_loss": None,
+            "best_step": None,
+            "dataset": None,
+            "tokenizer": None,
+            "wandb_id": None,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "lmforge_version": None,
+            "error": None,
+        }
+        self.data.update(initial)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> dict[str, Any]:
+        try:
+            return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def update(self, **fields: Any) -> None:
+        self.data.update({k: _finite_or_none(v) for k, v in fields.items()})
+        write_json_atomic(self.path, self.data)
+
+
+class ThroughputMeter:
+    """Tokens/s and MFU over the steps since the last reading (litgpt's monitor, in small).
+
+    The loop calls ``step(tokens)`` after each optimizer step and ``read()`` at logging
+    steps; the first reading after a (re)start excludes nothing, so it also holds
+    compilation and warm-up time.
+    """
+
+    def __init__(self, flops_per_token: float, peak_flops: float | None) -> None:
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self._t0 = time.perf_counter()
+        self._tokens = 0
+
+    def reset(self) -> None:
+        self._t0 = time.perf_counter()
+        self._tokens = 0
+
+    def step(self, tokens: int) -> None:
+        self._tokens += tokens
+
+    def read(self) -> tuple[float, float | None]:
+        """``(tokens_per_sec, mfu or None)`` since the last read, then start a new window."""
+        elapsed = max(time.perf_counter() - self._t0, 1e-9)
+        tps = self._tokens / elapsed
+        mfu = self.flops_per_token * tps / self.peak_flops if self.peak_flops else None
+        self.reset()
+        return tps, mfu

@@ -1,0 +1,172 @@
+"""Tokenizers: bytes, ranks files, GPT-2's lookup order, identities, offline errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tiktoken
+from data_fixtures import write_ranks_file
+
+from lmforge import tokenizer as tokmod
+from lmforge.errors import DataError, UsageError
+from lmforge.tokenizer import (
+    bytes_tokenizer,
+    get_tokenizer,
+    tokenizer_from_identity,
+    tokenizer_from_ranks_file,
+    tokenizer_status,
+)
+from lmforge.workspace import Workspace
+
+TEXT = "The theatre thinks: naïve € 😀 <|endoftext|> the end\n\n  x"
+
+
+def test_bytes_tokenizer_round_trip():
+    tok = bytes_tokenizer()
+    assert (tok.name, tok.eot_token, tok.vocab_size) == ("bytes", 256, 257)
+    ids = tok.encode(TEXT)
+    assert ids == list(TEXT.encode("utf-8"))  # special tokens in text are plain text
+    assert tok.decode(ids) == TEXT
+    assert tok.decode_bytes(np.array(ids, dtype=np.uint16)) == TEXT.encode()
+    assert tok.encode_array(TEXT).tolist() == ids
+    assert tok.encode_batch([TEXT, "ab"], num_threads=2) == [ids, [97, 98]]
+    assert tok.identity == bytes_tokenizer().identity
+
+
+def test_decode_replaces_split_characters():
+    tok = bytes_tokenizer()
+    ids = tok.encode("€")
+    assert tok.decode(ids[:2]) == "\ufffd"
+    assert tok.decode_bytes(ids[:2]) + tok.decode_bytes(ids[2:]) == "€".encode()
+
+
+def test_ranks_file_tokenizer(ranks_file):
+    tok = tokenizer_from_ranks_file(ranks_file)
+    assert tok.name == "small" and tok.eot_token == 262 and tok.vocab_size == 263
+    ids = tok.encode(TEXT)
+    assert tok.decode(ids) == TEXT
+    assert len(ids) < len(TEXT.encode())  # the merges are used
+    assert tok.encode(" the") == [260]
+    assert tok.encode_array(TEXT).tolist() == ids
+    # the identity is the sha256 of the ranks in tiktoken's format: here, of the file itself
+    import hashlib
+
+    assert tok.identity == {"name": "small", "sha256": hashlib.sha256(ranks_file.read_bytes()).hexdigest()}
+
+
+def test_gpt2_pattern_matches_tiktoken():
+    """Our GPT-2 pattern is tiktoken's: the same split into pieces on tricky text."""
+    ranks = {bytes([i]): i for i in range(256)}
+    ours = tiktoken.Encoding("x", pat_str=tokmod.GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={})
+    from tiktoken_ext.openai_public import r50k_pat_str
+
+    assert tokmod.GPT2_PATTERN == r50k_pat_str
+    assert ours.decode(ours.encode_ordinary(TEXT)) == TEXT
+
+
+def test_identity_distinguishes_ranks(tmp_path):
+    a = tokenizer_from_ranks_file(write_ranks_file(tmp_path / "a.tiktoken"), name="x")
+    b = tokenizer_from_ranks_file(write_ranks_file(tmp_path / "b.tiktoken", merges=(b"ab",)), name="x")
+    assert a.identity != b.identity and a.identity["name"] == b.identity["name"]
+
+
+def test_bad_ranks_file(tmp_path):
+    bad = tmp_path / "bad.tiktoken"
+    bad.write_text("not base64!! x\n")
+    with pytest.raises(DataError, match="not a tiktoken ranks file"):
+        tokenizer_from_ranks_file(bad)
+    with pytest.raises(UsageError, match="not found"):
+        tokenizer_from_ranks_file(tmp_path / "missing.tiktoken")
+
+
+def test_unknown_tokenizer_name(data_ws):
+    with pytest.raises(UsageError, match="unknown tokenizer 'nope'.*gpt2, bytes") as exc:
+        get_tokenizer("nope", workspace=data_ws)
+    assert exc.value.exit_code == 2
+
+
+def test_named_ranks_file_in_workspace(data_ws):
+    data_ws.ensure(data_ws.tokenizers_dir)
+    write_ranks_file(data_ws.tokenizers_dir / "mybpe.tiktoken")
+    tok = get_tokenizer("mybpe", workspace=data_ws)
+    assert tok.name == "mybpe"
+    assert tokenizer_from_identity(tok.identity, workspace=data_ws).identity == tok.identity
+    assert tokenizer_status(data_ws)["mybpe"].startswith("ok")
+
+
+def test_gpt2_offline_without_file_is_a_clear_error(data_ws, monkeypatch):
+    def offline(name):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(tokmod.tiktoken, "get_encoding", offline)
+    monkeypatch.setattr(tokmod, "_GPT2_DOWNLOADED", None)
+    with pytest.raises(DataError) as exc:
+        get_tokenizer("gpt2", workspace=data_ws)
+    assert "could not be downloaded" in exc.value.message
+    assert str(data_ws.tokenizers_dir / "gpt2.tiktoken") in exc.value.hint
+    assert "--tokenizer-file" in exc.value.hint and "LMFORGE_TOKENIZER_FILE" in exc.value.hint
+
+
+def test_gpt2_download_does_not_hang(data_ws, monkeypatch):
+    import threading
+
+    never = threading.Event()
+    monkeypatch.setattr(tokmod.tiktoken, "get_encoding", lambda name: never.wait(30))
+    monkeypatch.setattr(tokmod, "_GPT2_DOWNLOADED", None)
+    monkeypatch.setattr(tokmod, "DOWNLOAD_TIMEOUT_S", 0.2)
+    with pytest.raises(DataError, match="TimeoutError"):
+        get_tokenizer("gpt2", workspace=data_ws)
+    never.set()
+
+
+def test_gpt2_file_that_is_not_gpt2_is_refused(ranks_file, monkeypatch):
+    with pytest.raises(UsageError, match="is not GPT-2's ranks file"):
+        get_tokenizer("gpt2", tokenizer_file=ranks_file)
+    monkeypatch.setenv(tokmod.ENV_TOKENIZER_FILE, str(ranks_file.parent / "nope.tiktoken"))
+    with pytest.raises(UsageError, match="LMFORGE_TOKENIZER_FILE"):
+        get_tokenizer("gpt2")
+
+
+def test_gpt2_lookup_prefers_local_file(data_ws, monkeypatch):
+    """With a (fake) GPT-2 file in the workspace, tiktoken's download is never tried."""
+    fake = bytes_tokenizer()
+    calls = []
+    monkeypatch.setattr(tokmod.tiktoken, "get_encoding", lambda name: calls.append(name))
+    monkeypatch.setattr(tokmod, "tokenizer_from_ranks_file", lambda path, name=None: fake)
+    monkeypatch.setattr(tokmod, "_check_gpt2_ranks", lambda tok, path: None)
+    data_ws.ensure(data_ws.tokenizers_dir)
+    (data_ws.tokenizers_dir / "gpt2.tiktoken").write_text("x")
+    assert get_tokenizer("gpt2", workspace=data_ws) is fake
+    assert calls == []
+
+
+def test_tokenizer_status_is_offline_and_fast(data_ws, monkeypatch, tmp_path):
+    monkeypatch.setattr(tokmod.tiktoken, "get_encoding", lambda name: pytest.fail("must not download"))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
+    status = tokenizer_status(data_ws)
+    assert status["bytes"] == "ok (built in)"
+    assert "gpt2.tiktoken" in status["gpt2"] and status["gpt2"].startswith("not cached")
+    data_ws.ensure(data_ws.tokenizers_dir)
+    (data_ws.tokenizers_dir / "gpt2.tiktoken").write_text("x")
+    assert tokenizer_status(data_ws)["gpt2"].startswith("ok (")
+
+
+def test_tokenizer_from_identity_checks_the_hash(data_ws, tmp_path):
+    assert tokenizer_from_identity(bytes_tokenizer().identity) is bytes_tokenizer()
+    with pytest.raises(DataError, match="sha256"):
+        tokenizer_from_identity({"name": "bytes", "sha256": "0" * 64})
+    small = write_ranks_file(tmp_path / "small.tiktoken")
+    tok = tokenizer_from_ranks_file(small)
+    assert tokenizer_from_identity(tok.identity, tokenizer_file=small).identity == tok.identity
+
+
+@pytest.mark.skipif(
+    not (tokmod.Path(__file__).parents[2] / "shared" / "tokenizers" / "gpt2.tiktoken").is_file(),
+    reason="needs ../shared/tokenizers/gpt2.tiktoken",
+)
+def test_real_gpt2_file():
+    path = tokmod.Path(__file__).parents[2] / "shared" / "tokenizers" / "gpt2.tiktoken"
+    tok = get_tokenizer("gpt2", tokenizer_file=path, workspace=Workspace.resolve(path.parent))
+    assert tok.encode("Hello world") == [15496, 995]
+    assert (tok.eot_token, tok.vocab_size) == (50256, 50257)
+    assert tok.identity == {"name": "gpt2", "sha256": tokmod.GPT2_RANKS_SHA256}
