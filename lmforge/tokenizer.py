@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -173,7 +174,10 @@ def tokenizer_from_ranks_file(path: str | os.PathLike, name: str | None = None) 
             ) from None
         if not ranks:
             raise DataError(f"{path} holds no ranks", "expected lines of '<base64 token> <rank>'")
-        _FILE_CACHE[key] = Tokenizer(_encoding(name, GPT2_PATTERN, ranks), name, source=str(path))
+        tok = Tokenizer(_encoding(name, GPT2_PATTERN, ranks), name, source=str(path))
+        if hashlib.sha256(path.read_bytes()).hexdigest() == GPT2_RANKS_SHA256:
+            tok._sha256 = GPT2_RANKS_SHA256  # GPT-2's canonical file: no need to re-serialize its ranks
+        _FILE_CACHE[key] = tok
     return _FILE_CACHE[key]
 
 
@@ -290,6 +294,22 @@ def get_tokenizer(
         f"unknown tokenizer '{name}' (known: {', '.join(dict.fromkeys(known))})",
         "use --tokenizer gpt2 or --tokenizer bytes, or put NAME.tiktoken in the workspace's tokenizers/",
     )
+
+
+def remember_tokenizer_file(workspace: Workspace, tok: Tokenizer, path: str | os.PathLike) -> Path | None:
+    """Copy a ranks file given on the command line into the workspace's ``tokenizers/``,
+    so that train, eval and generate find it later without the flag. Returns the copy,
+    or None when the workspace already had one (never overwritten)."""
+    if tok.name == "bytes":
+        return None
+    target = workspace.tokenizers_dir / f"{tok.name}.tiktoken"
+    if target.exists() or Path(path).resolve() == target.resolve():
+        return None
+    workspace.ensure(workspace.tokenizers_dir)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, target)  # atomic: a reader sees no file or the whole file
+    return target
 
 
 def _workspace_tokenizer_names(workspace: Workspace | None) -> list[str]:

@@ -460,3 +460,24 @@ def test_count_words_is_str_split():
     for _ in range(2000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
         assert count_words(text.encode()) == len(text.split()), repr(text)
+
+
+def test_tokenizer_file_is_remembered_in_the_workspace(data_ws, wikitext_dir, ranks_file):
+    """A ranks file given once to prepare is copied into tokenizers/, so later commands
+    (train samples, eval, generate) find the tokenizer without the flag."""
+    src, _ = wikitext_dir
+    result = prepare_dataset(data_ws, "wikitext-2", source=src, tokenizer="small", tokenizer_file=ranks_file)
+    copy = data_ws.tokenizers_dir / "small.tiktoken"
+    assert copy.read_bytes() == ranks_file.read_bytes()
+    assert any("copied the tokenizer file" in note for note in result.notes)
+    from lmforge.tokenizer import get_tokenizer, tokenizer_from_identity
+
+    identity = open_dataset(data_ws, "wikitext-2").tokenizer_identity
+    assert tokenizer_from_identity(identity, workspace=data_ws).identity == identity
+    assert get_tokenizer("small", workspace=data_ws).identity == identity
+    copy.write_bytes(copy.read_bytes())  # an existing copy is never overwritten
+    before = copy.stat().st_mtime_ns
+    prepare_dataset(
+        data_ws, "wikitext-2", source=src, tokenizer="small", tokenizer_file=ranks_file, alias="again"
+    )
+    assert copy.stat().st_mtime_ns == before

@@ -7,7 +7,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def ci_commands() -> list[str]:
     lines = (ROOT / ".ci" / "run").read_text().splitlines()
-    start = lines.index("# The README's test command (tests/test_readme.py checks that the two stay identical):")
+    start = lines.index(
+        "# The README's test command (tests/test_readme.py checks that the two stay identical):"
+    )
     return [line for line in lines[start + 1 :] if line.strip()]
 
 

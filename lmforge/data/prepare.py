@@ -40,7 +40,7 @@ from lmforge.data import sources
 from lmforge.data.sources import SPLITS, Continuation, Source
 from lmforge.data.store import FORMAT_VERSION, META_FILE, PreparedDataset, dtype_for_vocab, open_dataset
 from lmforge.errors import DataError, UsageError
-from lmforge.tokenizer import Tokenizer, default_num_threads, get_tokenizer
+from lmforge.tokenizer import Tokenizer, default_num_threads, get_tokenizer, remember_tokenizer_file
 from lmforge.workspace import Workspace
 
 BATCH_BYTES = 1 << 20  # text per encoding task: big enough to amortize, small enough to bound memory
@@ -545,6 +545,7 @@ def prepare_dataset(
     if val_fraction is not None and plan.wikitext:
         raise UsageError("--val-fraction is for sources without a validation split; WikiText has one")
     tok = get_tokenizer(tokenizer, tokenizer_file=tokenizer_file, workspace=workspace)
+    remembered = remember_tokenizer_file(workspace, tok, tokenizer_file) if tokenizer_file else None
     target = workspace.dataset_dir(plan.name)
 
     if target.exists() and not force:
@@ -554,6 +555,8 @@ def prepare_dataset(
 
     src, wanted = plan.build(requested)
     notes: list[str] = []
+    if remembered is not None:
+        notes.append(f"copied the tokenizer file to {remembered}, where train, eval and generate find it")
     if val_fraction is not None and requested is None:
         wanted = [s for s in SPLITS if s in wanted or s == "validation"]
     if "validation" not in src.splits and val_fraction is None and requested is None:
