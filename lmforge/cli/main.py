@@ -8,8 +8,12 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from lmforge import __version__
+from lmforge.cli import ckpt as ckpt_cli
 from lmforge.cli import data as data_cli
+from lmforge.cli import eval as eval_cmd
+from lmforge.cli import generate as generate_cmd
 from lmforge.cli import info as info_cmd
+from lmforge.cli import runs as runs_cli
 from lmforge.cli import train as train_cmd
 from lmforge.cli.common import AppState, err_console
 from lmforge.errors import LmforgeError
@@ -71,21 +75,14 @@ def root(
     ctx.obj = AppState(workspace_path=workspace, verbose=verbose, quiet=quiet)
 
 
+# In the order of a session: set up, data, train, evaluate, sample, manage.
 app.command("info")(info_cmd.info)
-app.add_typer(data_cli.app, name="data", help="Prepare, list and inspect tokenized datasets.")
+app.add_typer(data_cli.app, name="data")
 app.command("train")(train_cmd.train)
-from lmforge.cli import eval as eval_cmd  # noqa: E402
-from lmforge.cli import generate as generate_cmd  # noqa: E402
-
 app.command("eval")(eval_cmd.eval_command)
 app.command("generate")(generate_cmd.generate_command)
-from lmforge.cli import runs as runs_cli  # noqa: E402
-
-app.add_typer(runs_cli.app, name="runs", help="List, inspect, compare and delete training runs.")
-from lmforge.cli import ckpt as ckpt_cli  # noqa: E402
-
-app.add_typer(ckpt_cli.app, name="ckpt", help="List, inspect, prune, export and import checkpoints.")
-# Command groups and commands of the later parts are mounted here as they are built.
+app.add_typer(ckpt_cli.app, name="ckpt")
+app.add_typer(runs_cli.app, name="runs")
 
 
 def main(argv: list[str] | None = None) -> None:
