@@ -87,7 +87,8 @@ def main() -> None:
         else f"cpu ({torch.get_num_threads()} threads)"
     )
     print(
-        f"# {args.preset} ({model.get_num_params() / 1e6:.0f}M params), {name}, {args.dtype}, "
+        f"# {args.preset} {overrides or ''} ({model.get_num_params() / 1e6:.1f}M params, "
+        f"{config.n_layer} layers, {config.n_embd} wide, context {config.block_size}), {name}, {args.dtype}, "
         f"median of {args.runs} runs, batch 1, greedy"
     )
     print(f"| {'new tokens':>10} | {'cache tok/s':>11} | {'no cache tok/s':>14} | {'speed-up':>8} |")

@@ -42,6 +42,7 @@ TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
 TMP_PREFIX = ".tmp-"
 TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight
+WTE_KEY = "transformer.wte.weight"
 
 
 @dataclass(frozen=True)
@@ -71,13 +72,34 @@ def now_iso() -> str:
 # ----------------------------------------------------------------------------- saving
 
 
-def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights to store: fp32, contiguous, on the CPU, tied copies left out."""
-    return {
-        k: v.detach().to("cpu", torch.float32).contiguous()
-        for k, v in model.state_dict().items()
-        if k not in TIED_KEYS
-    }
+def model_state(
+    model: nn.Module | dict[str, torch.Tensor], vocab_size: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The weights to store: fp32, contiguous, on the CPU, tied copies left out, and the token
+    embedding cut to the real ``vocab_size`` rows (a model padded for speed stores what an
+    unpadded one would). ``model`` may also be a (gathered, full) state dict."""
+    if isinstance(model, nn.Module):
+        vocab_size = vocab_size or getattr(getattr(model, "config", None), "vocab_size", None)
+        model = model.state_dict()
+    state = {k: v.detach() for k, v in model.items() if k not in TIED_KEYS}
+    if vocab_size and WTE_KEY in state and state[WTE_KEY].size(0) > vocab_size:
+        state[WTE_KEY] = state[WTE_KEY][:vocab_size]
+    return {k: v.to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+
+def pad_vocab_rows(state: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+    """``state`` with the token embedding padded with zero rows up to ``rows`` (a stored
+    checkpoint has the real rows; a model padded for speed has more)."""
+    wte = state.get(WTE_KEY)
+    if wte is None or wte.size(0) >= rows:
+        return state
+    pad = torch.zeros(rows - wte.size(0), *wte.shape[1:], dtype=wte.dtype, device=wte.device)
+    return {**state, WTE_KEY: torch.cat([wte, pad])}
+
+
+def _model_rows(model: nn.Module) -> int:
+    wte = getattr(getattr(model, "transformer", None), "wte", None)
+    return wte.weight.size(0) if wte is not None else 0
 
 
 def _fsync_file(path: Path) -> None:
@@ -115,7 +137,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 def save_checkpoint(
     path: str | os.PathLike,
-    model: nn.Module,
+    model: nn.Module | dict[str, torch.Tensor],
     meta: dict[str, Any],
     trainer_state: dict[str, Any] | None = None,
 ) -> Path:
@@ -124,7 +146,8 @@ def save_checkpoint(
     ``meta`` holds the fields of ``meta.json`` (kind, run, step, tokens, val_loss,
     config, tokenizer, dataset); ``format_version``, ``created_at``, ``lmforge_version``
     and the byte sizes of the files are added here. An existing checkpoint at ``path``
-    (``best``) stays intact until the new one is complete.
+    (``best``) stays intact until the new one is complete. ``model`` is the model or its
+    full state dict (gathered from the shards of an FSDP model).
     """
     from safetensors.torch import save_file
 
@@ -135,7 +158,8 @@ def save_checkpoint(
     tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir()
-        save_file(model_state(model), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        vocab = ((meta.get("config") or {}).get("model") or {}).get("vocab_size")
+        save_file(model_state(model, vocab), str(tmp / MODEL_FILE), metadata={"format": "pt"})
         _fsync_file(tmp / MODEL_FILE)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_FILE)
@@ -241,6 +265,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path = "checkpoint") -> None:
     """Copy ``state`` into ``model`` (every key but the tied head must match)."""
+    state = pad_vocab_rows(state, _model_rows(model))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch
@@ -266,6 +291,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     # built on the meta device: no time spent on a random init that is overwritten at once
     with torch.device("meta"):
         model = GPT(config.model)
+    state = pad_vocab_rows(state, _model_rows(model))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:

@@ -53,9 +53,23 @@ class ModelConfig:
     gradient_checkpointing: bool = doc(
         "Recompute block activations in backward to save memory.", default=False
     )
+    pad_vocab_multiple: int = doc(
+        "Pad the token-embedding/LM-head rows to a multiple of this for faster GPU matmuls "
+        "(0 = auto: 64 on CUDA, none elsewhere; 1 = none). Padded ids are never predicted: loss, "
+        "perplexity and sampling use the real vocab_size, and checkpoints store the real rows.",
+        default=0,
+    )
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the token embedding and the LM head (>= ``vocab_size``)."""
+        m = max(self.pad_vocab_multiple, 1)
+        return -(-self.vocab_size // m) * m
 
     def __post_init__(self) -> None:
         _positive(self, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
+        if self.pad_vocab_multiple < 0:
+            raise ConfigError(f"--pad-vocab-multiple must be >= 0, got {self.pad_vocab_multiple}")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})",
@@ -131,7 +145,11 @@ class TrainConfig:
     eval_tokens: int = doc("Validation tokens per evaluation (0 = the whole split).", default=0)
     patience: int = doc("Stop after N evaluations without improvement (0 = never).", default=0)
     max_bad_steps: int = doc("Consecutive non-finite steps before rolling back or stopping.", default=5)
-    strategy: Literal["ddp", "fsdp"] = doc("Multi-process strategy under torchrun.", default="ddp")
+    strategy: Literal["ddp", "fsdp"] = doc(
+        "With several processes (--nproc, torchrun): ddp (each holds the whole model) or fsdp "
+        "(FSDP2: weights, gradients and optimizer state sharded per block).",
+        default="ddp",
+    )
     threads: int = doc("CPU threads for torch (0 = torch's default).", default=0)
 
     def __post_init__(self) -> None:

@@ -1,23 +1,38 @@
 """Multi-process training under ``torchrun``: process group set-up, the
-DDP / FSDP2 wrappers, and the few collectives the trainer needs.
+DDP / FSDP2 wrappers, full (unsharded) state dicts, and the few collectives the
+trainer needs.
 
 The model file knows nothing of this: parallelism is applied to a plain
 ``GPT`` by ``apply_ddp`` / ``apply_fsdp`` (the torchtitan way). Without
 ``torchrun`` every helper here degrades to the single-process answer, so the
 trainer has no ``if distributed:`` branches beyond choosing a wrapper.
+
+Checkpoints hold the *full* state: the plain ``GPT`` state dict and the
+optimizer state in ``torch.optim``'s own format (integer parameter ids in
+parameter-group order), gathered to rank 0 under FSDP. So a checkpoint saved
+by any number of processes, with either strategy, loads in any other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from lmforge.errors import UsageError
+from lmforge.errors import LmforgeError, UsageError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,6 +55,10 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun set up (nccl on CUDA, gloo on the CPU).
 
@@ -52,7 +71,7 @@ def init_distributed(device_type: str) -> DistInfo:
         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
         world_size=int(os.environ["WORLD_SIZE"]),
     )
-    if not dist.is_initialized():
+    if not is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(info.local_rank)
@@ -62,66 +81,114 @@ def init_distributed(device_type: str) -> DistInfo:
 
 def current() -> DistInfo:
     """The ``DistInfo`` of an already initialised process group (or single-process)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         rank = dist.get_rank()
-        return DistInfo(rank=rank, local_rank=int(os.environ.get("LOCAL_RANK", rank)),
-                        world_size=dist.get_world_size())
+        return DistInfo(
+            rank=rank, local_rank=int(os.environ.get("LOCAL_RANK", rank)), world_size=dist.get_world_size()
+        )
     return DistInfo()
 
 
 def destroy() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.destroy_process_group()
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.barrier()
+
+
+# ----------------------------------------------------------------------------- collectives
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Sum ``values`` over ranks in place (a no-op in one process)."""
-    if dist.is_available() and dist.is_initialized():
+    if is_initialized():
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    if dist.is_available() and dist.is_initialized():
+    """Average ``values`` over ranks in place (a no-op in one process)."""
+    if is_initialized():
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
         values /= dist.get_world_size()
     return values
 
 
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise maximum over ranks, in place (a no-op in one process)."""
+    if is_initialized():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
+
+
 def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is true on any rank, so that a signal that reached one
-    process makes every process save and stop at the same step."""
-    if not (dist.is_available() and dist.is_initialized()):
+    """True when ``flag`` is true on any rank."""
+    if not is_initialized():
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())  # host sync: called once per optimizer step, not per micro-batch
+    return bool(t.item())  # host sync: only at rare decision points
 
 
-def broadcast_object(obj, src: int = 0):
+def broadcast_object(obj: T, src: int = 0) -> T:
     """Send a picklable object from ``src`` to every rank (the run name, say)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
 
 
-def gather_objects(obj) -> list:
+def gather_objects(obj: Any) -> list:
     """Every rank's ``obj``, in rank order, on every rank (per-rank RNG states)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_initialized():
         return [obj]
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
 
 
+def on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result, or raise its ``LmforgeError``
+    on every rank: checks of files that rank 0 is about to change (does the run exist? is it
+    running?) are made once, and a refusal stops all ranks alike instead of leaving the
+    others waiting in a collective."""
+    if not is_initialized():
+        return fn()
+    outcome: tuple[str, Any] = ("ok", None)
+    if dist.get_rank() == 0:
+        try:
+            outcome = ("ok", fn())
+        except LmforgeError as exc:
+            outcome = ("error", (type(exc).__name__, exc.message, exc.hint))
+    status, value = broadcast_object(outcome)
+    if status == "error":
+        import lmforge.errors as errors
+
+        name, message, hint = value
+        raise getattr(errors, name, LmforgeError)(message, hint)
+    return value
+
+
+# ----------------------------------------------------------------------------- wrappers
+
+
+def apply_compile(model: nn.Module, whole: bool = True) -> nn.Module:
+    """``torch.compile``: the whole model (one graph: the fastest, used for one process and
+    DDP), or each block in place (the FSDP2 way: the hooks between blocks stay in eager)."""
+    if whole:
+        return torch.compile(model)
+    for block in model.transformer.h:
+        block.compile()
+    return model
+
+
 def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel: every rank holds the whole model; gradients are averaged in
+    buckets that overlap with the backward pass."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     device_ids = [device.index] if device.type == "cuda" else None
@@ -129,18 +196,61 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 def apply_fsdp(model: nn.Module, mixed_precision: torch.dtype | None = None) -> nn.Module:
-    """FSDP2: shard each transformer block, then the root (embeddings, final norm, head)."""
+    """FSDP2: shard each transformer block, then the root (embeddings, final norm, the head
+    tied to the embedding), in place. Parameters become ``DTensor`` shards; names stay."""
     try:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     except ImportError as exc:  # torch < 2.6
-        raise UsageError("--strategy fsdp needs torch >= 2.6 (FSDP2)", "upgrade torch or use --strategy ddp") from exc
+        raise UsageError(
+            "--strategy fsdp needs torch >= 2.6 (FSDP2)", "upgrade torch or use --strategy ddp"
+        ) from exc
     kwargs = {}
     if mixed_precision is not None:
+        # parameters all-gathered in bf16, gradients reduced in fp32
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=mixed_precision, reduce_dtype=torch.float32)
     for block in model.transformer.h:
         fully_shard(block, **kwargs)
     fully_shard(model, **kwargs)
+    # a padded vocabulary returns its logits as a slice (a view) of the head's output; nothing
+    # writes to it in place, which is what this warning is about
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
     return model
+
+
+def is_fsdp(model: nn.Module) -> bool:
+    if "torch.distributed.fsdp" not in sys.modules:
+        return False  # nothing was sharded, and importing FSDP costs a second at start-up
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def set_grad_sync(model: nn.Module, enabled: bool) -> None:
+    """Whether the next backward averages gradients across ranks: off for all but the last
+    micro-batch of gradient accumulation, so the gradients travel once per optimizer step."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if isinstance(model, DDP):
+        model.require_backward_grad_sync = enabled  # what DDP.no_sync() toggles (nanoGPT does this)
+    elif is_fsdp(model):
+        model.set_requires_gradient_sync(enabled)
+
+
+def reshard(model: nn.Module) -> None:
+    """FSDP2 keeps the root's parameters gathered after a forward without backward (eval,
+    samples); shard them again before the next state-dict call."""
+    if is_fsdp(model):
+        model.reshard()
+
+
+def eager() -> contextlib.AbstractContextManager:
+    """Run compiled code eagerly for a while: the blocks of an FSDP model are compiled in place
+    for training, and evaluation and sampling (a KV cache whose length changes every token)
+    would only make them recompile."""
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -152,3 +262,164 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to ``max_norm`` and return it (a plain tensor on the device,
+    also under FSDP, where the norm is computed from the shards and reduced)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2
+        norm = norm.full_tensor()
+    return norm
+
+
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a (possibly sharded) tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+# ----------------------------------------------------------------------------- full state dicts
+
+
+def _full_options(**kwargs: Any):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The plain, unsharded state dict of ``model``. Under FSDP it is gathered to rank 0 on the
+    CPU (a collective: every rank calls it; ranks other than 0 get ``{}``)."""
+    if is_fsdp(model):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+    return unwrap(model).state_dict()
+
+
+def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full state dict (every rank passes the whole of it) into a sharded model."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, state, options=_full_options())
+
+
+def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """Names of the optimizer's parameters, in its own (integer id) order."""
+    names = {id(p): n for n, p in unwrap(model).named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` of the unsharded model. Under FSDP the shards are gathered to
+    rank 0 (a collective; other ranks get ``{}``) and re-keyed from parameter names to the
+    integer ids a single process uses, so the file is the same for any strategy."""
+    if not is_fsdp(model):
+        return optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+    if not by_name:
+        return {}
+    index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
+    return {
+        "state": {index[name]: s for name, s in by_name["state"].items()},
+        "param_groups": [
+            {**g, "params": [index[name] for name in g["params"]]} for g in by_name["param_groups"]
+        ],
+    }
+
+
+def load_full_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Load an ``optimizer.state_dict()`` saved by any strategy (every rank passes all of it)."""
+    if not is_fsdp(model):
+        optimizer.load_state_dict(state)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    names = _param_names(model, optimizer)
+    by_name = {
+        "state": {names[int(i)]: s for i, s in state["state"].items()},
+        "param_groups": [
+            {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=_full_options())
+
+
+# ----------------------------------------------------------------------------- the --nproc launcher
+
+
+def torchrun_command(nproc: int, args: list[str]) -> list[str]:
+    """``python -m torch.distributed.run`` for ``nproc`` local processes running
+    ``python -m lmforge ARGS``, with a rendezvous on the loopback address (a free port)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc-per-node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "127.0.0.1:0",  # port 0: pick a free one
+        "--rdzv-id",
+        f"lmforge-{os.getpid()}",
+        "--max-restarts",
+        "0",
+        "-m",
+        "lmforge",
+        # "--": torchrun's argparse would otherwise read lmforge options as its own abbreviated
+        # ones (--run is "ambiguous: --run-path, --run_path"); it drops the "--" itself
+        "--",
+        *args,
+    ]
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run ``lmforge ARGS`` in ``nproc`` processes under torchrun and return the exit code.
+
+    torchrun runs in a session of its own, so a Ctrl-C on the terminal reaches it once,
+    through us (a second copy from the terminal would make the workers abort instead of
+    saving). SIGINT and SIGTERM are forwarded (SIGHUP as SIGTERM); after one of them the exit code is
+    128 + its number (130 / 143), as for a single process."""
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too, without its warning
+    proc = subprocess.Popen(torchrun_command(nproc, args), env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        # a hang-up (closed terminal) stops the run like SIGTERM: saved, not lost
+        signum = signal.SIGTERM if signum == signal.SIGHUP else signum
+        received.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, forward) for s in forwarded}
+    try:
+        rc = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if received:
+        return 128 + received[0]
+    return rc
+
+
+@contextlib.contextmanager
+def process_group(device_type: str) -> Iterator[DistInfo]:
+    """``init_distributed`` for the duration of a block; the group is destroyed after it."""
+    info = init_distributed(device_type)
+    try:
+        yield info
+    finally:
+        if info.enabled:
+            destroy()

@@ -29,6 +29,7 @@ rank ends with the result of one process scoring everything.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -330,6 +331,8 @@ def evaluate(
         tokens = dataset.tokens(split)
         n_targets = len(tokens) - 1 if max_tokens is None else min(len(tokens) - 1, max_tokens)
         advance = progress(f"{checkpoint} {split}", n_targets) if progress else None
+        if advance is not None and world_size > 1:  # the bar shows rank 0's share, scaled to the whole
+            advance = functools.partial(lambda n, f: f(n * world_size), f=advance)
         result = evaluate_tokens(
             model,
             tokens,

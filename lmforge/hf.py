@@ -550,7 +550,7 @@ def export_checkpoint(
     ``safetensors``: lmforge's own weights and ``meta.json``, a standalone light
     checkpoint that every lmforge command accepts as a path.
     """
-    from lmforge.checkpoint import load_model, read_meta
+    from lmforge.checkpoint import load_model, model_state, read_meta
 
     if format not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {format!r}", f"choose one of: {', '.join(EXPORT_FORMATS)}")
@@ -558,7 +558,7 @@ def export_checkpoint(
     meta = read_meta(ckpt)
     with staged_output(out, force=force, protect=(ckpt,)) as tmp:
         model, config, meta = load_model(ckpt, device="cpu")
-        state_dict = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+        state_dict = model_state(model)  # without the tied head and any padded vocabulary rows
         if format == "hf":
             notes = _export_hf(state_dict, config, meta, ckpt, tmp, workspace)
         else:

@@ -26,37 +26,51 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                # padded_vocab_size rows (e.g. 50304 for 50257: tensor-core friendly matmuls);
+                # the padded ids never occur in the data and their logits are cut off below
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.block_size, config.n_embd),
                 drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
         # weight tying: the output projection is the token embedding (GPT-2, Press & Wolf 2017)
         self.lm_head.weight = self.transformer.wte.weight
+        # a model built on the meta device (shapes only: dry runs, checkpoint loading) has no
+        # values to initialise, and initialising meta tensors costs seconds of torch imports
+        if not self.transformer.wte.weight.is_meta:
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2 initialisation: normal(0, 0.02), zero biases, and residual projections
+        scaled by 1/sqrt(2 * n_layer), since each block adds two residual branches and the
+        sum's variance would otherwise grow with depth."""
         self.apply(self._init_weights)
-        # GPT-2: residual projections scaled by 1/sqrt(2 * n_layer), since each block adds two
-        # residual branches and the sum's variance would otherwise grow with depth
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * self.config.n_layer))
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, nn.Linear):
+    def _init_weights(self, module: nn.Module) -> None:
+        weight = getattr(module, "weight", None)
+        if weight is not None and weight is self.transformer.wte.weight:
+            # the token embedding (and the head tied to it): padded rows start (and stay) at 0
+            V = self.config.vocab_size
+            nn.init.normal_(weight[:V], mean=0.0, std=0.02)
+            with torch.no_grad():
+                weight[V:].zero_()
+        elif isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
 
     def get_num_params(self, non_embedding: bool = True) -> int:
         """Parameter count. With ``non_embedding`` (the default, as GPT-2 reports it) the
         position embeddings are left out; the token embeddings stay in, since they are
         also the output layer."""
         n = sum(p.numel() for p in self.parameters())  # tied weights are counted once
+        n -= (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd  # padding
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
         return n
@@ -90,15 +104,19 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)
 
+        V = self.config.vocab_size
         if targets is not None:
-            logits = self.lm_head(x)  # (B, T, vocab)
-            loss = F.cross_entropy(
-                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
-            )
+            logits = self.lm_head(x)  # (B, T, padded vocab)
+            if logits.size(-1) != V:
+                logits = logits[..., :V]  # (B, T, vocab): the padded ids are never predicted
+            loss = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=-1)
             return logits, loss
         if kv_cache is not None:
-            return self.lm_head(x[:, [-1], :]), None  # (B, 1, vocab): all sampling needs
-        return self.lm_head(x), None
+            x = x[:, [-1], :]  # (B, 1, C): the last position is all sampling needs
+        logits = self.lm_head(x)
+        if logits.size(-1) != V:
+            logits = logits[..., :V].contiguous()
+        return logits, None
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens."""

@@ -52,3 +52,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(cuda)
+
+
+def derive_seed(seed: int, step: int, rank: int) -> int:
+    """A seed for ``rank`` at ``step`` of a run seeded with ``seed``: distinct per rank, the
+    same on every machine."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, step, rank, 0x6C6D66]).generate_state(1)[0])
+
+
+def rank_rng_state(states: list[dict[str, Any]] | None, rank: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s RNG state from a checkpoint's per-rank list, or None when that rank was
+    not part of the saved run (more processes now than then: the caller reseeds it with
+    ``derive_seed``). With fewer processes, ranks keep their own states and the others' go
+    unused."""
+    if states and rank < len(states):
+        return states[rank]
+    return None

@@ -14,8 +14,15 @@ schedule and step counter stay as they were (the batch is consumed). After
 checkpoint (weights, optimizer, RNG; the data position moves on past the bad
 batches, as PaLM did for loss spikes) or, without one, stops with an error.
 
-Multi-process: ``rank``/``world_size`` are kept here and handed to the loader;
-rank 0 alone writes files and reports.
+Multi-process (``torchrun``; see ``lmforge.distributed``): every rank builds the
+same model from the same seed, which is then wrapped for DDP or sharded with
+FSDP2; each rank takes its slice of every global batch (the global order does
+not depend on the number of processes). Rank 0 alone writes files and reports.
+Ranks agree once per optimizer step, in one small all-reduce, on whether the
+step was finite and whether any of them received a stop signal; everything
+else that decides what happens next (logging, evaluation, checkpoints) depends
+on the step number only, so every rank takes the same path through the loop.
+Checkpoints hold the full (unsharded) state plus every rank's RNG state.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import shutil
 import signal
 import threading
@@ -36,6 +44,7 @@ import torch
 import torch.nn as nn
 
 from lmforge import checkpoint as ckpt
+from lmforge import distributed as dist
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.errors import LmforgeError, UsageError
 from lmforge.metrics import (
@@ -55,6 +64,8 @@ MAX_ROLLBACKS = 3
 # Per-layer gradient norms go to W&B at this multiple of the log interval.
 LAYER_NORM_EVERY = 10
 _DEFAULT_VOCAB = ModelConfig().vocab_size
+# Token-embedding rows are padded to a multiple of this on CUDA (pad_vocab_multiple = 0, "auto").
+CUDA_VOCAB_MULTIPLE = 64
 
 
 @dataclass
@@ -75,6 +86,9 @@ class TrainingManager:
     checkpoint name or path) starts a new run from a checkpoint's weights, with the
     checkpoint's architecture. ``reporter`` receives the progress (plain lines on stderr
     when not given).
+
+    Under ``torchrun``, call ``lmforge.distributed.init_distributed(device_type)`` first;
+    ``rank``/``world_size`` default to the initialised process group's.
     """
 
     def __init__(
@@ -85,15 +99,15 @@ class TrainingManager:
         reporter: Reporter | None = None,
         resume: str | Path | None = None,
         init_from: str | Path | None = None,
-        rank: int = 0,
-        world_size: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         from lmforge.data.store import check_tokenizer_match, open_dataset
         from lmforge.dataset import TrainLoader, make_dataset
         from lmforge.device import TORCH_DTYPES, peak_flops, resolve_device, resolve_dtype
         from lmforge.model import GPT
         from lmforge.optim import build_optimizer
-        from lmforge.rng import seed_everything
+        from lmforge.rng import derive_seed, seed_everything
         from lmforge.run_setup import (
             check_new_run,
             check_not_running,
@@ -109,15 +123,29 @@ class TrainingManager:
         if resume is not None and init_from is not None:
             raise UsageError("--resume and --init-from cannot be used together", "pick one")
         self.workspace = workspace if isinstance(workspace, Workspace) else Workspace.resolve(workspace)
+        group = dist.current()
+        if rank is None and world_size is None and dist.launched_by_torchrun() and not dist.is_initialized():
+            if int(os.environ["WORLD_SIZE"]) > 1:
+                raise UsageError(
+                    "launched by torchrun, but torch.distributed is not initialised",
+                    "call lmforge.distributed.init_distributed(device_type) first (`lmforge train` does)",
+                )
+        rank = group.rank if rank is None else rank
+        world_size = group.world_size if world_size is None else world_size
         self.rank, self.world_size = rank, world_size
         self.is_main = rank == 0
         self.reporter = reporter if self.is_main else Reporter()
 
-        # --- which run, with which config
+        # --- which run, with which config (decided on rank 0: it is about to change those files)
         self.resume_dir: Path | None = None
         if resume is not None:
-            self.resume_dir = self._resolve_run(resume)
-            check_not_running(self.resume_dir)
+
+            def resume_dir() -> Path:
+                path = self._resolve_run(resume)
+                check_not_running(path)
+                return path
+
+            self.resume_dir = dist.on_main(resume_dir)
             config = resume_config(self.resume_dir) if config is None else self._check_resume(config)
         config = dataclasses.replace(config) if config is not None else TrainingConfig()
         config = TrainingConfig.from_dict(config.to_dict())  # a private, validated copy
@@ -151,8 +179,12 @@ class TrainingManager:
             name = self.resume_dir.name
             self._check_resume_point(config)
         else:
-            name = config.run or generate_run_name(self.workspace, config)
-            check_new_run(self.workspace, name)
+            # generated names hold a timestamp: rank 0's is the one every rank uses
+            def new_name() -> str:
+                name = config.run or generate_run_name(self.workspace, config)
+                return check_new_run(self.workspace, name).name
+
+            name = dist.on_main(new_name)
         config.run = name
         self.config = config
         self.run_name = name
@@ -163,7 +195,18 @@ class TrainingManager:
         if t.threads > 0:
             torch.set_num_threads(t.threads)
         self.device = resolve_device(t.device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", group.local_rank)  # one GPU per process
         self.dtype = resolve_dtype(t.dtype, self.device)
+        self.strategy = t.strategy if world_size > 1 else "single"
+        if self.strategy == "fsdp" and self.dtype == "fp16":
+            raise UsageError(
+                "--strategy fsdp does not support --dtype fp16 (its loss scaler sees only local shards)",
+                "use --dtype bf16 (or fp32), or --strategy ddp",
+            )
+        if config.model.pad_vocab_multiple == 0 and self.resume_dir is None:
+            multiple = CUDA_VOCAB_MULTIPLE if self.device.type == "cuda" else 1
+            config.model = dataclasses.replace(config.model, pad_vocab_multiple=multiple)
         if self.device.type == "cuda":
             # TF32 tensor cores for the fp32 matmuls that remain (Ampere+): ~8x faster, 10-bit mantissa
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -190,22 +233,23 @@ class TrainingManager:
         )
 
         # --- model and optimizer
-        seed_everything(t.seed)
+        seed_everything(t.seed)  # the same initial weights on every rank
         self.model = GPT(config.model)
         if self.init_from is not None:
             ckpt.load_weights(self.model, ckpt.load_state_dict(self.init_from), where=self.init_from)
         self.model.to(self.device)
+        if rank > 0:
+            # dropout masks of their own; rank 0 goes on as a single process would
+            seed_everything(derive_seed(t.seed, 0, rank))
         self.compiled = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
-        # the compiled module shares its parameters with self.model, which eval, samples and
-        # checkpoints use (no recompiles for other shapes, no "_orig_mod." prefixes)
-        self._train_model: nn.Module = torch.compile(self.model) if self.compiled else self.model
+        self._train_model = self._parallelize()
         self.optimizer, self.param_counts = build_optimizer(self.model, config.optim, self.device)
         self.schedule = CosineSchedule(
             config.optim.lr, config.optim.min_lr, config.optim.warmup_steps, t.steps
         )
-        self.meter = ThroughputMeter(
-            self.model.flops_per_token(block) * world_size, peak_flops(self.device, self.dtype)
-        )
+        # tokens/s are counted over all ranks, so MFU is against the peak of all their devices
+        peak = peak_flops(self.device, self.dtype)
+        self.meter = ThroughputMeter(self.model.flops_per_token(block), peak * world_size if peak else None)
 
         # --- training state (what a full checkpoint holds besides weights and optimizer)
         self.step = 0
@@ -222,6 +266,9 @@ class TrainingManager:
         self.resumed_from_step: int | None = None
 
         self._stop_signal: int | None = None
+        self._agreed_stop: int | None = None  # several processes: the signal all ranks stop on
+        self._last_full_step: int | None = None  # in memory: every rank must agree, files may lag
+        self._layer_norms_wanted = False
         self._tokenizer = None
         self._samples_ok = config.logging.sample_tokens > 0
         self._metrics: JsonlWriter | None = None
@@ -229,8 +276,23 @@ class TrainingManager:
         self._record: RunRecord | None = None
         self._logger = None
         self._last_loss: float | None = None
+        dist.barrier()  # every rank has read what it needs before rank 0 starts writing
 
     # ------------------------------------------------------------------ set-up helpers
+
+    def _parallelize(self) -> nn.Module:
+        """The module the training steps run: ``self.model`` compiled, wrapped in DDP, or sharded
+        in place with FSDP2. ``self.model`` stays the ``GPT`` that evaluation, samples and
+        checkpoints use (sharing its parameters; no "_orig_mod." or "module." prefixes)."""
+        if self.strategy == "fsdp":
+            if self.compiled:
+                dist.apply_compile(self.model, whole=False)
+            bf16 = torch.bfloat16 if self.dtype == "bf16" else None
+            return dist.apply_fsdp(self.model, mixed_precision=bf16)
+        model = dist.apply_compile(self.model) if self.compiled else self.model
+        if self.strategy == "ddp":
+            model = dist.apply_ddp(model, self.device)
+        return model
 
     def _resolve_run(self, spec: str | Path) -> Path:
         path = Path(spec)
@@ -261,7 +323,9 @@ class TrainingManager:
                 + "; ".join(changed),
                 "resume with the run's own config (config=None), or start a new run with init_from",
             )
-        config = dataclasses.replace(config, run=saved.run)
+        # padding is part of the saved optimizer state's shapes: the run keeps its own
+        model = dataclasses.replace(config.model, pad_vocab_multiple=saved.model.pad_vocab_multiple)
+        config = dataclasses.replace(config, run=saved.run, model=model)
         return config
 
     def _check_resume_point(self, config: TrainingConfig) -> None:
@@ -335,7 +399,9 @@ class TrainingManager:
             group["lr"] = lr
         model, n = self._train_model, len(batches)
         loss_sum = torch.zeros((), device=self.device)
-        for x, y in batches:
+        for i, (x, y) in enumerate(batches):
+            # across ranks, gradients are averaged after the last micro-batch only
+            dist.set_grad_sync(model, i == n - 1)
             with self._autocast():
                 _, loss = model(x, y)
             loss = loss / n  # the mean over all micro-batches, as one big batch would give
@@ -343,12 +409,21 @@ class TrainingManager:
             self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)  # no-op unless fp16: clip the true gradients
         max_norm = self.config.optim.max_grad_norm or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = dist.clip_grad_norm(self.model, max_norm)
         norms = self._layer_norms() if layer_norms else None
         # Host sync, once per optimizer step (not per micro-batch): whether the step may be
         # applied decides the step counter and the schedule, which live on the host. It waits
         # for the backward pass only, which the optimizer step would wait for anyway.
-        loss_ok, grads_ok = torch.stack([loss_sum.isfinite(), grad_norm.isfinite()]).tolist()
+        flags = torch.stack([loss_sum.isfinite().logical_not(), grad_norm.isfinite().logical_not()]).float()
+        if self.world_size > 1:
+            # ... and the one collective decision of the step: a non-finite loss on any rank, and
+            # a stop signal received by any rank (its number; MAX), so all ranks save and stop
+            stop = torch.tensor([float(self._stop_signal or 0)], device=self.device)
+            flags = dist.all_reduce_max(torch.cat([flags, stop]))
+        bad_loss, bad_grads, *stop_signal = flags.tolist()
+        if stop_signal:
+            self._agreed_stop = int(stop_signal[0]) or None
+        loss_ok, grads_ok = not bad_loss, not bad_grads
         if loss_ok and grads_ok:
             status = "ok"
         elif loss_ok and self.scaler.is_enabled() and self.scaler.get_scale() > 1.0:
@@ -369,8 +444,12 @@ class TrainingManager:
                 continue
             parts = name.split(".")
             key = f"h.{parts[2]}" if parts[1] == "h" else parts[1]
-            groups.setdefault(key, []).append(p.grad.detach().float().norm())
-        return {k: torch.linalg.vector_norm(torch.stack(v)) for k, v in groups.items()}
+            # squared norms of this rank's shard (all of it unless FSDP), summed over ranks below
+            groups.setdefault(key, []).append(dist.local_tensor(p.grad.detach()).float().square().sum())
+        squares = torch.stack([torch.stack(v).sum() for v in groups.values()])
+        if self.strategy == "fsdp":
+            dist.all_reduce_sum(squares)
+        return dict(zip(groups, squares.sqrt(), strict=True))
 
     # ------------------------------------------------------------------ the loop
 
@@ -402,7 +481,7 @@ class TrainingManager:
             will_log = (self.step + 1) % log_every == 0 or self.step + 1 in (1, total)
             layer_norms = (
                 will_log
-                and self._logger.wants_layer_norms
+                and self._layer_norms_wanted
                 and (self.step + 1) % (log_every * LAYER_NORM_EVERY) == 0
             )
             out = self.train_step(self.next_batches(), lr, layer_norms=layer_norms)
@@ -420,15 +499,20 @@ class TrainingManager:
                     if cfg.train.patience and self.evals_since_best >= cfg.train.patience:
                         stop_reason = "early_stopping"
                 self._periodic_checkpoints()
-            if self._stop_signal is not None:
+            # one process: the signal as it arrives; several: the one the ranks agreed on in the step
+            stop = self._stop_signal if self.world_size == 1 else self._agreed_stop
+            if stop is not None:
                 stop_reason = "signal"
-                name = signal.Signals(self._stop_signal).name
+                where = " (by a rank)" if self.world_size > 1 else ""
                 self.reporter.warning(
-                    f"{name} received: saving a full checkpoint at step {self.step}, then stopping"
+                    f"{signal.Signals(stop).name} received{where}: saving a full checkpoint at step "
+                    f"{self.step}, then stopping"
                 )
             if stop_reason != "steps":
                 break
 
+        if self.world_size > 1:
+            self._stop_signal = self._agreed_stop  # a signal too late for the last step is not acted on
         if stop_reason == "steps" and self.last_eval_step != self.step:
             self._evaluate()  # the final validation loss
         final = self._save("full") if not self._has_full_at_step() else self._latest_full_path()
@@ -459,8 +543,10 @@ class TrainingManager:
         return result
 
     def _log_step(self, out: StepOutcome, lr: float, total: int, elapsed: float) -> None:
-        # .item(): device-to-host syncs, at logging steps only
-        loss, grad_norm = out.loss.item(), out.grad_norm.item()
+        # the mean over ranks (the gradient norm is global already); .item(): device-to-host syncs,
+        # at logging steps only
+        loss_t = dist.all_reduce_mean(out.loss.clone()) if self.world_size > 1 else out.loss
+        loss, grad_norm = loss_t.item(), out.grad_norm.item()
         self._last_loss = loss
         tps, mfu = self.meter.read()
         sec_per_step = self.tokens_per_step / tps if tps > 0 else None
@@ -521,7 +607,7 @@ class TrainingManager:
             self._roll_back()
 
     def _roll_back(self) -> None:
-        latest = self._latest_full_path()
+        latest = dist.broadcast_object(self._latest_full_path())
         what = (
             f"training diverged: {self.bad_streak} steps in a row had a non-finite loss or gradient "
             f"(at step {self.step + 1})"
@@ -560,18 +646,20 @@ class TrainingManager:
         from lmforge.evaluate import evaluate_tokens
 
         block = self.config.model.block_size
-        result = evaluate_tokens(
-            self.model,
-            self.val_tokens,
-            block_size=block,
-            stride=min(self.config.data.stride, block),
-            batch_size=self.config.train.batch_size,
-            max_tokens=self.config.train.eval_tokens or None,
-            device=self.device,
-            dtype=self.dtype,
-            rank=self.rank,
-            world_size=self.world_size,
-        )
+        with self._eager():
+            result = evaluate_tokens(
+                self.model,
+                self.val_tokens,
+                block_size=block,
+                stride=min(self.config.data.stride, block),
+                batch_size=self.config.train.batch_size,
+                max_tokens=self.config.train.eval_tokens or None,
+                device=self.device,
+                dtype=self.dtype,
+                rank=self.rank,
+                world_size=self.world_size,
+            )
+        dist.reshard(self.model)
         return result.loss
 
     def _evaluate(self) -> None:
@@ -618,19 +706,32 @@ class TrainingManager:
         kwargs.setdefault("dtype", self.dtype)
         return generate(self.model, self.tokenizer, prompt, max_tokens=max_tokens, **kwargs)[0]
 
+    def _eager(self) -> contextlib.AbstractContextManager:
+        # FSDP compiles the blocks themselves, which evaluation and samples share (see dist.eager)
+        return dist.eager() if self.strategy == "fsdp" and self.compiled else contextlib.nullcontext()
+
     def _sample(self) -> None:
-        if not self._samples_ok or not self.is_main:
+        # An FSDP model's forward is a collective: every rank generates the same text (same seed),
+        # for a fixed number of tokens (not stopping at end-of-text, which could differ by a bit)
+        fsdp = self.strategy == "fsdp"
+        if not self._samples_ok or not (self.is_main or fsdp):
             return
         prompt = self.config.logging.sample_prompt
         try:
             # a seed of its own: samples never touch the training RNG (exact resume)
-            text = self.generate_sample(
-                prompt, self.config.logging.sample_tokens, seed=self.config.train.seed + self.step
-            )
+            with self._eager():
+                text = self.generate_sample(
+                    prompt,
+                    self.config.logging.sample_tokens,
+                    seed=self.config.train.seed + self.step,
+                    **({"stop_at_eot": False} if fsdp else {}),
+                )
         except LmforgeError as exc:
             self._samples_ok = False
             self.reporter.warning(f"text samples are off: {exc}")
             return
+        finally:
+            dist.reshard(self.model)
         if self._samples is not None:
             self._samples.write({"step": self.step, "prompt": prompt, "text": text})
         self._logger.log_sample(self.step, prompt, text)
@@ -639,15 +740,19 @@ class TrainingManager:
     # ------------------------------------------------------------------ checkpoints
 
     def _trainer_state(self) -> dict[str, Any]:
+        """Everything but the weights; called on every rank (collectives: the FSDP optimizer
+        shards and the RNG states are gathered), meaningful on rank 0."""
         from lmforge.rng import get_rng_state
 
+        rng = dist.gather_objects(get_rng_state())
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": dist.full_optimizer_state(self.model, self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "step": self.step,
             "tokens": self.tokens,
             "schedule": self.schedule.state_dict(),
-            "rng": get_rng_state(),
+            "rng": rng[0],
+            "rng_per_rank": rng,  # rank r resumes with rng_per_rank[r]
             "loader": self.loader.state_dict(),
             "wandb_id": self.wandb_id,
             "tokenizer": self.tokenizer_identity,
@@ -665,6 +770,12 @@ class TrainingManager:
         }
 
     def _save(self, kind: str) -> Path | None:
+        """Save a checkpoint; called on every rank (at the same steps), written by rank 0."""
+        # FSDP: the weights are gathered from every rank's shards to rank 0 (a collective)
+        weights = dist.full_model_state(self.model) if self.strategy == "fsdp" else self.model
+        trainer_state = self._trainer_state() if kind == "full" else None
+        if kind == "full":
+            self._last_full_step = self.step
         if not self.is_main:
             return None
         name = "best" if kind == "best" else f"step-{self.step}"
@@ -679,7 +790,7 @@ class TrainingManager:
             "tokenizer": self.tokenizer_identity,
             "dataset": self.dataset.name,
         }
-        ckpt.save_checkpoint(path, self.model, meta, self._trainer_state() if kind == "full" else None)
+        ckpt.save_checkpoint(path, weights, meta, trainer_state)
         self.reporter.checkpoint(kind, path, self.step)
         if kind != "best":
             for old in ckpt.prunable(ckpt.list_checkpoints(self.run_dir), self.config.checkpoint.keep_last):
@@ -701,18 +812,21 @@ class TrainingManager:
         return latest.path if latest else None
 
     def _has_full_at_step(self) -> bool:
-        latest = ckpt.latest_full(self.run_dir)
-        return latest is not None and latest.step == self.step and latest.name == f"step-{self.step}"
+        return self._last_full_step == self.step
 
     def _restore(self, path: Path, *, resume: bool = True) -> None:
         """Load a full checkpoint: weights, optimizer, scaler, step, tokens and RNG; on ``resume``
         also the data position and the run's bookkeeping (best loss, bad-step counters). A rollback
         keeps the data moving and its own counters (so rollbacks stay bounded)."""
-        from lmforge.rng import set_rng_state
-
         state = ckpt.load_trainer_state(path)
-        ckpt.load_weights(self.model, ckpt.load_state_dict(path), where=path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        weights = ckpt.load_state_dict(path)
+        if self.strategy == "fsdp":
+            full = ckpt.pad_vocab_rows(weights, self.config.model.padded_vocab_size)
+            full["lm_head.weight"] = full[ckpt.WTE_KEY]  # tied: the same tensor in the model
+            dist.load_full_model_state(self.model, full)
+        else:
+            ckpt.load_weights(self.model, weights, where=path)
+        dist.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
         # the saved hyperparameters came along; the current config's win (e.g. a new --weight-decay)
         o = self.config.optim
         for group, decay in zip(self.optimizer.param_groups, (o.weight_decay, 0.0), strict=True):
@@ -721,10 +835,11 @@ class TrainingManager:
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        set_rng_state(state["rng"])
+        self._last_full_step = self.step
+        self._restore_rng(state)
         if not resume:
             return
-        self.loader.load_state_dict(state["loader"])
+        self.loader.load_state_dict(self._loader_position(state))
         self.best_val_loss, self.best_step = state.get("best_val_loss"), state.get("best_step")
         self.last_val_loss, self.last_eval_step = state.get("last_val_loss"), state.get("last_eval_step")
         self.evals_since_best = int(state.get("evals_since_best", 0))
@@ -732,14 +847,45 @@ class TrainingManager:
         self.bad_total, self.rollbacks = int(bad.get("total", 0)), int(bad.get("rollbacks", 0))
         self.wandb_id = state.get("wandb_id") or self.wandb_id
 
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        """This rank's RNG state from a full checkpoint. Saved by as many processes as now: each
+        rank gets its own back (an exact resume). Saved by fewer: the new ranks are reseeded
+        from (seed, step, rank); by more: the extra states go unused."""
+        from lmforge.rng import derive_seed, rank_rng_state, seed_everything, set_rng_state
+
+        per_rank = state.get("rng_per_rank") or [state["rng"]]  # older checkpoints: rank 0's only
+        own = rank_rng_state(per_rank, self.rank)
+        if own is not None:
+            set_rng_state(own)
+        else:
+            seed_everything(derive_seed(self.config.train.seed, self.step, self.rank))
+
+    def _loader_position(self, state: dict[str, Any]) -> dict[str, int]:
+        """The saved data position, in global batches of this run's size. A checkpoint of another
+        number of processes counted bigger or smaller global batches: the position is converted
+        to the same number of windows of the global order (rounded up to a whole batch, so no
+        window is seen twice; at most one global batch minus one windows are skipped)."""
+        position = dict(state["loader"])
+        saved_world = int(state.get("world_size") or 1)
+        if saved_world != self.world_size:
+            windows = int(position["batch"]) * self.config.train.batch_size * saved_world
+            batch = -(-windows // self.loader.global_batch_size)
+            if batch > self.loader.batches_per_epoch:
+                position["epoch"], batch = int(position["epoch"]) + 1, 0
+            position["batch"] = batch
+            self.reporter.warning(
+                f"resuming a {saved_world}-process checkpoint on {self.world_size} process(es): "
+                f"{self.tokens_per_step:,} tokens per step from now on"
+            )
+        return position
+
     # ------------------------------------------------------------------ run directory
 
     def _open_run(self) -> None:
-        from lmforge import __version__
-        from lmforge.wandb_logger import NullLogger, make_logger, new_run_id
+        from lmforge.wandb_logger import NullLogger, new_run_id
 
         if self.resume_dir is not None:
-            latest = ckpt.latest_full(self.run_dir)
+            latest = dist.broadcast_object(ckpt.latest_full(self.run_dir))
             self._restore(latest.path)
             self.resumed_from_step = self.step
             if self.is_main:
@@ -756,8 +902,15 @@ class TrainingManager:
                 ) from None
         self.wandb_id = self.wandb_id or RunRecord.read(self.run_dir).get("wandb_id") or new_run_id()
         self._logger = NullLogger()
-        if not self.is_main:
-            return
+        if self.is_main:
+            self._open_files()
+        # per-layer gradient norms (for W&B) are a collective under FSDP: all ranks must agree
+        self._layer_norms_wanted = dist.broadcast_object(self._logger.wants_layer_norms)
+
+    def _open_files(self) -> None:
+        from lmforge import __version__
+        from lmforge.wandb_logger import make_logger
+
         (self.run_dir / CONFIG_FILE).write_text(self.config.to_toml(), encoding="utf-8")
         previous = RunRecord.read(self.run_dir) if self.resume_dir else {}
         self._record = RunRecord(
@@ -795,7 +948,10 @@ class TrainingManager:
             "dataset": self.dataset.name,
             "parameters": self.model.get_num_params(),
             "param_groups": self.param_counts.to_dict(),
-            "device": str(self.device),
+            "device": str(self.device)
+            + (f" x{self.world_size} ({self.strategy})" if self.world_size > 1 else ""),
+            "world_size": self.world_size,
+            "strategy": self.strategy,
             "dtype": self.dtype,
             "compile": self.compiled,
             "tokens_per_step": self.tokens_per_step,

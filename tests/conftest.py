@@ -243,10 +243,10 @@ def fake_run(workspace_dir):
 
 @pytest.fixture(scope="session")
 def _prepared_bytes_workspace(tmp_path_factory):
+    from data_fixtures import write_wikitext
+
     from lmforge.data.prepare import prepare_dataset
     from lmforge.workspace import Workspace
-
-    from data_fixtures import write_wikitext
 
     root = tmp_path_factory.mktemp("train-data")
     source = root / "source"

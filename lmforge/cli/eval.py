@@ -65,8 +65,6 @@ def eval_command(
 
       [bold]torchrun --nproc_per_node 8 -m lmforge eval best[/bold]
     """
-    import torch
-
     from lmforge import distributed
     from lmforge.device import resolve_device
     from lmforge.errors import UsageError
@@ -76,9 +74,8 @@ def eval_command(
     if not splits:
         raise UsageError(f"--split names no split: {split!r}", "e.g. --split validation,test")
     ws = workspace(ctx)
+    # under torchrun: join the group; "auto" is then cuda:LOCAL_RANK (see resolve_device)
     dist = distributed.init_distributed(resolve_device(device).type)
-    if dist.enabled and device == "auto" and torch.cuda.is_available():
-        device = f"cuda:{dist.local_rank}"
     quiet = state(ctx).quiet or not dist.is_main
     rows = []
     try:

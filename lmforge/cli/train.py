@@ -3,6 +3,8 @@ to the ``TrainingManager``, print the summary."""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import typer
@@ -33,6 +35,14 @@ def train(
         "(best, latest, RUN, RUN:step-N or a path).",
         show_default=False,
     ),
+    nproc: int = typer.Option(
+        None,
+        "--nproc",
+        min=1,
+        help="Train in N processes on this machine (one per GPU): launches torchrun for you. "
+        "Under torchrun itself, leave it out.",
+        show_default=False,
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and costs, then exit."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan (--dry-run) or the summary as JSON."),
     overrides: dict | None = None,
@@ -43,6 +53,10 @@ def train(
     (130 / 143); continue with --resume. Progress goes to stderr (a live view on a
     terminal, plain lines otherwise), the summary to stdout; metrics, samples and
     checkpoints to runs/<run>/ in the workspace.
+
+    Several GPUs: --nproc N (or torchrun --nproc_per_node N -m lmforge -- train ...), with
+    --strategy ddp (default) or fsdp; --batch-size is per process. Checkpoints load on
+    any number of processes.
 
     Examples:
 
@@ -55,9 +69,16 @@ def train(
       [bold]lmforge train --init-from tiny-run:best --data my-corpus --run tuned[/bold]   (start from weights)
 
       [bold]lmforge train --preset gpt2-medium --dry-run[/bold]   (sizes, FLOPs and memory only)
+
+      [bold]lmforge train --nproc 8 --strategy fsdp --preset gpt2-xl[/bold]   (8 GPUs, sharded)
     """
+    from lmforge.distributed import launched_by_torchrun
     from lmforge.errors import UsageError
 
+    if nproc is not None and launched_by_torchrun():
+        raise UsageError(
+            "--nproc cannot be used under torchrun", "torchrun already chose the processes: drop --nproc"
+        )
     overrides = dict(overrides or {})
     preset = overrides.pop(("preset",), None)
     ws = workspace(ctx)
@@ -95,25 +116,57 @@ def train(
     if dry_run:
         from lmforge.estimate import plan
 
-        report = plan(config)
+        report = plan(config, world_size=nproc or int(os.environ.get("WORLD_SIZE", 1)))
         if as_json:
             print_json(report)
         else:
             _print_plan(report)
         return
 
+    if nproc is not None and nproc > 1:
+        from lmforge.distributed import launch
+
+        # the same command line in nproc processes (the options were checked above, once)
+        raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
+
+    from lmforge.device import resolve_device
+    from lmforge.distributed import process_group
     from lmforge.trainer import TrainingManager
 
-    manager = TrainingManager(config, ws, reporter=_reporter(ctx), resume=run_dir, init_from=checkpoint_path)
-    result = manager.train()
-    if as_json:
-        print_json(result.to_dict())
-    else:
-        from lmforge.dashboard import summary_table
+    with process_group(resolve_device(config.train.device).type) as group:
+        reporter = _reporter(ctx) if group.is_main else None
+        manager = TrainingManager(
+            config,
+            ws,
+            reporter=reporter,
+            resume=run_dir,
+            init_from=checkpoint_path,
+            rank=group.rank,
+            world_size=group.world_size,
+        )
+        result = manager.train()
+    if group.is_main:
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            from lmforge.dashboard import summary_table
 
-        out_console.print(summary_table(result))
+            out_console.print(summary_table(result))
     if result.exit_code:
         raise typer.Exit(result.exit_code)
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    """``args`` minus ``--nproc N`` / ``--nproc=N``."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def _reporter(ctx: typer.Context):
