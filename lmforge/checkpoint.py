@@ -35,12 +35,12 @@ import torch.nn as nn
 
 from lmforge.config import TrainingConfig
 from lmforge.errors import CheckpointError, LmforgeError
+from lmforge.fileio import TMP_PREFIX, fsync_dir, fsync_file, install_dir, write_json_atomic
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
-TMP_PREFIX = ".tmp-"
 TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight
 WTE_KEY = "transformer.wte.weight"
 
@@ -102,39 +102,6 @@ def _model_rows(model: nn.Module) -> int:
     return wte.weight.size(0) if wte is not None else 0
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``path`` through a temporary file and a rename, so readers never see half a file."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module | dict[str, torch.Tensor],
@@ -160,10 +127,10 @@ def save_checkpoint(
         tmp.mkdir()
         vocab = ((meta.get("config") or {}).get("model") or {}).get("vocab_size")
         save_file(model_state(model, vocab), str(tmp / MODEL_FILE), metadata={"format": "pt"})
-        _fsync_file(tmp / MODEL_FILE)
+        fsync_file(tmp / MODEL_FILE)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_FILE)
-            _fsync_file(tmp / TRAINER_FILE)
+            fsync_file(tmp / TRAINER_FILE)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         full_meta = {
             "format_version": FORMAT_VERSION,
@@ -174,8 +141,8 @@ def save_checkpoint(
         }
         # meta.json last: its presence is what makes the directory a checkpoint
         write_json_atomic(tmp / META_FILE, full_meta)
-        _fsync_dir(tmp)
-        _install(tmp, path)
+        fsync_dir(tmp)
+        install_dir(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
@@ -188,24 +155,6 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
-
-
-def _install(tmp: Path, path: Path) -> None:
-    """Rename the finished ``tmp`` to ``path``; an older ``path`` is moved aside first
-    (a directory cannot be renamed over a non-empty one) and deleted after."""
-    old = None
-    if path.exists():
-        old = path.parent / f"{TMP_PREFIX}old-{path.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(path, old)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        if old is not None:
-            os.rename(old, path)  # put the previous one back
-        raise
-    _fsync_dir(path.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- loading

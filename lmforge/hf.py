@@ -44,6 +44,7 @@ import torch
 from lmforge import __version__
 from lmforge.config import PRESETS, ModelConfig, TrainingConfig
 from lmforge.errors import CheckpointError, ConfigError, LmforgeError, NotFoundError, UsageError
+from lmforge.fileio import fsync_file, write_json
 
 if TYPE_CHECKING:
     from lmforge.tokenizer import Tokenizer
@@ -466,7 +467,7 @@ def staged_output(
     try:
         yield tmp
         for f in tmp.iterdir():
-            _fsync(f)
+            fsync_file(f)
         if out.exists() or out.is_symlink():
             old = out.parent / f".old-{out.name}-{uuid.uuid4().hex[:8]}"
             out.rename(old)
@@ -477,15 +478,6 @@ def staged_output(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _fsync(path: Path) -> None:
-    with path.open("rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
 
 
 def write_hf_dir(
@@ -505,11 +497,11 @@ def write_hf_dir(
     notes = []
     if tokenizer is not None:
         eot_token = tokenizer.eot_token
-    _write_json(out_dir / HF_CONFIG, hf_config(model_config, eot_token))
+    write_json(out_dir / HF_CONFIG, hf_config(model_config, eot_token))
     save_file(
         to_hf_state_dict(state_dict, model_config), str(out_dir / HF_SAFETENSORS), metadata={"format": "pt"}
     )
-    _write_json(out_dir / "generation_config.json", {"bos_token_id": eot_token, "eos_token_id": eot_token})
+    write_json(out_dir / "generation_config.json", {"bos_token_id": eot_token, "eos_token_id": eot_token})
     if tokenizer is not None:
         try:
             files = hf_tokenizer_files(tokenizer, model_config.block_size)
@@ -519,7 +511,7 @@ def write_hf_dir(
             for name, text in files.items():
                 (out_dir / name).write_text(text, encoding="utf-8")
     if lmforge_info is not None:
-        _write_json(out_dir / LMFORGE_JSON, lmforge_info)
+        write_json(out_dir / LMFORGE_JSON, lmforge_info)
     return notes
 
 
@@ -629,7 +621,7 @@ def _export_safetensors(state_dict, meta: dict[str, Any], ckpt: Path, out_dir: P
         "exported_from": _source_info(meta, ckpt),
         "files": {"model.safetensors": (out_dir / "model.safetensors").stat().st_size},
     }
-    _write_json(out_dir / "meta.json", new_meta)
+    write_json(out_dir / "meta.json", new_meta)
     return []
 
 
@@ -719,7 +711,7 @@ def import_checkpoint(workspace: Workspace, src: str | os.PathLike, name: str | 
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-import-{name}-", dir=workspace.runs_dir))
     try:
         (tmp / "config.toml").write_text(config.to_toml(), encoding="utf-8")
-        _write_json(tmp / "run.json", run_json)
+        write_json(tmp / "run.json", run_json)
         save_checkpoint(tmp / "checkpoints" / "best", model, meta)
         if run_dir.exists():  # someone else took the name meanwhile
             raise UsageError(f"run {name!r} already exists", "pick another name with --as NAME")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import multiprocessing
 import os
 import re
@@ -40,6 +39,7 @@ from lmforge.data import sources
 from lmforge.data.sources import SPLITS, Continuation, Source
 from lmforge.data.store import FORMAT_VERSION, META_FILE, PreparedDataset, dtype_for_vocab, open_dataset
 from lmforge.errors import DataError, UsageError
+from lmforge.fileio import fsync_dir, install_dir, write_json
 from lmforge.tokenizer import Tokenizer, default_num_threads, get_tokenizer, remember_tokenizer_file
 from lmforge.workspace import Workspace
 
@@ -467,41 +467,11 @@ def clean_leftovers(workspace: Workspace) -> list[Path]:
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _install(tmp: Path, target: Path) -> None:
-    """Rename ``tmp`` to ``target``; an existing ``target`` is removed only afterwards."""
-    if not target.exists():
-        os.rename(tmp, target)
-    else:
-        old = target.parent / f"{OLD_PREFIX}{target.name}-{os.getpid()}-{secrets.token_hex(4)}"
-        os.rename(target, old)
-        try:
-            os.rename(tmp, target)
-        except BaseException:
-            os.rename(old, target)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(target.parent)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Rename ``tmp`` to ``target``; an existing ``target`` is set aside under a name that
+    ``clean_leftovers`` can restore from, and removed only afterwards."""
+    aside = target.parent / f"{OLD_PREFIX}{target.name}-{os.getpid()}-{secrets.token_hex(4)}"
+    install_dir(tmp, target, aside=aside)
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -641,8 +611,8 @@ def prepare_dataset(
             },
             "splits": split_meta,
         }
-        _write_json(tmp / META_FILE, meta)
-        _fsync_dir(tmp)
+        write_json(tmp / META_FILE, meta)
+        fsync_dir(tmp)
         _install(tmp, target)
     except OSError as exc:
         encoder.close()
