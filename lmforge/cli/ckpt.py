@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lmforge.cli.common import err_console, info, out_console, print_json, workspace
+from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, print_json, workspace
 from lmforge.cli.runs import complete_run_names, fmt_bytes, fmt_count, fmt_loss, fmt_time
 from lmforge.errors import LmforgeError, UsageError
 from lmforge.workspace import Workspace
@@ -28,8 +28,6 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-
-JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 
 def complete_checkpoint_names(ctx: typer.Context, incomplete: str) -> list[str]:

@@ -30,6 +30,12 @@ class AppState:
         return Workspace.resolve(self.workspace_path)
 
 
+# Options several commands share, defined once so their spelling and help never drift.
+JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON.")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+DTYPE_OPTION = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32 (autocast).")
+
+
 def state(ctx: typer.Context) -> AppState:
     root = ctx.find_root()
     if not isinstance(root.obj, AppState):

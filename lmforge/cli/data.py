@@ -11,7 +11,7 @@ from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn,
 from rich.table import Table
 from rich.text import Text
 
-from lmforge.cli.common import err_console, info, out_console, print_json, state, workspace
+from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, print_json, state, workspace
 
 app = typer.Typer(
     help="Prepare, list and inspect tokenized datasets.\n\n"
@@ -256,7 +256,7 @@ def _splits_table(ds, title: str | None = "", checksums: bool = False) -> Table:
 @app.command("list")
 def list_cmd(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """List prepared datasets: tokens per split, documents, tokenizer, dtype, size on disk.
 
@@ -319,7 +319,7 @@ def list_cmd(
 def info_cmd(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="A prepared dataset (see `lmforge data list`).", show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Show one prepared dataset: tokenizer, dtype, source, splits.
 

@@ -9,7 +9,15 @@ from collections.abc import Iterator
 import typer
 from rich.table import Table
 
-from lmforge.cli.common import err_console, out_console, print_json, state, workspace
+from lmforge.cli.common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    err_console,
+    out_console,
+    print_json,
+    state,
+    workspace,
+)
 
 
 def eval_command(
@@ -43,8 +51,8 @@ def eval_command(
         help="Score only the first N tokens of each split (word ppl and bpb then n/a).",
         show_default=False,
     ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32 (autocast)."),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON."),
 ) -> None:
     """Evaluate checkpoints: loss, perplexity, word-level perplexity and bits per byte.

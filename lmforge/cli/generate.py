@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from lmforge.cli.common import err_console, info, workspace
+from lmforge.cli.common import DEVICE_OPTION, DTYPE_OPTION, err_console, info, workspace
 
 SEPARATOR = "-" * 40
 
@@ -38,8 +38,8 @@ def generate_command(
     num_samples: int = typer.Option(1, "--num-samples", help="How many completions."),
     seed: int = typer.Option(None, "--seed", help="Random seed, for repeatable samples.", show_default=False),
     no_stream: bool = typer.Option(False, "--no-stream", help="Print the finished text only."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, bf16, fp16 or fp32 (autocast)."),
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
     tokenizer_file: str = typer.Option(
         None,
         "--tokenizer-file",

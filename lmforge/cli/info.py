@@ -8,12 +8,12 @@ import typer
 from rich.table import Table
 
 from lmforge import __version__
-from lmforge.cli.common import out_console, print_json, workspace
+from lmforge.cli.common import JSON_OPTION, out_console, print_json, workspace
 
 
 def info(
     ctx: typer.Context,
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Print the version, workspace, torch build, devices and tokenizer availability.
 

@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lmforge.cli.common import err_console, info, out_console, print_json, workspace
+from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, print_json, workspace
 from lmforge.errors import UsageError
 from lmforge.workspace import Workspace
 
@@ -48,9 +48,6 @@ def complete_run_names(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def _run_argument(help: str) -> Any:
     return typer.Argument(..., help=help, autocompletion=complete_run_names, show_default=False)
-
-
-JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 
 # ----------------------------------------------------------------------------- list
