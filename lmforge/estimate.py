@@ -23,7 +23,10 @@ def plan(config: TrainingConfig, world_size: int = 1) -> dict[str, Any]:
     """Parameter counts, tokens per step, FLOPs and memory for ``config``."""
     model = build_on_meta(config)
     n_total = model.get_num_params(non_embedding=False)
-    n_non_embedding = n_total - model.transformer.wpe.weight.numel() - model.transformer.wte.weight.numel()
+    # the real vocabulary's rows only: padded rows (--pad-vocab-multiple) are not parameters that learn
+    n_non_embedding = (
+        n_total - model.transformer.wpe.weight.numel() - config.model.vocab_size * config.model.n_embd
+    )
     tokens_per_step = config.tokens_per_step * world_size
     flops_per_token = model.flops_per_token()
     weights = 4 * n_total

@@ -118,3 +118,13 @@ def test_subprocess_dry_run_and_error(tmp_path):
     )
     assert bad.returncode == 2
     assert "unknown preset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_dry_run_counts_the_real_vocabulary_when_padded(cli):
+    result = cli("train", "--preset", "gpt2", "--pad-vocab-multiple", "64", "--dry-run", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["parameters"] == {
+        "total": 124_439_808,
+        "without_position_embeddings": 123_653_376,
+        "non_embedding": 85_056_000,
+    }
