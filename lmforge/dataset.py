@@ -210,6 +210,20 @@ class TrainLoader:
     def state_dict(self) -> dict:
         return {"epoch": self._epoch, "batch": self._batch}
 
+    def position_from(self, state: dict, saved_world_size: int) -> dict:
+        """A saved position, in global batches of this loader's size. A loader of another
+        number of processes counted bigger or smaller global batches: the position becomes
+        the same number of windows of the global order, rounded up to a whole batch so no
+        window is seen twice (at most one global batch minus one windows are skipped)."""
+        position = {"epoch": int(state["epoch"]), "batch": int(state["batch"])}
+        if saved_world_size != self.world_size:
+            windows = position["batch"] * self.batch_size * saved_world_size
+            batch = -(-windows // self.global_batch_size)
+            if batch > self.batches_per_epoch:
+                position["epoch"], batch = position["epoch"] + 1, 0
+            position["batch"] = batch
+        return position
+
     def load_state_dict(self, state: dict) -> None:
         epoch, batch = int(state["epoch"]), int(state["batch"])
         if epoch < 0 or not 0 <= batch <= self.batches_per_epoch:

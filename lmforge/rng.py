@@ -68,3 +68,15 @@ def rank_rng_state(states: list[dict[str, Any]] | None, rank: int) -> dict[str, 
     if states and rank < len(states):
         return states[rank]
     return None
+
+
+def restore_rank_rng(state: dict[str, Any], rank: int, *, seed: int, step: int) -> None:
+    """This rank's RNG state from a full checkpoint. Saved by as many processes as now: each
+    rank gets its own back (an exact resume). Saved by fewer: the new ranks are reseeded
+    from (seed, step, rank); by more: the extra states go unused."""
+    per_rank = state.get("rng_per_rank") or [state["rng"]]  # older checkpoints: rank 0's only
+    own = rank_rng_state(per_rank, rank)
+    if own is not None:
+        set_rng_state(own)
+    else:
+        seed_everything(derive_seed(seed, step, rank))

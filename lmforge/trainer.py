@@ -33,9 +33,7 @@ import math
 import os
 import shutil
 import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +55,8 @@ from lmforge.metrics import (
     truncate_after,
 )
 from lmforge.reporting import EvalStats, Reporter, StepStats, TrainResult
+from lmforge.rng import restore_rank_rng
+from lmforge.signals import stop_on_signals
 from lmforge.workspace import Workspace
 
 # Rollbacks to the last full checkpoint before a diverging run is given up.
@@ -455,7 +455,7 @@ class TrainingManager:
 
     def train(self) -> TrainResult:
         """Train to ``config.train.steps`` (or an interruption, or early stopping)."""
-        with self._signal_handlers():
+        with stop_on_signals(self.request_stop, lambda: self._stop_signal is not None):
             try:
                 self._open_run()
                 result = self._loop()
@@ -836,48 +836,22 @@ class TrainingManager:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
         self._last_full_step = self.step
-        self._restore_rng(state)
+        restore_rank_rng(state, self.rank, seed=self.config.train.seed, step=self.step)
         if not resume:
             return
-        self.loader.load_state_dict(self._loader_position(state))
+        saved_world = int(state.get("world_size") or 1)
+        if saved_world != self.world_size:
+            self.reporter.warning(
+                f"resuming a {saved_world}-process checkpoint on {self.world_size} process(es): "
+                f"{self.tokens_per_step:,} tokens per step from now on"
+            )
+        self.loader.load_state_dict(self.loader.position_from(state["loader"], saved_world))
         self.best_val_loss, self.best_step = state.get("best_val_loss"), state.get("best_step")
         self.last_val_loss, self.last_eval_step = state.get("last_val_loss"), state.get("last_eval_step")
         self.evals_since_best = int(state.get("evals_since_best", 0))
         bad = state.get("bad_steps") or {}
         self.bad_total, self.rollbacks = int(bad.get("total", 0)), int(bad.get("rollbacks", 0))
         self.wandb_id = state.get("wandb_id") or self.wandb_id
-
-    def _restore_rng(self, state: dict[str, Any]) -> None:
-        """This rank's RNG state from a full checkpoint. Saved by as many processes as now: each
-        rank gets its own back (an exact resume). Saved by fewer: the new ranks are reseeded
-        from (seed, step, rank); by more: the extra states go unused."""
-        from lmforge.rng import derive_seed, rank_rng_state, seed_everything, set_rng_state
-
-        per_rank = state.get("rng_per_rank") or [state["rng"]]  # older checkpoints: rank 0's only
-        own = rank_rng_state(per_rank, self.rank)
-        if own is not None:
-            set_rng_state(own)
-        else:
-            seed_everything(derive_seed(self.config.train.seed, self.step, self.rank))
-
-    def _loader_position(self, state: dict[str, Any]) -> dict[str, int]:
-        """The saved data position, in global batches of this run's size. A checkpoint of another
-        number of processes counted bigger or smaller global batches: the position is converted
-        to the same number of windows of the global order (rounded up to a whole batch, so no
-        window is seen twice; at most one global batch minus one windows are skipped)."""
-        position = dict(state["loader"])
-        saved_world = int(state.get("world_size") or 1)
-        if saved_world != self.world_size:
-            windows = int(position["batch"]) * self.config.train.batch_size * saved_world
-            batch = -(-windows // self.loader.global_batch_size)
-            if batch > self.loader.batches_per_epoch:
-                position["epoch"], batch = int(position["epoch"]) + 1, 0
-            position["batch"] = batch
-            self.reporter.warning(
-                f"resuming a {saved_world}-process checkpoint on {self.world_size} process(es): "
-                f"{self.tokens_per_step:,} tokens per step from now on"
-            )
-        return position
 
     # ------------------------------------------------------------------ run directory
 
@@ -999,30 +973,6 @@ class TrainingManager:
         self.reporter.close()
 
     # ------------------------------------------------------------------ signals
-
-    @contextlib.contextmanager
-    def _signal_handlers(self) -> Iterator[None]:
-        """For the run's duration: SIGINT/SIGTERM finish the current step, save a full checkpoint
-        and stop; a second signal aborts at once. The previous handlers come back afterwards."""
-        if threading.current_thread() is not threading.main_thread():
-            yield  # signals are delivered to the main thread only; nothing to install here
-            return
-        signals = [signal.SIGINT, signal.SIGTERM]
-        previous = {s: signal.getsignal(s) for s in signals}
-
-        def handler(signum: int, frame: Any) -> None:
-            if self._stop_signal is not None:
-                raise KeyboardInterrupt  # the second one: stop now, without a checkpoint
-            self._stop_signal = signum
-            # Rich/printing from a signal handler can deadlock: the loop reports it instead
-
-        for s in signals:
-            signal.signal(s, handler)
-        try:
-            yield
-        finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Ask the loop to stop after the current step, as Ctrl-C does (for callers and tests)."""

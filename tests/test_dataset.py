@@ -139,3 +139,18 @@ def test_loader_errors():
     loader = TrainLoader(ds, batch_size=2, seed=0)
     with pytest.raises(DataError, match="does not fit"):
         loader.load_state_dict({"epoch": 0, "batch": 99})
+
+
+def test_position_from_another_world_size_continues_the_global_order():
+    """A position saved by 2 processes (global batch 2 x 3) resumes in 1 process (global batch 3)
+    at the same window of the global order, rounded up to a whole batch."""
+    ds = WikiTextDataset(torch.arange(200), block_size=4, stride=4)
+    one = TrainLoader(ds, batch_size=3, seed=0)
+    assert one.position_from({"epoch": 1, "batch": 4}, saved_world_size=1) == {"epoch": 1, "batch": 4}
+    # 4 global batches of 2 x 3 = 24 windows = 8 batches of 3
+    assert one.position_from({"epoch": 0, "batch": 4}, saved_world_size=2) == {"epoch": 0, "batch": 8}
+    # 5 x 6 = 30 windows -> 10 batches of 3; 3 x 6 = 18 -> 6; 1 x 6 -> 2
+    assert one.position_from({"epoch": 0, "batch": 5}, saved_world_size=2)["batch"] == 10
+    two = TrainLoader(ds, batch_size=3, seed=0, rank=1, world_size=2)
+    # 7 batches of 3 = 21 windows -> ceil(21 / 6) = 4 global batches of 6 (3 windows skipped, none repeated)
+    assert two.position_from({"epoch": 0, "batch": 7}, saved_world_size=1) == {"epoch": 0, "batch": 4}
