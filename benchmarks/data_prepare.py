@@ -39,7 +39,7 @@ DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers
 CHILD_TIKTOKEN = r"""
 import json, resource, sys, time
 from lmforge.data.sources import split_wikitext_articles
-from lmforge.tokenizer import get_tokenizer
+from lmforge.data.tokenizer import get_tokenizer
 path, tokfile, threads = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
 enc = get_tokenizer("gpt2", tokenizer_file=tokfile).encoding
 seconds = tokens = nbytes = cpu = 0
@@ -129,7 +129,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from lmforge.tokenizer import default_num_threads
+    from lmforge.data.tokenizer import default_num_threads
 
     threads = args.num_proc or default_num_threads()
     tokfile = args.tokenizer_file or os.environ.get("LMFORGE_TOKENIZER_FILE") or ""

@@ -6,7 +6,7 @@
 
 Random weights (speed does not depend on them), greedy decoding from a
 one-token prompt, batch size 1, ``stop_at_eot=False`` so every run makes
-exactly N tokens. "cache" is ``lmforge.generate.generate`` (the prompt fed
+exactly N tokens. "cache" is ``lmforge.eval.generate.generate`` (the prompt fed
 once, then one token per step); "no cache" recomputes the whole prefix every
 step (``use_cache=False``, what nanoGPT's ``generate`` does). Both go through
 the same sampling code, so the difference is the forward passes alone.
@@ -45,9 +45,9 @@ def main() -> None:
 
     from lmforge.config import PRESETS
     from lmforge.device import resolve_device
-    from lmforge.generate import generate
-    from lmforge.model import GPT
-    from lmforge.tokenizer import bytes_tokenizer
+    from lmforge.eval.generate import generate
+    from lmforge.model.gpt import GPT
+    from lmforge.data.tokenizer import bytes_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

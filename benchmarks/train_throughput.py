@@ -88,8 +88,8 @@ def run_lmforge(args, ws: Path) -> dict:
     import torch
 
     from lmforge.config import ModelConfig, TrainingConfig
-    from lmforge.reporting import Reporter
-    from lmforge.trainer import TrainingManager
+    from lmforge.observe.reporting import Reporter
+    from lmforge.train.trainer import TrainingManager
 
     n_layer, n_head, n_embd = CONFIGS[args.config]
     config = TrainingConfig(preset="tiny", run="bench", tokenizer="gpt2")
@@ -145,7 +145,7 @@ def run_plain(args, ws: Path) -> dict:
 
     from lmforge.config import ModelConfig
     from lmforge.device import peak_flops, resolve_device, resolve_dtype
-    from lmforge.model import GPT
+    from lmforge.model.gpt import GPT
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

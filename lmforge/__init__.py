@@ -17,10 +17,10 @@ __all__ = ["TrainingConfig", "TrainingManager", "__version__"]
 
 if TYPE_CHECKING:
     from lmforge.config import TrainingConfig
-    from lmforge.trainer import TrainingManager
+    from lmforge.train.trainer import TrainingManager
 
 # Imported on first use, so that `import lmforge` and `lmforge --help` do not load torch.
-_LAZY = {"TrainingConfig": "lmforge.config", "TrainingManager": "lmforge.trainer"}
+_LAZY = {"TrainingConfig": "lmforge.config", "TrainingManager": "lmforge.train.trainer"}
 
 
 def __getattr__(name: str) -> Any:

@@ -91,7 +91,7 @@ def wikitext_dir(tmp_path) -> tuple[Path, dict[str, list[str]]]:
 
 @pytest.fixture
 def byte_tokenizer():
-    from lmforge.tokenizer import bytes_tokenizer
+    from lmforge.data.tokenizer import bytes_tokenizer
 
     return bytes_tokenizer()
 

@@ -9,10 +9,10 @@ import pickle
 import pytest
 import torch
 
-from lmforge import checkpoint as ckpt
+from lmforge.checkpoint import store as ckpt
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.errors import CheckpointError
-from lmforge.model import GPT
+from lmforge.model.gpt import GPT
 
 
 def _model(seed=0):

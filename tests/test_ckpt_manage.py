@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lmforge.checkpoint import delete_checkpoint, list_checkpoints, plan_prune
+from lmforge.checkpoint.store import delete_checkpoint, list_checkpoints, plan_prune
 from lmforge.errors import UsageError
 from lmforge.workspace import Workspace
 

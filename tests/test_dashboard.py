@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from lmforge.dashboard import PlainReporter, RichReporter, format_step_line, summary_table
-from lmforge.reporting import EvalStats, StepStats, TrainResult
+from lmforge.observe.dashboard import PlainReporter, RichReporter, format_step_line, summary_table
+from lmforge.observe.reporting import EvalStats, StepStats, TrainResult
 
 STATS = StepStats(100, 2000, 3.21, 1.5e-4, 0.84, 12345.0, None, 204800, 192.0, 30.0)
 INFO = {

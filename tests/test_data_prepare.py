@@ -14,7 +14,7 @@ from lmforge.data.prepare import prepare_dataset
 from lmforge.data.sources import safe_cut, split_wikitext_articles, text_file_documents
 from lmforge.data.store import check_tokenizer_match, dtype_for_vocab, list_datasets, open_dataset
 from lmforge.errors import DataError, NotFoundError, UsageError
-from lmforge.tokenizer import bytes_tokenizer, tokenizer_from_ranks_file
+from lmforge.data.tokenizer import bytes_tokenizer, tokenizer_from_ranks_file
 
 # --------------------------------------------------------------------------- articles
 
@@ -470,7 +470,7 @@ def test_tokenizer_file_is_remembered_in_the_workspace(data_ws, wikitext_dir, ra
     copy = data_ws.tokenizers_dir / "small.tiktoken"
     assert copy.read_bytes() == ranks_file.read_bytes()
     assert any("copied the tokenizer file" in note for note in result.notes)
-    from lmforge.tokenizer import get_tokenizer, tokenizer_from_identity
+    from lmforge.data.tokenizer import get_tokenizer, tokenizer_from_identity
 
     identity = open_dataset(data_ws, "wikitext-2").tokenizer_identity
     assert tokenizer_from_identity(identity, workspace=data_ws).identity == identity

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.dataset import RandomWindowDataset, TrainLoader, WikiTextDataset, make_dataset
+from lmforge.data.dataset import RandomWindowDataset, TrainLoader, WikiTextDataset, make_dataset
 from lmforge.errors import DataError, UsageError
 
 

@@ -22,11 +22,11 @@ import torch
 import torch.distributed
 
 from lmforge import TrainingManager
-from lmforge.checkpoint import list_checkpoints, load_model, load_trainer_state, save_checkpoint
+from lmforge.checkpoint.store import list_checkpoints, load_model, load_trainer_state, save_checkpoint
 from lmforge.config import ModelConfig, TrainingConfig
-from lmforge.model import GPT
-from lmforge.reporting import Reporter
-from lmforge.run_setup import resume_config
+from lmforge.model.gpt import GPT
+from lmforge.observe.reporting import Reporter
+from lmforge.train.setup import resume_config
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
@@ -154,7 +154,7 @@ def test_ddp_with_nproc_matches_one_process_with_twice_the_batch(
     assert not torch.equal(state["rng_per_rank"][0]["torch"], state["rng_per_rank"][1]["torch"])
     model, config, _ = load_model(run / "checkpoints" / "step-6")  # one process, no torch.distributed
     from lmforge.data.store import open_dataset
-    from lmforge.evaluate import evaluate_tokens
+    from lmforge.eval.evaluate import evaluate_tokens
     from lmforge.workspace import Workspace
 
     val = evaluate_tokens(
@@ -241,7 +241,7 @@ def test_launcher_command_line():
 
 
 def test_rank_rng_states():
-    from lmforge.rng import derive_seed, rank_rng_state
+    from lmforge.train.rng import derive_seed, rank_rng_state
 
     states = [{"r": 0}, {"r": 1}]
     assert rank_rng_state(states, 1) == {"r": 1}
@@ -258,7 +258,7 @@ def _tiny(pad: int) -> ModelConfig:
 
 
 def test_padded_vocabulary_gives_the_same_model():
-    from lmforge.checkpoint import load_weights, model_state
+    from lmforge.checkpoint.store import load_weights, model_state
 
     torch.manual_seed(0)
     plain = GPT(_tiny(1))

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
 from lmforge.errors import UsageError
-from lmforge.evaluate import EvalResult, evaluate_tokens, sliding_windows, split_row
-from lmforge.model import GPT
+from lmforge.eval.evaluate import EvalResult, evaluate_tokens, sliding_windows, split_row
+from lmforge.model.gpt import GPT
 
 V = 257
 

@@ -3,9 +3,9 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.errors import UsageError
-from lmforge.generate import PromptCroppedWarning, Utf8Stream, generate, sample_next
-from lmforge.model import GPT
-from lmforge.tokenizer import bytes_tokenizer
+from lmforge.eval.generate import PromptCroppedWarning, Utf8Stream, generate, sample_next
+from lmforge.model.gpt import GPT
+from lmforge.data.tokenizer import bytes_tokenizer
 
 V = 257
 

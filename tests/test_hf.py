@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge import hf
+from lmforge.interop import hf
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, UsageError
-from lmforge.model import GPT
+from lmforge.model.gpt import GPT
 from lmforge.workspace import Workspace
 
 
@@ -142,7 +142,7 @@ def _save_pretrained(path: Path, seed: int = 0, **kw):
 
 
 def _write_bytes_tokenizer(path: Path) -> None:
-    from lmforge.tokenizer import bytes_tokenizer
+    from lmforge.data.tokenizer import bytes_tokenizer
 
     for name, text in hf.hf_tokenizer_files(bytes_tokenizer(), 32).items():
         (path / name).write_text(text, encoding="utf-8")
@@ -151,7 +151,7 @@ def _write_bytes_tokenizer(path: Path) -> None:
 def test_import_save_pretrained_then_export_round_trip(tmp_path):
     from safetensors.torch import load_file
 
-    from lmforge.checkpoint import load_model, read_meta
+    from lmforge.checkpoint.store import load_model, read_meta
 
     src = tmp_path / "hf-model"
     theirs = _save_pretrained(src)
@@ -190,7 +190,7 @@ def test_import_pytorch_model_bin(tmp_path):
     ws = Workspace.resolve(tmp_path / "ws")
     result = hf.import_checkpoint(ws, src)  # the run is named after the directory
     assert result.run == "bin-model"
-    from lmforge.checkpoint import load_model
+    from lmforge.checkpoint.store import load_model
 
     model, _, _ = load_model(result.checkpoint)
     idx = torch.randint(0, 257, (1, 32), generator=torch.Generator().manual_seed(4))
@@ -237,7 +237,7 @@ def test_malicious_pytorch_model_bin_is_refused(tmp_path):
 
 
 def test_malicious_trainer_state_is_refused(tmp_path, make_ckpt_run):
-    from lmforge.checkpoint import load_trainer_state
+    from lmforge.checkpoint.store import load_trainer_state
 
     run = make_ckpt_run("r", [(10, "full")])
     ckpt = run / "checkpoints" / "step-10"
@@ -259,7 +259,7 @@ def _train_ranks(text: bytes, merges: int) -> dict[bytes, int]:
     """A tiny byte-level BPE trained on ``text`` (within GPT-2 pre-tokenized words)."""
     import regex
 
-    from lmforge.tokenizer import GPT2_PATTERN
+    from lmforge.data.tokenizer import GPT2_PATTERN
 
     words = [[bytes([b]) for b in w.encode()] for w in regex.findall(GPT2_PATTERN, text.decode())]
     ranks = {bytes([i]): i for i in range(256)}
@@ -286,7 +286,7 @@ def test_tokenizer_files_give_the_same_ids_in_transformers(tmp_path):
     pytest.importorskip("regex")
     import tiktoken
 
-    from lmforge.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer
+    from lmforge.data.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer
 
     corpus = b"the theory of the thermal theme: there, then, the other thing's that thin thread. " * 3
     ranks = _train_ranks(corpus, 40)

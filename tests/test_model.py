@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmforge.config import PRESETS, ModelConfig
-from lmforge.model import GPT
+from lmforge.model.gpt import GPT
 
 EXPECTED_PARAMS = {  # (total, without position embeddings)
     "gpt2": (124_439_808, 123_653_376),

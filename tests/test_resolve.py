@@ -3,11 +3,11 @@ import json
 import pytest
 import torch
 
-from lmforge.checkpoint import save_checkpoint
+from lmforge.checkpoint.store import save_checkpoint
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.errors import CheckpointError, NotFoundError
-from lmforge.model import GPT
-from lmforge.resolve import resolve_checkpoint, resolve_run
+from lmforge.model.gpt import GPT
+from lmforge.runs.names import resolve_checkpoint, resolve_run
 from lmforge.workspace import Workspace
 
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from lmforge.errors import NotFoundError, UsageError
-from lmforge.plots import loss_sparklines, plot_loss, smooth, sparkline
-from lmforge.runs import (
+from lmforge.runs.plots import loss_sparklines, plot_loss, smooth, sparkline
+from lmforge.runs.listing import (
     compare_configs,
     config_diff,
     list_runs,

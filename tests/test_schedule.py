@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from lmforge.config import ModelConfig, OptimizerConfig
-from lmforge.model import GPT
-from lmforge.optim import build_optimizer, param_groups
-from lmforge.schedule import CosineSchedule
+from lmforge.model.gpt import GPT
+from lmforge.train.optim import build_optimizer, param_groups
+from lmforge.train.schedule import CosineSchedule
 
 
 def test_warmup_peak_and_end():

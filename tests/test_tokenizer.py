@@ -7,9 +7,9 @@ import pytest
 import tiktoken
 from data_fixtures import write_ranks_file
 
-from lmforge import tokenizer as tokmod
+from lmforge.data import tokenizer as tokmod
 from lmforge.errors import DataError, UsageError
-from lmforge.tokenizer import (
+from lmforge.data.tokenizer import (
     bytes_tokenizer,
     get_tokenizer,
     tokenizer_from_identity,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lmforge import TrainingConfig, TrainingManager
-from lmforge.checkpoint import list_checkpoints, load_trainer_state, read_meta, save_checkpoint
+from lmforge.checkpoint.store import list_checkpoints, load_trainer_state, read_meta, save_checkpoint
 from lmforge.errors import ConfigError, DataError, LmforgeError, NotFoundError, UsageError
-from lmforge.reporting import Reporter
+from lmforge.observe.reporting import Reporter
 
 
 def _records(run_dir, kind):
@@ -276,7 +276,7 @@ def test_resume_refuses_another_architecture(train_workspace, tiny_train_config)
 
 
 def test_init_from_refuses_another_tokenizer(train_workspace, tiny_train_config):
-    from lmforge.model import GPT
+    from lmforge.model.gpt import GPT
 
     config = tiny_train_config(vocab_size=300)
     model = GPT(config.model)

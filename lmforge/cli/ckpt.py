@@ -32,7 +32,7 @@ app = typer.Typer(
 
 def complete_checkpoint_names(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion for CKPT: best, latest, RUN, and RUN:NAME once a run is typed."""
-    from lmforge.checkpoint import list_checkpoints
+    from lmforge.checkpoint.store import list_checkpoints
 
     ws = Workspace.resolve(ctx.find_root().params.get("workspace"))
     names = ["best", "latest", *ws.run_names()]
@@ -75,8 +75,8 @@ def list_cmd(
 
       [bold]lmforge ckpt list latest --json[/bold]
     """
-    from lmforge.checkpoint import list_checkpoints
-    from lmforge.resolve import resolve_run, runs_by_start
+    from lmforge.checkpoint.store import list_checkpoints
+    from lmforge.runs.names import resolve_run, runs_by_start
 
     ws = workspace(ctx)
     run_dirs = [resolve_run(ws, run)] if run else [ws.run_dir(n) for n in runs_by_start(ws)]
@@ -125,7 +125,7 @@ def show_cmd(ctx: typer.Context, ckpt: str = _ckpt_argument(), as_json: bool = J
 
       [bold]lmforge ckpt show my-run:step-2000 --json[/bold]
     """
-    from lmforge.resolve import resolve_checkpoint
+    from lmforge.runs.names import resolve_checkpoint
 
     details = checkpoint_details(resolve_checkpoint(workspace(ctx), ckpt))
     if as_json:
@@ -181,9 +181,9 @@ def show_cmd(ctx: typer.Context, ckpt: str = _ckpt_argument(), as_json: bool = J
 
 def checkpoint_details(path: Path) -> dict[str, Any]:
     """What ``ckpt show`` prints: meta.json, the files on disk with their sizes, metrics."""
-    from lmforge.checkpoint import read_meta
+    from lmforge.checkpoint.store import read_meta
     from lmforge.config import TrainingConfig
-    from lmforge.hf import lmforge_param_shapes
+    from lmforge.interop.hf import lmforge_param_shapes
 
     meta = read_meta(path)
     expected = meta.get("files") or {}
@@ -217,7 +217,7 @@ def _train_metrics_at(metrics_file: Path, step: int | None) -> dict[str, Any]:
     """The last logged training loss at or before ``step`` (the run's metrics.jsonl)."""
     if step is None or not metrics_file.is_file():
         return {}
-    from lmforge.runs import read_metrics
+    from lmforge.runs.listing import read_metrics
 
     before = [
         r for r in read_metrics(metrics_file).train if isinstance(r.get("step"), int) and r["step"] <= step
@@ -283,8 +283,8 @@ def prune_cmd(
 
       [bold]lmforge ckpt prune --all --yes[/bold]
     """
-    from lmforge.checkpoint import delete_checkpoint, plan_prune
-    from lmforge.resolve import resolve_run, runs_by_start
+    from lmforge.checkpoint.store import delete_checkpoint, plan_prune
+    from lmforge.runs.names import resolve_run, runs_by_start
 
     ws = workspace(ctx)
     if run and all_runs:
@@ -431,8 +431,8 @@ def export_cmd(
 
       [bold]lmforge ckpt export my-run:step-2000 --format safetensors --out /backups/step-2000[/bold]
     """
-    from lmforge.hf import export_checkpoint
-    from lmforge.resolve import resolve_checkpoint
+    from lmforge.interop.hf import export_checkpoint
+    from lmforge.runs.names import resolve_checkpoint
 
     ws = workspace(ctx)
     path = resolve_checkpoint(ws, ckpt)
@@ -485,7 +485,7 @@ def import_cmd(
 
       [bold]lmforge eval openai-gpt2 --data wikitext-103[/bold]
     """
-    from lmforge.hf import import_checkpoint
+    from lmforge.interop.hf import import_checkpoint
 
     ws = workspace(ctx)
     info(ctx, f"Importing {escape(str(directory))} …")

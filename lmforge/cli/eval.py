@@ -76,7 +76,7 @@ def eval_command(
     from lmforge import distributed
     from lmforge.device import resolve_device
     from lmforge.errors import UsageError
-    from lmforge.evaluate import evaluate_checkpoint
+    from lmforge.eval.evaluate import evaluate_checkpoint
 
     splits = [s.strip() for s in split.split(",") if s.strip()]
     if not splits:

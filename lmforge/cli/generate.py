@@ -63,7 +63,7 @@ def generate_command(
       [bold]echo "Once upon a time" | lmforge generate best --greedy --no-stream[/bold]
     """
     from lmforge.device import resolve_device, resolve_dtype
-    from lmforge.generate import check_sampling, generate, load_for_generation
+    from lmforge.eval.generate import check_sampling, generate, load_for_generation
 
     # cheap checks first, before a model is loaded
     check_sampling(

@@ -40,6 +40,6 @@ def info(
 
 
 def _tokenizer_status(ws) -> dict[str, str]:
-    from lmforge.tokenizer import tokenizer_status
+    from lmforge.data.tokenizer import tokenizer_status
 
     return tokenizer_status(ws)

@@ -67,7 +67,7 @@ def list_cmd(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
 
       [bold]lmforge runs list --json | jq '.[] | select(.status == "finished") | .name'[/bold]
     """
-    from lmforge.runs import list_runs
+    from lmforge.runs.listing import list_runs
 
     ws = workspace(ctx)
     runs = list_runs(ws)
@@ -129,14 +129,14 @@ def show_cmd(
 
       [bold]lmforge runs show tiny-wikitext-2-20250101-120000 --json[/bold]
     """
-    from lmforge.runs import read_metrics, resolve_run, run_details
+    from lmforge.runs.listing import read_metrics, resolve_run, run_details
 
     run_dir = resolve_run(workspace(ctx), run)
     details = run_details(run_dir)
     plot_path = None
     metrics = read_metrics(run_dir / "metrics.jsonl")
     if not no_plot:
-        from lmforge.plots import plot_loss
+        from lmforge.runs.plots import plot_loss
 
         plot_path = plot_loss([(run_dir.name, metrics)], run_dir / "plots" / "loss.png")
     if as_json:
@@ -248,7 +248,7 @@ def compare_cmd(
 
       [bold]lmforge runs compare RUN_A RUN_B RUN_C --out lr-sweep.png[/bold]
     """
-    from lmforge.runs import compare_configs, read_metrics, resolve_run, run_info, summarize_metrics
+    from lmforge.runs.listing import compare_configs, read_metrics, resolve_run, run_info, summarize_metrics
 
     if len(runs) < 2:
         raise UsageError("compare needs at least two runs", "name two or more runs: lmforge runs compare A B")
@@ -266,7 +266,7 @@ def compare_cmd(
 
     plot_path = None
     if not no_plot:
-        from lmforge.plots import plot_loss
+        from lmforge.runs.plots import plot_loss
 
         target = out or ws.runs_dir / ".compare" / compare_file_name([d.name for d in run_dirs])
         plot_path = plot_loss([(d.name, m) for d, m in zip(run_dirs, metrics, strict=True)], target)
@@ -351,7 +351,7 @@ def rm_cmd(
 
       [bold]lmforge runs rm tiny-wikitext-2-20250101-120000 --yes[/bold]
     """
-    from lmforge.runs import remove_run, resolve_run, run_info
+    from lmforge.runs.listing import remove_run, resolve_run, run_info
 
     ws = workspace(ctx)
     run_dir = resolve_run(ws, run)
@@ -485,7 +485,7 @@ def _fit(
 
 
 def _print_sparklines(metrics) -> None:
-    from lmforge.plots import loss_sparklines
+    from lmforge.runs.plots import loss_sparklines
 
     width = max(20, min(80, out_console.width - 36))
     lines = loss_sparklines(metrics, width)

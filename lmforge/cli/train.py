@@ -89,8 +89,8 @@ def train(
             "--resume continues a run; --init-from starts a new one from a checkpoint's weights",
         )
     if resume:
-        from lmforge.resolve import resolve_run
-        from lmforge.run_setup import resume_config
+        from lmforge.runs.names import resolve_run
+        from lmforge.train.setup import resume_config
 
         if config_file:
             raise UsageError(
@@ -104,9 +104,9 @@ def train(
     else:
         config = resolve_config(config_file, preset, overrides)
         if init_from:
-            from lmforge.checkpoint import read_meta
-            from lmforge.resolve import resolve_checkpoint
-            from lmforge.run_setup import init_config
+            from lmforge.checkpoint.store import read_meta
+            from lmforge.runs.names import resolve_checkpoint
+            from lmforge.train.setup import init_config
 
             checkpoint_path = resolve_checkpoint(ws, init_from)
             given = {**overrides, ("preset",): preset} if preset else overrides
@@ -114,7 +114,7 @@ def train(
                 config, read_meta(checkpoint_path), given, where=f"checkpoint {checkpoint_path}"
             )
     if dry_run:
-        from lmforge.estimate import plan
+        from lmforge.train.plan import plan
 
         report = plan(config, world_size=nproc or int(os.environ.get("WORLD_SIZE", 1)))
         if as_json:
@@ -131,7 +131,7 @@ def train(
 
     from lmforge.device import resolve_device
     from lmforge.distributed import process_group
-    from lmforge.trainer import TrainingManager
+    from lmforge.train.trainer import TrainingManager
 
     with process_group(resolve_device(config.train.device).type) as group:
         reporter = _reporter(ctx) if group.is_main else None
@@ -149,7 +149,7 @@ def train(
         if as_json:
             print_json(result.to_dict())
         else:
-            from lmforge.dashboard import summary_table
+            from lmforge.observe.dashboard import summary_table
 
             out_console.print(summary_table(result))
     if result.exit_code:
@@ -171,7 +171,7 @@ def _without_nproc(args: list[str]) -> list[str]:
 
 def _reporter(ctx: typer.Context):
     """A live view on a terminal; plain lines in a log or a pipe; with --quiet warnings only."""
-    from lmforge.dashboard import PlainReporter, RichReporter
+    from lmforge.observe.dashboard import PlainReporter, RichReporter
 
     quiet = state(ctx).quiet
     if err_console.is_terminal and not quiet:

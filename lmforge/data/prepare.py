@@ -40,7 +40,7 @@ from lmforge.data.sources import SPLITS, Continuation, Source
 from lmforge.data.store import FORMAT_VERSION, META_FILE, PreparedDataset, dtype_for_vocab, open_dataset
 from lmforge.errors import DataError, UsageError
 from lmforge.fileio import fsync_dir, install_dir, write_json
-from lmforge.tokenizer import Tokenizer, default_num_threads, get_tokenizer, remember_tokenizer_file
+from lmforge.data.tokenizer import Tokenizer, default_num_threads, get_tokenizer, remember_tokenizer_file
 from lmforge.workspace import Workspace
 
 BATCH_BYTES = 1 << 20  # text per encoding task: big enough to amortize, small enough to bound memory

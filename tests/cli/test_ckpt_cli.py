@@ -146,7 +146,7 @@ def test_export_hf_matches_transformers_and_imports_back(cli, two_runs, tmp_path
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file
 
-    from lmforge.checkpoint import load_model
+    from lmforge.checkpoint.store import load_model
 
     out = tmp_path / "hf"
     r = cli("ckpt", "export", "best", "--format", "hf", "--out", str(out))
@@ -213,10 +213,10 @@ def test_export_into_its_own_checkpoint_is_refused(cli, two_runs):
 
 
 def _hf_dir(path: Path, **config) -> Path:
-    from lmforge import hf
+    from lmforge.interop import hf
     from lmforge.config import ModelConfig
-    from lmforge.model import GPT
-    from lmforge.tokenizer import bytes_tokenizer
+    from lmforge.model.gpt import GPT
+    from lmforge.data.tokenizer import bytes_tokenizer
 
     mc = ModelConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
     path.mkdir()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from lmforge.errors import CheckpointError, NotFoundError
 
 if TYPE_CHECKING:
-    from lmforge.checkpoint import CheckpointInfo
+    from lmforge.checkpoint.store import CheckpointInfo
     from lmforge.workspace import Workspace
 
 NAME_FORMS = "best, latest, RUN, RUN:best, RUN:latest, RUN:step-N or a checkpoint directory"
@@ -82,7 +82,7 @@ def _listing(names: list[str], limit: int = 12) -> str:
 
 
 def _checkpoints(run_dir: Path) -> list[CheckpointInfo]:
-    from lmforge.checkpoint import list_checkpoints
+    from lmforge.checkpoint.store import list_checkpoints
 
     return list_checkpoints(run_dir)
 

@@ -15,7 +15,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmforge.runs import Metrics
+from lmforge.runs.listing import Metrics
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 

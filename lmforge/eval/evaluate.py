@@ -368,10 +368,10 @@ def evaluate_checkpoint(
 ) -> list[EvalRow]:
     """``lmforge eval SPEC``: resolve a checkpoint name, load it, evaluate it on its
     dataset (or ``data``) after checking that the tokenizers match."""
-    from lmforge.checkpoint import load_model
+    from lmforge.checkpoint.store import load_model
     from lmforge.data.store import check_tokenizer_match, open_dataset
     from lmforge.device import resolve_device, resolve_dtype
-    from lmforge.resolve import resolve_checkpoint
+    from lmforge.runs.names import resolve_checkpoint
 
     path = resolve_checkpoint(workspace, spec)
     dev = resolve_device(device)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmforge.checkpoint import now_iso
+from lmforge.checkpoint.store import now_iso
 from lmforge.fileio import write_json_atomic
 
 METRICS_FILE = "metrics.jsonl"

@@ -15,8 +15,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from lmforge.attention import KVCache
-from lmforge.blocks import Block
+from lmforge.model.attention import KVCache
+from lmforge.model.blocks import Block
 from lmforge.config import ModelConfig
 
 

@@ -47,7 +47,7 @@ from lmforge.errors import CheckpointError, ConfigError, LmforgeError, NotFoundE
 from lmforge.fileio import fsync_file, write_json
 
 if TYPE_CHECKING:
-    from lmforge.tokenizer import Tokenizer
+    from lmforge.data.tokenizer import Tokenizer
     from lmforge.workspace import Workspace
 
 HF_CONFIG = "config.json"
@@ -542,7 +542,7 @@ def export_checkpoint(
     ``safetensors``: lmforge's own weights and ``meta.json``, a standalone light
     checkpoint that every lmforge command accepts as a path.
     """
-    from lmforge.checkpoint import load_model, model_state, read_meta
+    from lmforge.checkpoint.store import load_model, model_state, read_meta
 
     if format not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {format!r}", f"choose one of: {', '.join(EXPORT_FORMATS)}")
@@ -574,7 +574,7 @@ def _source_info(meta: dict[str, Any], ckpt: Path) -> dict[str, Any]:
 
 
 def _export_hf(state_dict, config: TrainingConfig, meta, ckpt: Path, out_dir: Path, workspace) -> list[str]:
-    from lmforge.tokenizer import tokenizer_from_identity
+    from lmforge.data.tokenizer import tokenizer_from_identity
 
     identity = meta.get("tokenizer") or {}
     notes = []
@@ -643,7 +643,7 @@ def import_checkpoint(workspace: Workspace, src: str | os.PathLike, name: str | 
     ``pytorch_model.bin``), or an lmforge checkpoint directory, as the run
     ``runs/<name>/`` with one checkpoint, ``best``, so ``eval NAME``, ``generate NAME``
     and ``train --init-from NAME`` work on it. The run appears whole or not at all."""
-    from lmforge.checkpoint import load_model, save_checkpoint
+    from lmforge.checkpoint.store import load_model, save_checkpoint
 
     src = Path(src).expanduser()
     if not src.is_dir():
@@ -725,7 +725,7 @@ def import_checkpoint(workspace: Workspace, src: str | os.PathLike, name: str | 
 
 
 def _read_hf_dir(src: Path, name: str, workspace: Workspace):
-    from lmforge.model import GPT
+    from lmforge.model.gpt import GPT
 
     try:
         hf = json.loads((src / HF_CONFIG).read_text(encoding="utf-8"))
@@ -793,7 +793,7 @@ def _import_tokenizer(
     """The tokenizer identity to record for an imported model (see the README's ``ckpt
     import``): lmforge.json's, else the one vocab.json + merges.txt describe, else GPT-2's
     for a 50257-token vocabulary."""
-    from lmforge.tokenizer import GPT2_RANKS_SHA256, bytes_tokenizer, ranks_sha256
+    from lmforge.data.tokenizer import GPT2_RANKS_SHA256, bytes_tokenizer, ranks_sha256
 
     if info and isinstance(info.get("tokenizer"), dict) and info["tokenizer"].get("name"):
         return info["tokenizer"], []
@@ -823,7 +823,7 @@ def _store_ranks(ranks: dict[bytes, int], sha: str, name: str, workspace: Worksp
 
     path = workspace.tokenizers_dir / f"{name}.tiktoken"
     if path.exists():
-        from lmforge.tokenizer import tokenizer_from_ranks_file
+        from lmforge.data.tokenizer import tokenizer_from_ranks_file
 
         if tokenizer_from_ranks_file(path, name=name).identity["sha256"] != sha:
             raise UsageError(

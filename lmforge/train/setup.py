@@ -18,7 +18,7 @@ from typing import Any
 
 from lmforge.config import TrainingConfig, apply_preset, with_overrides
 from lmforge.errors import ConfigError, UsageError
-from lmforge.metrics import CONFIG_FILE
+from lmforge.runs.record import CONFIG_FILE
 from lmforge.workspace import Workspace
 
 RESERVED_NAMES = {"latest", "best"}
@@ -73,7 +73,7 @@ def check_new_run(workspace: Workspace, name: str) -> Path:
 
 def check_not_running(run_dir: Path) -> None:
     """Refuse to resume a run that a live process is still training."""
-    from lmforge.runs import run_info
+    from lmforge.runs.listing import run_info
 
     info = run_info(run_dir)
     if info.status == "running" and info.pid != os.getpid():

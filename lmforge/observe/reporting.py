@@ -1,7 +1,7 @@
 """How the trainer tells the outside world what it is doing, without printing.
 
 The training loop calls a ``Reporter``; the CLI picks one (a Rich live view on a
-terminal, plain lines otherwise, see ``lmforge.dashboard``), a notebook or a
+terminal, plain lines otherwise, see ``lmforge.observe.dashboard``), a notebook or a
 test may pass its own. Every method has a no-op default, so a reporter
 implements only what it shows.
 """

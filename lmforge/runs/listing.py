@@ -245,8 +245,8 @@ def run_details(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's complete checkpoints (via ``lmforge.checkpoint.list_checkpoints``)."""
-    from lmforge.checkpoint import list_checkpoints
+    """The run's complete checkpoints (via ``lmforge.checkpoint.store.list_checkpoints``)."""
+    from lmforge.checkpoint.store import list_checkpoints
 
     out = []
     for ckpt in list_checkpoints(run_dir):
@@ -321,8 +321,8 @@ def compare_configs(run_dirs: list[Path]) -> dict[str, list[Any]]:
 
 
 def resolve_run(workspace: Workspace, spec: str) -> Path:
-    """A run directory from a name or ``latest`` (see ``lmforge.resolve``)."""
-    from lmforge.resolve import resolve_run as _resolve
+    """A run directory from a name or ``latest`` (see ``lmforge.runs.names``)."""
+    from lmforge.runs.names import resolve_run as _resolve
 
     return _resolve(workspace, spec)
 

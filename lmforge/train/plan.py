@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from lmforge.config import TrainingConfig
-from lmforge.model import GPT
+from lmforge.model.gpt import GPT
 
 # fp32 master weights (4) + fp32 gradients (4) + AdamW's two fp32 moments (8)
 BYTES_PER_PARAM_TRAINING = 16

@@ -3,10 +3,10 @@
 One optimizer step is ``grad_accum`` micro-batches of ``batch_size`` windows,
 forward under autocast (bf16, or fp16 with a GradScaler, or plain fp32),
 backward, clip, AdamW. Around it: the learning-rate schedule
-(``lmforge.schedule``), periodic evaluation with a text sample, checkpoints
-(``lmforge.checkpoint``), metrics files and W&B (``lmforge.metrics``,
-``lmforge.wandb_logger``), and progress through a ``Reporter``
-(``lmforge.reporting``) that the caller chooses. The loop itself prints nothing.
+(``lmforge.train.schedule``), periodic evaluation with a text sample, checkpoints
+(``lmforge.checkpoint.store``), metrics files and W&B (``lmforge.runs.record``,
+``lmforge.observe.wandb_logger``), and progress through a ``Reporter``
+(``lmforge.observe.reporting``) that the caller chooses. The loop itself prints nothing.
 
 A step whose loss or gradient is not finite is skipped: weights, optimizer,
 schedule and step counter stay as they were (the batch is consumed). After
@@ -41,11 +41,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lmforge import checkpoint as ckpt
+from lmforge.checkpoint import store as ckpt
 from lmforge import distributed as dist
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.errors import LmforgeError, UsageError
-from lmforge.metrics import (
+from lmforge.runs.record import (
     CONFIG_FILE,
     METRICS_FILE,
     SAMPLES_FILE,
@@ -54,9 +54,9 @@ from lmforge.metrics import (
     ThroughputMeter,
     truncate_after,
 )
-from lmforge.reporting import EvalStats, Reporter, StepStats, TrainResult
-from lmforge.rng import restore_rank_rng
-from lmforge.signals import stop_on_signals
+from lmforge.observe.reporting import EvalStats, Reporter, StepStats, TrainResult
+from lmforge.train.rng import restore_rank_rng
+from lmforge.train.signals import stop_on_signals
 from lmforge.workspace import Workspace
 
 # Rollbacks to the last full checkpoint before a diverging run is given up.
@@ -103,21 +103,21 @@ class TrainingManager:
         world_size: int | None = None,
     ) -> None:
         from lmforge.data.store import check_tokenizer_match, open_dataset
-        from lmforge.dataset import TrainLoader, make_dataset
+        from lmforge.data.dataset import TrainLoader, make_dataset
         from lmforge.device import TORCH_DTYPES, peak_flops, resolve_device, resolve_dtype
-        from lmforge.model import GPT
-        from lmforge.optim import build_optimizer
-        from lmforge.rng import derive_seed, seed_everything
-        from lmforge.run_setup import (
+        from lmforge.model.gpt import GPT
+        from lmforge.train.optim import build_optimizer
+        from lmforge.train.rng import derive_seed, seed_everything
+        from lmforge.train.setup import (
             check_new_run,
             check_not_running,
             generate_run_name,
             resume_config,
         )
-        from lmforge.schedule import CosineSchedule
+        from lmforge.train.schedule import CosineSchedule
 
         if reporter is None:
-            from lmforge.dashboard import PlainReporter
+            from lmforge.observe.dashboard import PlainReporter
 
             reporter = PlainReporter()
         if resume is not None and init_from is not None:
@@ -298,20 +298,20 @@ class TrainingManager:
         path = Path(spec)
         if isinstance(spec, Path) or (path.is_dir() and (path / CONFIG_FILE).is_file()):
             return path.resolve()
-        from lmforge.resolve import resolve_run
+        from lmforge.runs.names import resolve_run
 
         return resolve_run(self.workspace, str(spec))
 
     def _resolve_checkpoint(self, spec: str | Path) -> Path:
         if isinstance(spec, Path):
             return spec
-        from lmforge.resolve import resolve_checkpoint
+        from lmforge.runs.names import resolve_checkpoint
 
         return resolve_checkpoint(self.workspace, spec)
 
     def _check_resume(self, config: TrainingConfig) -> TrainingConfig:
         """A caller's own config for a resumed run: only the non-architecture fields may differ."""
-        from lmforge.run_setup import FIXED_ON_RESUME, architecture_diff, config_diff, resume_config
+        from lmforge.train.setup import FIXED_ON_RESUME, architecture_diff, config_diff, resume_config
 
         saved = resume_config(self.resume_dir)
         changed = architecture_diff(saved, config) + config_diff(
@@ -362,7 +362,7 @@ class TrainingManager:
     def tokenizer(self):
         """The dataset's tokenizer (loaded on first use, for samples)."""
         if self._tokenizer is None:
-            from lmforge.tokenizer import tokenizer_from_identity
+            from lmforge.data.tokenizer import tokenizer_from_identity
 
             self._tokenizer = tokenizer_from_identity(self.tokenizer_identity, workspace=self.workspace)
         return self._tokenizer
@@ -643,7 +643,7 @@ class TrainingManager:
 
     def evaluate(self) -> float:
         """Mean validation loss (``eval_tokens`` targets, or the whole split)."""
-        from lmforge.evaluate import evaluate_tokens
+        from lmforge.eval.evaluate import evaluate_tokens
 
         block = self.config.model.block_size
         with self._eager():
@@ -699,9 +699,9 @@ class TrainingManager:
         self._update_record()
 
     def generate_sample(self, prompt: str = "The history of", max_tokens: int = 50, **kwargs: Any) -> str:
-        """A completion of ``prompt`` by the current model (``lmforge.generate.generate`` options
+        """A completion of ``prompt`` by the current model (``lmforge.eval.generate.generate`` options
         as keyword arguments: temperature, top_k, top_p, greedy, seed ...)."""
-        from lmforge.generate import generate
+        from lmforge.eval.generate import generate
 
         kwargs.setdefault("dtype", self.dtype)
         return generate(self.model, self.tokenizer, prompt, max_tokens=max_tokens, **kwargs)[0]
@@ -742,7 +742,7 @@ class TrainingManager:
     def _trainer_state(self) -> dict[str, Any]:
         """Everything but the weights; called on every rank (collectives: the FSDP optimizer
         shards and the RNG states are gathered), meaningful on rank 0."""
-        from lmforge.rng import get_rng_state
+        from lmforge.train.rng import get_rng_state
 
         rng = dist.gather_objects(get_rng_state())
         return {
@@ -856,7 +856,7 @@ class TrainingManager:
     # ------------------------------------------------------------------ run directory
 
     def _open_run(self) -> None:
-        from lmforge.wandb_logger import NullLogger, new_run_id
+        from lmforge.observe.wandb_logger import NullLogger, new_run_id
 
         if self.resume_dir is not None:
             latest = dist.broadcast_object(ckpt.latest_full(self.run_dir))
@@ -883,7 +883,7 @@ class TrainingManager:
 
     def _open_files(self) -> None:
         from lmforge import __version__
-        from lmforge.wandb_logger import make_logger
+        from lmforge.observe.wandb_logger import make_logger
 
         (self.run_dir / CONFIG_FILE).write_text(self.config.to_toml(), encoding="utf-8")
         previous = RunRecord.read(self.run_dir) if self.resume_dir else {}

@@ -6,7 +6,7 @@ stream, the format a log file or CI wants::
     step 100/2000 | loss 3.21 | ppl 24.8 | lr 1.50e-04 | gnorm 0.84 | 12,345 tok/s | mfu n/a | eta 3m12s
 
 ``RichReporter`` draws a live panel on a terminal (stderr) instead. Both only
-render what the trainer reports (``lmforge.reporting.Reporter``).
+render what the trainer reports (``lmforge.observe.reporting.Reporter``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
-from lmforge.reporting import EvalStats, Reporter, StepStats, TrainResult
+from lmforge.observe.reporting import EvalStats, Reporter, StepStats, TrainResult
 
 
 def format_duration(seconds: float | None) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from lmforge.attention import CausalSelfAttention, KVCache
+from lmforge.model.attention import CausalSelfAttention, KVCache
 from lmforge.config import ModelConfig
-from lmforge.mlp import MLP
+from lmforge.model.mlp import MLP
 
 
 class Block(nn.Module):

@@ -31,11 +31,11 @@ import torch.nn as nn
 
 from lmforge.distributed import unwrap as unwrap_model
 from lmforge.errors import CheckpointError, UsageError
-from lmforge.evaluate import autocast
+from lmforge.eval.evaluate import autocast
 
 if TYPE_CHECKING:
-    from lmforge.model import GPT
-    from lmforge.tokenizer import Tokenizer
+    from lmforge.model.gpt import GPT
+    from lmforge.data.tokenizer import Tokenizer
     from lmforge.workspace import Workspace
 
 
@@ -276,10 +276,10 @@ def load_for_generation(
     tokenizer_file: str | None = None,
 ) -> tuple[GPT, Tokenizer, dict]:
     """Resolve a checkpoint name and load its model (eval mode) and its own tokenizer."""
-    from lmforge.checkpoint import load_model
+    from lmforge.checkpoint.store import load_model
     from lmforge.device import resolve_device
-    from lmforge.resolve import resolve_checkpoint
-    from lmforge.tokenizer import tokenizer_from_identity
+    from lmforge.runs.names import resolve_checkpoint
+    from lmforge.data.tokenizer import tokenizer_from_identity
 
     path = resolve_checkpoint(workspace, spec)
     model, config, meta = load_model(path, device=resolve_device(device))

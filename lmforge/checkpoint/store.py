@@ -228,7 +228,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """``(model, config, meta)``: the GPT of a checkpoint in eval mode on ``device``."""
-    from lmforge.model import GPT
+    from lmforge.model.gpt import GPT
 
     path = Path(path)
     meta = read_meta(path)
