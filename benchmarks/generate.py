@@ -44,10 +44,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from lmforge.config import PRESETS
+    from lmforge.data.tokenizer import bytes_tokenizer
     from lmforge.device import resolve_device
     from lmforge.eval.generate import generate
     from lmforge.model.gpt import GPT
-    from lmforge.data.tokenizer import bytes_tokenizer
 
     if args.threads:
         torch.set_num_threads(args.threads)

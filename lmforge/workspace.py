@@ -9,12 +9,22 @@ leave no trace on disk.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 
 ENV_VAR = "LMFORGE_HOME"
+
+# Names of runs, datasets and imported checkpoints: one path component, no hidden files, no "..".
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_NAME_LENGTH = 200
+
+
+def is_valid_name(name: str) -> bool:
+    """Whether ``name`` may name a run, a dataset or an imported checkpoint in the workspace."""
+    return bool(NAME_PATTERN.match(name)) and len(name) <= MAX_NAME_LENGTH
 
 
 def default_workspace_path() -> Path:
@@ -51,6 +61,9 @@ class Workspace:
     def run_dir(self, name: str) -> Path:
         return self.runs_dir / name
 
+    def run(self, name: str) -> RunDir:
+        return RunDir(self.runs_dir / name)
+
     def ensure(self, path: Path) -> Path:
         """Create ``path`` (a directory inside the workspace) and return it."""
         path.mkdir(parents=True, exist_ok=True)
@@ -73,3 +86,64 @@ class Workspace:
         if not self.runs_dir.is_dir():
             return []
         return sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Every path inside a run directory ``runs/<name>/``; no other module spells these names.
+
+    ``config.toml``   the resolved config (written at each start)
+    ``run.json``      status, step, tokens, best validation loss, pid, host
+    ``metrics.jsonl`` one JSON object per logged step, evaluation, bad step or rollback
+    ``samples.jsonl`` the text samples made at evaluations
+    ``checkpoints/``  one directory per checkpoint (``best``, ``step-N``)
+    ``plots/``        loss-curve PNGs
+    ``wandb/``        the W&B run's local files
+    """
+
+    path: Path
+
+    CONFIG_FILE = "config.toml"
+    RUN_FILE = "run.json"
+    METRICS_FILE = "metrics.jsonl"
+    SAMPLES_FILE = "samples.jsonl"
+    LOCK_FILE = ".lock"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.CONFIG_FILE
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / self.RUN_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / self.METRICS_FILE
+
+    @property
+    def samples_file(self) -> Path:
+        return self.path / self.SAMPLES_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / self.LOCK_FILE
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, name: str) -> Path:
+        return self.checkpoints_dir / name
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / "plots"
+
+    @property
+    def wandb_dir(self) -> Path:
+        return self.path / "wandb"

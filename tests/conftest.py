@@ -66,8 +66,8 @@ def make_ckpt_run(workspace_dir):
 
     from lmforge.checkpoint.store import save_checkpoint
     from lmforge.config import ModelConfig, TrainingConfig
-    from lmforge.model.gpt import GPT
     from lmforge.data.tokenizer import bytes_tokenizer
+    from lmforge.model.gpt import GPT
 
     def build(name, checkpoints, *, started_at="2024-01-01T00:00:00Z", seed=0, keep_last=3, **model_kw):
         dims = {"vocab_size": 257, "block_size": 16, "n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.0}

@@ -13,8 +13,8 @@ from lmforge.data import prepare as prep
 from lmforge.data.prepare import prepare_dataset
 from lmforge.data.sources import safe_cut, split_wikitext_articles, text_file_documents
 from lmforge.data.store import check_tokenizer_match, dtype_for_vocab, list_datasets, open_dataset
-from lmforge.errors import DataError, NotFoundError, UsageError
 from lmforge.data.tokenizer import bytes_tokenizer, tokenizer_from_ranks_file
+from lmforge.errors import DataError, NotFoundError, UsageError
 
 # --------------------------------------------------------------------------- articles
 

@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from lmforge.config import ModelConfig
+from lmforge.data.tokenizer import bytes_tokenizer
 from lmforge.errors import UsageError
 from lmforge.eval.generate import PromptCroppedWarning, Utf8Stream, generate, sample_next
 from lmforge.model.gpt import GPT
-from lmforge.data.tokenizer import bytes_tokenizer
 
 V = 257
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.interop import hf
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, UsageError
+from lmforge.interop import hf
 from lmforge.model.gpt import GPT
 from lmforge.workspace import Workspace
 

@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from lmforge.errors import NotFoundError, UsageError
-from lmforge.runs.plots import loss_sparklines, plot_loss, smooth, sparkline
 from lmforge.runs.listing import (
     compare_configs,
     config_diff,
@@ -20,6 +19,7 @@ from lmforge.runs.listing import (
     run_info,
     summarize_metrics,
 )
+from lmforge.runs.plots import loss_sparklines, plot_loss, smooth, sparkline
 from lmforge.workspace import Workspace
 
 

@@ -8,7 +8,6 @@ import tiktoken
 from data_fixtures import write_ranks_file
 
 from lmforge.data import tokenizer as tokmod
-from lmforge.errors import DataError, UsageError
 from lmforge.data.tokenizer import (
     bytes_tokenizer,
     get_tokenizer,
@@ -16,6 +15,7 @@ from lmforge.data.tokenizer import (
     tokenizer_from_ranks_file,
     tokenizer_status,
 )
+from lmforge.errors import DataError, UsageError
 from lmforge.workspace import Workspace
 
 TEXT = "The theatre thinks: naïve € 😀 <|endoftext|> the end\n\n  x"

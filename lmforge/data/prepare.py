@@ -38,9 +38,9 @@ from lmforge import __version__
 from lmforge.data import sources
 from lmforge.data.sources import SPLITS, Continuation, Source
 from lmforge.data.store import FORMAT_VERSION, META_FILE, PreparedDataset, dtype_for_vocab, open_dataset
+from lmforge.data.tokenizer import Tokenizer, default_num_threads, get_tokenizer, remember_tokenizer_file
 from lmforge.errors import DataError, UsageError
 from lmforge.fileio import fsync_dir, install_dir, write_json
-from lmforge.data.tokenizer import Tokenizer, default_num_threads, get_tokenizer, remember_tokenizer_file
 from lmforge.workspace import Workspace
 
 BATCH_BYTES = 1 << 20  # text per encoding task: big enough to amortize, small enough to bound memory

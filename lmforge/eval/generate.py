@@ -34,8 +34,8 @@ from lmforge.errors import CheckpointError, UsageError
 from lmforge.eval.evaluate import autocast
 
 if TYPE_CHECKING:
-    from lmforge.model.gpt import GPT
     from lmforge.data.tokenizer import Tokenizer
+    from lmforge.model.gpt import GPT
     from lmforge.workspace import Workspace
 
 
@@ -277,9 +277,9 @@ def load_for_generation(
 ) -> tuple[GPT, Tokenizer, dict]:
     """Resolve a checkpoint name and load its model (eval mode) and its own tokenizer."""
     from lmforge.checkpoint.store import load_model
+    from lmforge.data.tokenizer import tokenizer_from_identity
     from lmforge.device import resolve_device
     from lmforge.runs.names import resolve_checkpoint
-    from lmforge.data.tokenizer import tokenizer_from_identity
 
     path = resolve_checkpoint(workspace, spec)
     model, config, meta = load_model(path, device=resolve_device(device))

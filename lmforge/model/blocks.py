@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from lmforge.model.attention import CausalSelfAttention, KVCache
 from lmforge.config import ModelConfig
+from lmforge.model.attention import CausalSelfAttention, KVCache
 from lmforge.model.mlp import MLP
 
 

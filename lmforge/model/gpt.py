@@ -15,9 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lmforge.config import ModelConfig
 from lmforge.model.attention import KVCache
 from lmforge.model.blocks import Block
-from lmforge.config import ModelConfig
 
 
 class GPT(nn.Module):

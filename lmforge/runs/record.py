@@ -1,5 +1,5 @@
 """What a run leaves behind besides checkpoints: ``metrics.jsonl``, ``samples.jsonl``,
-``run.json``; and the throughput meter (tokens/s, MFU) of the training loop.
+``run.json``.
 
 ``metrics.jsonl`` holds one JSON object per line, appended and flushed as it is
 made, so ``tail -f`` and ``lmforge runs show`` see a live run::
@@ -17,7 +17,6 @@ import json
 import math
 import os
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -126,33 +125,3 @@ class RunRecord:
     def update(self, **fields: Any) -> None:
         self.data.update({k: _finite_or_none(v) for k, v in fields.items()})
         write_json_atomic(self.path, self.data)
-
-
-class ThroughputMeter:
-    """Tokens/s and MFU over the steps since the last reading (litgpt's monitor, in small).
-
-    The loop calls ``step(tokens)`` after each optimizer step and ``read()`` at logging
-    steps; the first reading after a (re)start excludes nothing, so it also holds
-    compilation and warm-up time.
-    """
-
-    def __init__(self, flops_per_token: float, peak_flops: float | None) -> None:
-        self.flops_per_token = flops_per_token
-        self.peak_flops = peak_flops
-        self._t0 = time.perf_counter()
-        self._tokens = 0
-
-    def reset(self) -> None:
-        self._t0 = time.perf_counter()
-        self._tokens = 0
-
-    def step(self, tokens: int) -> None:
-        self._tokens += tokens
-
-    def read(self) -> tuple[float, float | None]:
-        """``(tokens_per_sec, mfu or None)`` since the last read, then start a new window."""
-        elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        tps = self._tokens / elapsed
-        mfu = self.flops_per_token * tps / self.peak_flops if self.peak_flops else None
-        self.reset()
-        return tps, mfu

@@ -41,20 +41,20 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lmforge.checkpoint import store as ckpt
 from lmforge import distributed as dist
+from lmforge.checkpoint import store as ckpt
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.errors import LmforgeError, UsageError
+from lmforge.observe.reporting import EvalStats, Reporter, StepStats, TrainResult
+from lmforge.observe.throughput import ThroughputMeter
 from lmforge.runs.record import (
     CONFIG_FILE,
     METRICS_FILE,
     SAMPLES_FILE,
     JsonlWriter,
     RunRecord,
-    ThroughputMeter,
     truncate_after,
 )
-from lmforge.observe.reporting import EvalStats, Reporter, StepStats, TrainResult
 from lmforge.train.rng import restore_rank_rng
 from lmforge.train.signals import stop_on_signals
 from lmforge.workspace import Workspace
@@ -102,19 +102,19 @@ class TrainingManager:
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        from lmforge.data.store import check_tokenizer_match, open_dataset
         from lmforge.data.dataset import TrainLoader, make_dataset
+        from lmforge.data.store import check_tokenizer_match, open_dataset
         from lmforge.device import TORCH_DTYPES, peak_flops, resolve_device, resolve_dtype
         from lmforge.model.gpt import GPT
         from lmforge.train.optim import build_optimizer
         from lmforge.train.rng import derive_seed, seed_everything
+        from lmforge.train.schedule import CosineSchedule
         from lmforge.train.setup import (
             check_new_run,
             check_not_running,
             generate_run_name,
             resume_config,
         )
-        from lmforge.train.schedule import CosineSchedule
 
         if reporter is None:
             from lmforge.observe.dashboard import PlainReporter

@@ -213,10 +213,10 @@ def test_export_into_its_own_checkpoint_is_refused(cli, two_runs):
 
 
 def _hf_dir(path: Path, **config) -> Path:
-    from lmforge.interop import hf
     from lmforge.config import ModelConfig
-    from lmforge.model.gpt import GPT
     from lmforge.data.tokenizer import bytes_tokenizer
+    from lmforge.interop import hf
+    from lmforge.model.gpt import GPT
 
     mc = ModelConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=8, dropout=0.0)
     path.mkdir()

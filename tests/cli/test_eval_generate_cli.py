@@ -13,8 +13,8 @@ from lmforge.checkpoint.store import save_checkpoint
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.data.prepare import prepare_dataset
 from lmforge.data.store import open_dataset
-from lmforge.model.gpt import GPT
 from lmforge.data.tokenizer import GPT2_RANKS_SHA256, bytes_tokenizer
+from lmforge.model.gpt import GPT
 from lmforge.workspace import Workspace
 
 WORDS = "the history of model language data train token river city music war king film game year".split()
