@@ -7,44 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
-
-
-class KVCache:
-    """Keys and values of the positions seen so far, for every layer.
-
-    Generation feeds the prompt once and then one token at a time; each step
-    appends its keys/values here instead of recomputing the whole prefix.
-    Buffers are allocated once at ``max_len`` so appending never reallocates.
-    """
-
-    def __init__(
-        self,
-        n_layer: int,
-        batch_size: int,
-        n_head: int,
-        max_len: int,
-        head_dim: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> None:
-        shape = (n_layer, batch_size, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-        self.length = 0  # positions already stored (the same for every layer after a full forward)
-
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k, v`` of shape (B, nh, T, hs) after the past; return past + new."""
-        start, end = self.length, self.length + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were needed")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-    def advance(self, n: int) -> None:
-        """Called by the model once all layers have appended ``n`` positions."""
-        self.length += n
+from lmforge.model.kv_cache import KVCache
 
 
 class CausalSelfAttention(nn.Module):

@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 
 from lmforge.config import ModelConfig
-from lmforge.model.attention import CausalSelfAttention, KVCache
+from lmforge.model.attention import CausalSelfAttention
+from lmforge.model.kv_cache import KVCache
 from lmforge.model.mlp import MLP
 
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
-from lmforge.model.attention import KVCache
 from lmforge.model.blocks import Block
+from lmforge.model.kv_cache import KVCache
 
 
 class GPT(nn.Module):
@@ -132,9 +132,3 @@ class GPT(nn.Module):
         c = self.config
         t = seq_len or c.block_size
         return 6 * self.get_num_params() + 12 * c.n_layer * c.n_embd * t
-
-    def estimate_mfu(self, tokens_per_sec: float, peak_flops: float | None, seq_len: int | None = None):
-        """Model FLOPs utilisation: achieved training FLOP/s over the device's peak (None if unknown)."""
-        if not peak_flops:
-            return None
-        return self.flops_per_token(seq_len) * tokens_per_sec / peak_flops
