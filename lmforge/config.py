@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -34,8 +35,24 @@ def _flag(name: str) -> str:
 def _positive(obj: Any, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
-        if value <= 0:
+        if not value > 0:  # written so that NaN fails too
             raise ConfigError(f"--{_flag(name)} must be positive, got {value}")
+
+
+def _non_negative(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not value >= 0:
+            raise ConfigError(f"--{_flag(name)} must be >= 0, got {value}")
+
+
+def _finite(obj: Any) -> None:
+    """Refuse NaN and infinity in every float field: every comparison with NaN is False, so a
+    ``--lr nan`` would otherwise pass the range checks and train on NaN."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{_flag(f.name)} must be a finite number, got {value}")
 
 
 @dataclass
@@ -67,9 +84,9 @@ class ModelConfig:
         return -(-self.vocab_size // m) * m
 
     def __post_init__(self) -> None:
+        _finite(self)
         _positive(self, "vocab_size", "block_size", "n_layer", "n_head", "n_embd")
-        if self.pad_vocab_multiple < 0:
-            raise ConfigError(f"--pad-vocab-multiple must be >= 0, got {self.pad_vocab_multiple}")
+        _non_negative(self, "pad_vocab_multiple")
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})",
@@ -94,8 +111,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "stride")
-        if self.num_workers < 0:
-            raise ConfigError(f"--num-workers must be >= 0, got {self.num_workers}")
+        _non_negative(self, "num_workers")
 
 
 @dataclass
@@ -114,10 +130,9 @@ class OptimizerConfig:
     max_grad_norm: float = doc("Clip the gradient norm to this (0 = no clipping).", default=1.0)
 
     def __post_init__(self) -> None:
+        _finite(self)
         _positive(self, "lr")
-        for name in ("min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eps"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        _non_negative(self, "min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eps")
         if self.min_lr > self.lr:
             raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --lr ({self.lr})")
         for name in ("beta1", "beta2"):
@@ -154,9 +169,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "grad_accum", "eval_interval", "max_bad_steps")
-        for name in ("eval_tokens", "patience", "threads"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        _non_negative(self, "eval_tokens", "patience", "threads")
 
 
 @dataclass
@@ -172,9 +185,7 @@ class CheckpointConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("light_interval", "full_interval"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        _non_negative(self, "light_interval", "full_interval")
         _positive(self, "keep_last")
 
 
@@ -192,8 +203,7 @@ class LoggingConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "log_interval")
-        if self.sample_tokens < 0:
-            raise ConfigError(f"--sample-tokens must be >= 0, got {self.sample_tokens}")
+        _non_negative(self, "sample_tokens")
 
 
 @dataclass
@@ -251,13 +261,23 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
-def apply_preset(config: TrainingConfig, preset: str) -> TrainingConfig:
-    """Return ``config`` with the model architecture of ``preset`` (vocab size kept)."""
+# What a preset decides: the size. Everything else (dropout, bias, vocabulary, padding,
+# gradient checkpointing) is the user's, so a preset never resets a value given in a file.
+PRESET_SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
+
+def _check_preset(preset: str) -> ModelConfig:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}", f"choose one of: {', '.join(PRESETS)}")
-    base = PRESETS[preset]
-    model = dataclasses.replace(base, vocab_size=config.model.vocab_size)
-    return dataclasses.replace(config, preset=preset, model=model)
+    return PRESETS[preset]
+
+
+def apply_preset(config: TrainingConfig, preset: str) -> TrainingConfig:
+    """Return ``config`` with the size of ``preset`` (layers, heads, width, context); every other
+    model field keeps the value ``config`` has."""
+    base = _check_preset(preset)
+    size = {name: getattr(base, name) for name in PRESET_SIZE_FIELDS}
+    return dataclasses.replace(config, preset=preset, model=dataclasses.replace(config.model, **size))
 
 
 # ----------------------------------------------------------------------------- flags
@@ -417,17 +437,16 @@ def resolve_config(
 ) -> TrainingConfig:
     """Layer the sources of a run's config: defaults < TOML file < preset < overrides.
 
-    The file's own ``preset`` key picks the architecture its model values start
-    from; ``preset`` (the ``--preset`` option) replaces the architecture after the
-    file; ``overrides`` (``{("optim", "lr"): 3e-4}``, from the other options) win.
+    The preset (``--preset``, else the file's own ``preset`` key, else gpt2) gives the model
+    values the file's start from; ``--preset`` then sets the size (layers, heads, width,
+    context) over the file's, and never any other model value the file gave;
+    ``overrides`` (``{("optim", "lr"): 3e-4}``, from the other options) win.
     """
     data = load_toml(config_file) if config_file else {}
-    base = data.get("preset", "gpt2")
-    config = (
-        apply_preset(TrainingConfig(), base)
-        if isinstance(base, str) and base in PRESETS
-        else TrainingConfig()
-    )
+    file_preset = data.get("preset", "gpt2")
+    # the preset's whole model (its dropout too) is the base the file's values go on top of
+    base = preset or (file_preset if isinstance(file_preset, str) else "gpt2")
+    config = dataclasses.replace(TrainingConfig(), preset=base, model=_check_preset(base))
     if data:
         merged = config.to_dict()
         for key, value in data.items():
@@ -435,9 +454,11 @@ def resolve_config(
                 merged[key].update(value)
             else:
                 merged[key] = value
+        if preset:
+            merged["preset"] = preset
         config = TrainingConfig.from_dict(merged, source=str(config_file))
     if preset:
-        config = apply_preset(config, preset)
+        config = apply_preset(config, preset)  # --preset's size beats the file's
     if overrides:
         config = with_overrides(config, overrides)
     return config

@@ -39,10 +39,60 @@ def test_precedence_defaults_file_preset_cli(tmp_path):
     assert from_file.model.n_embd == PRESETS["tiny"].n_embd
     assert from_file.optim.lr == 0.001
     with_preset = resolve_config(path, preset="gpt2")
-    assert with_preset.model == PRESETS["gpt2"]  # the preset after the file
+    assert with_preset.preset == "gpt2"
+    size = ("n_layer", "n_head", "n_embd", "block_size")
+    assert [getattr(with_preset.model, k) for k in size] == [getattr(PRESETS["gpt2"], k) for k in size]
     assert with_preset.optim.lr == 0.001  # untouched by a preset
     with_cli = resolve_config(path, preset="gpt2", overrides={("model", "n_layer"): 3, ("train", "steps"): 7})
     assert (with_cli.model.n_layer, with_cli.train.steps) == (3, 7)
+
+
+@pytest.mark.parametrize("preset", [None, "tiny", "gpt2"])
+def test_preset_sets_the_size_and_keeps_the_files_other_model_values(tmp_path, preset):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'preset = "tiny"\n[model]\ndropout = 0.2\ngradient_checkpointing = true\n'
+        "pad_vocab_multiple = 64\nbias = false\n"
+    )
+    c = resolve_config(path, preset=preset)
+    assert (c.model.dropout, c.model.gradient_checkpointing) == (0.2, True)
+    assert (c.model.pad_vocab_multiple, c.model.bias) == (64, False)
+    expected = PRESETS[preset or "tiny"]
+    assert (c.model.n_layer, c.model.n_embd, c.model.block_size) == (
+        expected.n_layer,
+        expected.n_embd,
+        expected.block_size,
+    )
+
+
+def test_a_preset_alone_brings_its_own_model_defaults():
+    assert resolve_config(preset="tiny").model == PRESETS["tiny"]  # tiny's dropout 0.0 included
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    "field", [("optim", "lr"), ("optim", "min_lr"), ("model", "dropout"), ("optim", "eps")]
+)
+def test_non_finite_numbers_are_refused(field, value):
+    with pytest.raises(ConfigError, match=f"--{field[1].replace('_', '-')} must be a finite number"):
+        resolve_config(overrides={field: float(value)})
+
+
+def test_non_finite_numbers_in_toml_are_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[optim]\nlr = nan\n")
+    with pytest.raises(ConfigError, match="--lr must be a finite number"):
+        resolve_config(path)
+    path.write_text("[model]\ndropout = inf\n")
+    with pytest.raises(ConfigError, match="--dropout must be a finite number"):
+        resolve_config(path)
+
+
+def test_non_finite_numbers_in_a_checkpoint_config_are_refused():
+    data = TrainingConfig().to_dict()
+    data["optim"]["lr"] = float("nan")
+    with pytest.raises(ConfigError, match="--lr must be a finite number"):
+        TrainingConfig.from_dict(data, source="meta.json")
 
 
 def test_unknown_toml_key_names_the_closest(tmp_path):
