@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 from data_fixtures import SPLIT_FILES, write_ranks_file, write_wikitext
 
+from lmforge.data import encode
 from lmforge.data import prepare as prep
+from lmforge.data.local import safe_cut, text_file_documents
 from lmforge.data.prepare import prepare_dataset
-from lmforge.data.sources import safe_cut, split_wikitext_articles, text_file_documents
 from lmforge.data.store import check_tokenizer_match, dtype_for_vocab, list_datasets, open_dataset
 from lmforge.data.tokenizer import bytes_tokenizer, tokenizer_from_ranks_file
+from lmforge.data.wikitext import split_wikitext_articles
 from lmforge.errors import DataError, NotFoundError, UsageError
 
 # --------------------------------------------------------------------------- articles
@@ -89,8 +91,8 @@ def test_parallel_pipeline_matches_inline(data_ws, wikitext_dir, ranks_file, mon
     data_ws.ensure(data_ws.tokenizers_dir)
     write_ranks_file(data_ws.tokenizers_dir / "small.tiktoken")
     prepare_dataset(data_ws, "wikitext-2", source=src, tokenizer="small", alias="inline")
-    monkeypatch.setattr(prep, "PARALLEL_MIN_BYTES", 0)
-    monkeypatch.setattr(prep, "BATCH_BYTES", 2000)  # many small batches in flight
+    monkeypatch.setattr(encode, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(encode, "BATCH_BYTES", 2000)  # many small batches in flight
     prepare_dataset(data_ws, "wikitext-2", source=src, tokenizer="small", alias="parallel", num_proc=2)
     a, b = open_dataset(data_ws, "inline"), open_dataset(data_ws, "parallel")
     for split in a.splits:
@@ -164,12 +166,12 @@ def test_dtype_choice_and_overflow_refused(tmp_path):
     assert dtype_for_vocab(50257) == np.uint16
     assert dtype_for_vocab(65536) == np.uint16
     assert dtype_for_vocab(65537) == np.uint32
-    tokens, _, _ = prep._encode_batch([(b"ab", False)], "uint16", 257, bytes_tokenizer())
+    tokens, _, _ = encode.encode_batch([(b"ab", False)], "uint16", 257, bytes_tokenizer())
     assert tokens.dtype == np.uint16
     # an id that does not fit is reported, never wrapped around
-    tokens, _, top = prep._encode_batch([(b"ab", False)], "uint16", 50, bytes_tokenizer())
+    tokens, _, top = encode.encode_batch([(b"ab", False)], "uint16", 50, bytes_tokenizer())
     assert tokens is None and top == 98
-    writer = prep._SplitWriter("train", tmp_path / "t.bin", np.dtype(np.uint16), 50)
+    writer = encode.SplitWriter("train", tmp_path / "t.bin", np.dtype(np.uint16), 50)
     with pytest.raises(DataError, match="does not fit"):
         writer.write((None, 1, 98), 2, prep.NullProgress())
     writer.close()
@@ -224,7 +226,7 @@ def test_interrupted_prepare_leaves_old_dataset_intact(data_ws, wikitext_dir, mo
     before = {p.name: p.read_bytes() for p in data_ws.dataset_dir("wikitext-2").iterdir()}
 
     calls = {"n": 0}
-    real_write = prep._SplitWriter.write
+    real_write = encode.SplitWriter.write
 
     def crash(self, *args, **kwargs):
         calls["n"] += 1
@@ -232,7 +234,7 @@ def test_interrupted_prepare_leaves_old_dataset_intact(data_ws, wikitext_dir, mo
             raise KeyboardInterrupt  # Ctrl-C in the middle of writing
         return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(prep._SplitWriter, "write", crash)
+    monkeypatch.setattr(encode.SplitWriter, "write", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(data_ws, "wikitext-2", source=src, tokenizer="bytes", force=True)
     assert calls["n"] > 1
@@ -294,9 +296,9 @@ def test_text_file_with_separator(data_ws, tmp_path, byte_tokenizer):
 
 def test_long_documents_are_streamed_in_pieces(tmp_path, monkeypatch, ranks_file):
     """A document larger than the piece size is cut only where its tokens do not change."""
-    from lmforge.data import sources
+    from lmforge.data import local, sources
 
-    monkeypatch.setattr(sources, "MAX_PIECE_CHARS", 64)
+    monkeypatch.setattr(local, "MAX_PIECE_CHARS", 64)
     monkeypatch.setattr(sources, "READ_BLOCK_CHARS", 50)
     text = "".join(f"Line {i} the theory\n  indented {i}\nx\n" for i in range(40))
     path = tmp_path / "big.txt"
@@ -356,11 +358,11 @@ def test_unknown_name_and_source_errors(data_ws, tmp_path):
 
 
 def test_hub_unreachable_fails_fast_with_source_hint(data_ws, monkeypatch):
-    from lmforge.data import sources
+    from lmforge.data import hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(sources, "_hub_reachable", lambda timeout=5.0: "huggingface.co: no network")
+    monkeypatch.setattr(hub, "_hub_reachable", lambda timeout=5.0: "huggingface.co: no network")
     with pytest.raises(DataError) as exc:
         prepare_dataset(data_ws, "wikitext-103", tokenizer="bytes")
     assert "cannot reach the Hugging Face Hub" in exc.value.message
@@ -452,7 +454,7 @@ def test_generic_parquet_source_one_document_per_row(data_ws, tmp_path, byte_tok
 def test_count_words_is_str_split():
     import random
 
-    from lmforge.data.prepare import count_words
+    from lmforge.data.encode import count_words
 
     spaces = [chr(c) for c in range(0x110000) if chr(c).isspace()]
     alphabet = spaces + list("ab é€😀–“\u200b")

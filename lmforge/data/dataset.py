@@ -6,8 +6,9 @@ tokens; item ``i`` is ``(x, y) = (chunk[:-1], chunk[1:])``::
     tokens [10, 20, 30, 40, 99], block_size 4  ->  x [10, 20, 30, 40], y [20, 30, 40, 99]
 
 ``RandomWindowDataset`` takes windows at random offsets instead, the same for
-the same ``(seed, epoch, index)``. ``TrainLoader`` shuffles windows per epoch,
-shards them across ranks, and can resume at the exact batch it stopped at.
+the same ``(seed, epoch, index)``; ``make_dataset`` picks one of the two for
+``DataConfig.sampling``. ``TrainLoader`` shuffles windows per epoch, shards them
+across ranks, and can resume at the exact batch it stopped at.
 """
 
 from __future__ import annotations
