@@ -34,7 +34,6 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,7 @@ from lmforge.runs.record import (
 )
 from lmforge.train.rng import restore_rank_rng
 from lmforge.train.signals import stop_on_signals
+from lmforge.train.step import StepOutcome, TrainStep
 from lmforge.workspace import Workspace
 
 # Rollbacks to the last full checkpoint before a diverging run is given up.
@@ -66,16 +66,6 @@ LAYER_NORM_EVERY = 10
 _DEFAULT_VOCAB = ModelConfig().vocab_size
 # Token-embedding rows are padded to a multiple of this on CUDA (pad_vocab_multiple = 0, "auto").
 CUDA_VOCAB_MULTIPLE = 64
-
-
-@dataclass
-class StepOutcome:
-    """One optimizer step. ``loss``/``grad_norm`` stay on the device until a logging step."""
-
-    loss: torch.Tensor
-    grad_norm: torch.Tensor
-    status: str  # "ok" | "bad" (non-finite: skipped) | "overflow" (fp16 loss-scale overflow: skipped)
-    layer_norms: dict[str, torch.Tensor] | None = None
 
 
 class TrainingManager:
@@ -211,7 +201,6 @@ class TrainingManager:
             # TF32 tensor cores for the fp32 matmuls that remain (Ampere+): ~8x faster, 10-bit mantissa
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self._autocast_dtype = TORCH_DTYPES[self.dtype] if self.dtype != "fp32" else None
         # fp16 needs loss scaling against underflowing gradients; bf16 has fp32's range and does not
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
 
@@ -242,8 +231,19 @@ class TrainingManager:
             # dropout masks of their own; rank 0 goes on as a single process would
             seed_everything(derive_seed(t.seed, 0, rank))
         self.compiled = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
-        self._train_model = self._parallelize()
+        train_model = self._parallelize()  # FSDP shards in place: before the optimizer sees the parameters
         self.optimizer, self.param_counts = build_optimizer(self.model, config.optim, self.device)
+        self.train_step = TrainStep(
+            self.model,
+            self.optimizer,
+            self.scaler,
+            train_model=train_model,
+            device=self.device,
+            autocast_dtype=TORCH_DTYPES[self.dtype] if self.dtype != "fp32" else None,
+            max_grad_norm=config.optim.max_grad_norm,
+            world_size=world_size,
+            sharded=self.strategy == "fsdp",
+        )
         self.schedule = CosineSchedule(
             config.optim.lr, config.optim.min_lr, config.optim.warmup_steps, t.steps
         )
@@ -373,11 +373,6 @@ class TrainingManager:
 
     # ------------------------------------------------------------------ one optimizer step
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self._autocast_dtype)
-
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True)
@@ -389,67 +384,6 @@ class TrainingManager:
             (self._to_device(x), self._to_device(y))
             for x, y in (next(self.loader) for _ in range(self.config.train.grad_accum))
         ]
-
-    def train_step(
-        self, batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float, layer_norms: bool = False
-    ) -> StepOutcome:
-        """Forward/backward over ``batches`` (one optimizer step), clip, and update unless the
-        loss or gradient is not finite. The step counter is the caller's."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        model, n = self._train_model, len(batches)
-        loss_sum = torch.zeros((), device=self.device)
-        for i, (x, y) in enumerate(batches):
-            # across ranks, gradients are averaged after the last micro-batch only
-            dist.set_grad_sync(model, i == n - 1)
-            with self._autocast():
-                _, loss = model(x, y)
-            loss = loss / n  # the mean over all micro-batches, as one big batch would give
-            loss_sum += loss.detach()
-            self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)  # no-op unless fp16: clip the true gradients
-        max_norm = self.config.optim.max_grad_norm or math.inf
-        grad_norm = dist.clip_grad_norm(self.model, max_norm)
-        norms = self._layer_norms() if layer_norms else None
-        # Host sync, once per optimizer step (not per micro-batch): whether the step may be
-        # applied decides the step counter and the schedule, which live on the host. It waits
-        # for the backward pass only, which the optimizer step would wait for anyway.
-        flags = torch.stack([loss_sum.isfinite().logical_not(), grad_norm.isfinite().logical_not()]).float()
-        if self.world_size > 1:
-            # ... and the one collective decision of the step: a non-finite loss on any rank, and
-            # a stop signal received by any rank (its number; MAX), so all ranks save and stop
-            stop = torch.tensor([float(self._stop_signal or 0)], device=self.device)
-            flags = dist.all_reduce_max(torch.cat([flags, stop]))
-        bad_loss, bad_grads, *stop_signal = flags.tolist()
-        if stop_signal:
-            self._agreed_stop = int(stop_signal[0]) or None
-        loss_ok, grads_ok = not bad_loss, not bad_grads
-        if loss_ok and grads_ok:
-            status = "ok"
-        elif loss_ok and self.scaler.is_enabled() and self.scaler.get_scale() > 1.0:
-            status = "overflow"  # fp16: the scale was too high; the scaler lowers it and skips
-        else:
-            status = "bad"
-        if status != "bad":
-            self.scaler.step(self.optimizer)  # skips the update itself on an fp16 overflow
-            self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return StepOutcome(loss_sum, grad_norm, status, norms)
-
-    def _layer_norms(self) -> dict[str, torch.Tensor]:
-        """Gradient norm per transformer block (and embeddings, final LayerNorm), on the device."""
-        groups: dict[str, list[torch.Tensor]] = {}
-        for name, p in self.model.named_parameters():
-            if p.grad is None:
-                continue
-            parts = name.split(".")
-            key = f"h.{parts[2]}" if parts[1] == "h" else parts[1]
-            # squared norms of this rank's shard (all of it unless FSDP), summed over ranks below
-            groups.setdefault(key, []).append(dist.local_tensor(p.grad.detach()).float().square().sum())
-        squares = torch.stack([torch.stack(v).sum() for v in groups.values()])
-        if self.strategy == "fsdp":
-            dist.all_reduce_sum(squares)
-        return dict(zip(groups, squares.sqrt(), strict=True))
 
     # ------------------------------------------------------------------ the loop
 
@@ -484,7 +418,8 @@ class TrainingManager:
                 and self._layer_norms_wanted
                 and (self.step + 1) % (log_every * LAYER_NORM_EVERY) == 0
             )
-            out = self.train_step(self.next_batches(), lr, layer_norms=layer_norms)
+            out = self.train_step(self.next_batches(), lr, layer_norms, self._stop_signal)
+            self._agreed_stop = out.stop_signal
             if out.status != "ok":
                 self._skipped_step(out)
             else:

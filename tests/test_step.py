@@ -1,0 +1,107 @@
+"""One optimizer step (``lmforge.train.step``) on a tiny GPT, without a TrainingManager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.config import ModelConfig, OptimizerConfig
+from lmforge.model.gpt import GPT
+from lmforge.train.optim import build_optimizer
+from lmforge.train.step import TrainStep
+
+
+def _setup(fp16_scaler: bool = False, max_grad_norm: float = 1.0):
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0))
+    optimizer, _ = build_optimizer(model, OptimizerConfig(), torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=fp16_scaler)
+    return model, optimizer, TrainStep(model, optimizer, scaler, max_grad_norm=max_grad_norm)
+
+
+def _batches(n: int = 2):
+    g = torch.Generator().manual_seed(1)
+    return [
+        (torch.randint(0, 64, (2, 16), generator=g), torch.randint(0, 64, (2, 16), generator=g))
+        for _ in range(n)
+    ]
+
+
+def _snapshot(model, optimizer):
+    params = [p.detach().clone() for p in model.parameters()]
+    state = {k: {n: t.clone() for n, t in v.items()} for k, v in optimizer.state.items()}
+    return params, state
+
+
+def _assert_untouched(model, optimizer, snapshot):
+    params, state = snapshot
+    for before, p in zip(params, model.parameters(), strict=True):
+        assert torch.equal(before, p)
+    assert optimizer.state.keys() == state.keys()
+    for k, v in optimizer.state.items():
+        for n, t in v.items():
+            assert torch.equal(state[k][n], t)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_finite_step_updates_the_weights():
+    model, optimizer, step = _setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    out = step(_batches(), lr=1e-2)
+    assert out.status == "ok" and out.stop_signal is None and out.layer_norms is None
+    assert torch.isfinite(out.loss) and out.grad_norm.item() > 0
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+    assert optimizer.param_groups[0]["lr"] == 1e-2
+    assert all(p.grad is None for p in model.parameters())  # dropped for the next step
+
+
+def test_a_nan_loss_updates_nothing():
+    model, optimizer, step = _setup()
+    step(_batches(), lr=1e-3)  # one good step: the optimizer has state
+    snapshot = _snapshot(model, optimizer)
+    handle = model.register_forward_hook(lambda m, args, out: (out[0], out[1] * float("nan")))
+    out = step(_batches(), lr=1e-3)
+    handle.remove()
+    assert out.status == "bad" and not torch.isfinite(out.loss)
+    _assert_untouched(model, optimizer, snapshot)
+
+
+def test_an_infinite_gradient_updates_nothing():
+    model, optimizer, step = _setup()
+    step(_batches(), lr=1e-3)
+    snapshot = _snapshot(model, optimizer)
+    handle = model.transformer.wte.weight.register_hook(lambda g: g * float("inf"))
+    out = step(_batches(), lr=1e-3)
+    handle.remove()
+    assert out.status == "bad" and torch.isfinite(out.loss) and not torch.isfinite(out.grad_norm)
+    _assert_untouched(model, optimizer, snapshot)
+
+
+def test_an_fp16_overflow_is_skipped_and_lowers_the_scale():
+    model, optimizer, step = _setup(fp16_scaler=True)
+    scale = step.scaler.get_scale()
+    snapshot = _snapshot(model, optimizer)
+    handle = model.transformer.wte.weight.register_hook(lambda g: g * float("inf"))
+    out = step(_batches(), lr=1e-3)
+    handle.remove()
+    assert out.status == "overflow" and step.scaler.get_scale() < scale
+    _assert_untouched(model, optimizer, snapshot)
+
+
+def test_accumulation_equals_one_big_batch():
+    (x1, y1), (x2, y2) = _batches()
+    whole = [(torch.cat([x1, x2]), torch.cat([y1, y2]))]
+    model_a, _, one = _setup()
+    model_b, _, two = _setup()
+    out_a, out_b = one(whole, lr=1e-2), two([(x1, y1), (x2, y2)], lr=1e-2)
+    assert out_a.loss.item() == pytest.approx(out_b.loss.item(), abs=1e-6)
+    for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_norms_cover_every_block():
+    model, _, step = _setup()
+    out = step(_batches(), lr=1e-3, layer_norms=True)
+    assert set(out.layer_norms) == {"wte", "wpe", "h.0", "h.1", "ln_f"}
+    total = torch.stack(list(out.layer_norms.values())).square().sum().sqrt()
+    torch.testing.assert_close(total, out.grad_norm)
