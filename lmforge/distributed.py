@@ -124,15 +124,6 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True when ``flag`` is true on any rank."""
-    if not is_initialized():
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())  # host sync: only at rare decision points
-
-
 def broadcast_object(obj: T, src: int = 0) -> T:
     """Send a picklable object from ``src`` to every rank (the run name, say)."""
     if not is_initialized():

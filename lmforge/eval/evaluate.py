@@ -40,8 +40,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmforge.distributed import all_reduce_sum
 from lmforge.distributed import unwrap as unwrap_model
 from lmforge.errors import UsageError
+from lmforge.units import perplexity
 
 if TYPE_CHECKING:
     from lmforge.data.store import PreparedDataset
@@ -69,7 +71,7 @@ class EvalResult:
 
     @property
     def ppl(self) -> float:
-        return _exp(self.loss)
+        return perplexity(self.loss)
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,6 @@ class EvalRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _exp(x: float) -> float:
-    try:
-        return math.exp(x)
-    except OverflowError:
-        return float("inf")
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -226,8 +221,8 @@ def evaluate_tokens(
         model.train(was_training)
 
     totals = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device)])
-    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(totals)
+    if world_size > 1:
+        all_reduce_sum(totals)  # a no-op without a process group: this rank's share
     loss_total, tokens_total = totals.tolist()  # one device-to-host sync for the whole evaluation
     return EvalResult(loss_sum=loss_total, tokens=int(round(tokens_total)))
 
@@ -278,7 +273,7 @@ def split_row(
         note = f"partial split ({result.tokens:,} of {split_tokens - 1:,} tokens): word ppl and bpb need all"
     else:
         if words:
-            word_ppl = _exp(result.loss_sum / words)
+            word_ppl = perplexity(result.loss_sum / words)
         if nbytes:
             bpb = result.loss_sum / math.log(2) / nbytes
         if not words or not nbytes:
