@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from lmforge.config import PRESETS, ModelConfig
 from lmforge.model.gpt import GPT
@@ -126,3 +127,60 @@ def test_dropout_only_in_training():
     torch.testing.assert_close(model(idx)[0], model(idx)[0])
     model.train()
     assert not torch.allclose(model(idx)[0], model(idx)[0])
+
+
+# ----------------------------------------------------------------------------- the chunked loss
+
+
+def _plain_loss(x, weight, targets, vocab):
+    logits = (x @ weight.t())[..., :vocab]
+    return F.cross_entropy(logits.reshape(-1, vocab).float(), targets.reshape(-1), ignore_index=-1)
+
+
+@pytest.mark.parametrize("padded_rows", [97, 128])  # without and with vocabulary padding
+@pytest.mark.parametrize("chunk_elements", [97 * 7, 2**24])  # many chunks (the last one short); one
+def test_chunked_loss_equals_cross_entropy_values_and_gradients(padded_rows, chunk_elements):
+    from lmforge.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 32, requires_grad=True)
+    w = (0.1 * torch.randn(padded_rows, 32)).requires_grad_()  # logits of a model at init
+    targets = torch.randint(0, 97, (3, 50))
+    targets[0, :7] = -1  # ignored positions
+    loss = linear_cross_entropy(x, w, targets, 97, chunk_elements=chunk_elements)
+    (2.5 * loss).backward()  # a scaled upstream gradient, as loss / grad_accum gives
+    gx, gw = x.grad.clone(), w.grad.clone()
+    x.grad = w.grad = None
+    expected = _plain_loss(x, w, targets, 97)
+    (2.5 * expected).backward()
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gx, x.grad, rtol=0, atol=1e-6)
+    torch.testing.assert_close(gw, w.grad, rtol=0, atol=1e-6)
+    assert not gw[97:].any()  # padded rows are never predicted
+
+
+def test_chunked_loss_under_bf16_autocast_is_close_to_the_plain_one():
+    from lmforge.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 64, 32, requires_grad=True)
+    w = (0.1 * torch.randn(300, 32)).requires_grad_()
+    targets = torch.randint(0, 300, (4, 64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(x, w, targets, 300, chunk_elements=300 * 50)
+        expected = _plain_loss(x, w, targets, 300)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=0, atol=2e-3)
+    loss.backward()
+    assert x.grad.dtype == x.dtype and w.grad.dtype == w.dtype and torch.isfinite(w.grad).all()
+
+
+def test_model_loss_equals_cross_entropy_of_its_logits():
+    torch.manual_seed(0)
+    model = GPT(small(pad_vocab_multiple=64))
+    idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    logits, _ = model(idx)
+    no_logits, loss = model(idx, targets)
+    assert no_logits is None  # with targets the (B, T, vocab) logits are never made
+    expected = F.cross_entropy(logits.reshape(-1, 97), targets.reshape(-1))
+    torch.testing.assert_close(loss, expected, rtol=0, atol=1e-6)

@@ -12,12 +12,12 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
 from lmforge.model.blocks import Block
 from lmforge.model.kv_cache import KVCache
+from lmforge.model.loss import linear_cross_entropy
 
 
 class GPT(nn.Module):
@@ -81,8 +81,9 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``idx`` (B, T) token ids -> logits (B, T, vocab) and the mean cross-entropy
-        loss over ``targets`` (B, T) (positions with target -1 are ignored).
+        """``idx`` (B, T) token ids -> ``(logits (B, T, vocab), None)``; with ``targets`` (B, T)
+        -> ``(None, mean cross-entropy)`` (positions with target -1 are ignored), computed
+        without materialising the logits.
 
         With a ``kv_cache`` (generation), ``idx`` holds only the new tokens, positions
         continue after the cached ones, and only the last position's logits are made.
@@ -106,11 +107,9 @@ class GPT(nn.Module):
 
         V = self.config.vocab_size
         if targets is not None:
-            logits = self.lm_head(x)  # (B, T, padded vocab)
-            if logits.size(-1) != V:
-                logits = logits[..., :V]  # (B, T, vocab): the padded ids are never predicted
-            loss = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
+            # chunk by chunk, without the (B, T, vocab) logits and their copies (see model.loss);
+            # the padded ids are never predicted
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, V)
         if kv_cache is not None:
             x = x[:, [-1], :]  # (B, 1, C): the last position is all sampling needs
         logits = self.lm_head(x)
