@@ -6,8 +6,13 @@ there a bf16 matmul is hundreds of times slower than fp32.
 
 from __future__ import annotations
 
-import functools
+import json
+import math
 import os
+import platform
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -18,24 +23,28 @@ from lmforge.errors import UsageError
 DType = Literal["auto", "bf16", "fp16", "fp32"]
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# Dense bf16/fp16 tensor-core peaks in FLOP/s, by a substring of the device name.
-# MFU is reported as "n/a" for devices not listed here rather than guessed.
-PEAK_FLOPS_BF16: dict[str, float] = {
-    "H200": 989e12,
-    "H100 PCIe": 756e12,
-    "H100": 989e12,
-    "GH200": 989e12,
-    "B200": 2250e12,
-    "A100": 312e12,
-    "A800": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10G": 125e12,
-    "A10": 125e12,
-    "RTX 4090": 165e12,
+# Dense (not sparse) 16-bit tensor-core peaks in FLOP/s with fp32 accumulation, by a substring
+# of the device name, from the vendor's datasheets: bf16 where the device has it, fp16 on V100/T4.
+# Checked in order, so "H100 PCIe" before "H100" and "A10G" before "A10". MFU is "n/a" for a
+# device that is not listed (or listed as None) rather than guessed.
+PEAK_FLOPS_BF16: dict[str, float | None] = {
+    "H200": 989e12,  # H200 datasheet: BF16 1,979 TFLOPS with sparsity
+    "H100 PCIe": 756e12,  # H100 datasheet, PCIe: 1,513 with sparsity
+    "H100": 989e12,  # H100 datasheet, SXM: 1,979 with sparsity
+    "GH200": 989e12,  # GH200 datasheet: the H100 SXM figure
+    "B200": 2250e12,  # HGX B200 datasheet: 4.5 PFLOPS with sparsity per GPU
+    "A100": 312e12,  # A100 datasheet: 312 (624 with sparsity)
+    "A800": 312e12,  # the A100 die
+    "L40S": 362e12,  # L40S datasheet: 362.05 (733 with sparsity)
+    "L4": 121e12,  # L4 datasheet: 242 with sparsity
+    "A10G": None,  # AWS's variant of the A10: NVIDIA publishes no tensor figure for it
+    "A10": 125e12,  # A10 datasheet: 125 (250 with sparsity)
+    "RTX 4090": 165e12,  # Ada whitepaper: 165.2 with fp32 accumulate (330.3 with sparsity)
+    # GA102 whitepaper, appendix A: BF16 with fp32 accumulate 71 dense / 142 sparse (35.6 is the
+    # card's non-tensor fp32 figure, not its bf16 one)
     "RTX 3090": 71e12,
-    "V100": 125e12,
-    "T4": 65e12,
+    "V100": 125e12,  # V100 datasheet, SXM2: fp16 tensor (no bf16)
+    "T4": 65e12,  # T4 datasheet: fp16 tensor (no bf16)
 }
 
 
@@ -56,29 +65,196 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX bf16 tiles (Sapphire Rapids and newer)."""
+# bf16 is used on a CPU only where a bf16 matmul is clearly faster than fp32 (measured).
+MIN_BF16_SPEEDUP = 1.2
+_X86_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@dataclass(frozen=True)
+class CpuBf16:
+    """Whether this CPU runs bf16 matmuls fast, and why lmforge thinks so."""
+
+    fast: bool
+    reason: str
+    speedup: float | None = None  # fp32 time / bf16 time of the check matmul, when measured
+
+
+def cpu_model_name(cpuinfo: str) -> str:
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Hardware", "CPU part"):
+            return value.strip()
+    return platform.processor() or platform.machine()
+
+
+def cpu_bf16_instructions(cpuinfo: str) -> list[str]:
+    """The bf16 matrix instructions ``/proc/cpuinfo`` text advertises: x86 ``amx_bf16`` /
+    ``avx512_bf16`` (``flags``), Arm ``bf16`` (``Features``)."""
+    found: list[str] = []
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        words = set(value.split())
+        if key.strip() == "flags":
+            found += [f for f in _X86_BF16_FLAGS if f in words and f not in found]
+        elif key.strip() == "Features" and "bf16" in words and "bf16" not in found:
+            found.append("bf16")
+    return found
+
+
+def _apple_bf16() -> list[str]:
+    """Apple silicon (M2 and newer) says so through sysctl, not /proc/cpuinfo."""
+    import subprocess
+
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        out = subprocess.run(
+            ["sysctl", "-n", "hw.optional.arm.FEAT_BF16"], capture_output=True, text=True, timeout=2
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return ["FEAT_BF16"] if out == "1" else []
+
+
+def measure_bf16_speedup(size: int = 256, repeats: int = 5) -> float:
+    """fp32 time / bf16 time of a ``size`` x ``size`` matmul (best of ``repeats``). Well under a
+    second even where bf16 is emulated: there one bf16 product takes tens of milliseconds."""
+    import time
+
+    def best(dtype: torch.dtype) -> float:
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        a @ b  # warm-up: kernel selection, page faults
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    return best(torch.float32) / max(best(torch.bfloat16), 1e-9)
+
+
+def _read_cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    return "amx_bf16" in flags
+        return ""
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> str:
+def cpu_bf16(
+    cpuinfo: str | None = None,
+    measure: Callable[[], float] = measure_bf16_speedup,
+    cache_dir: Path | None = None,
+) -> CpuBf16:
+    """Decide whether bf16 autocast pays on this CPU: the instructions must be there and a quick
+    measurement must confirm them (flags alone have been wrong: a VM may pass them through to an
+    emulating host). The measurement is cached in ``cache_dir`` per CPU model and torch version."""
+    text = _read_cpuinfo() if cpuinfo is None else cpuinfo
+    flags = cpu_bf16_instructions(text)
+    if not flags and cpuinfo is None and sys.platform == "darwin":
+        flags = _apple_bf16()
+    if not flags:
+        return CpuBf16(False, "no bf16 instructions (avx512_bf16, amx_bf16, Arm bf16) on this CPU")
+    key = f"{cpu_model_name(text)} | {'+'.join(flags)} | torch {torch.__version__}"
+    cache = cache_dir / "cpu-bf16.json" if cache_dir is not None else None
+    speedup = _cached_speedup(cache, key)
+    if speedup is None:
+        speedup = float(measure())
+        _store_speedup(cache, key, speedup)
+    fast = speedup >= MIN_BF16_SPEEDUP
+    verdict = "bf16 autocast" if fast else f"fp32 (bf16 not at least {MIN_BF16_SPEEDUP}x faster)"
+    return CpuBf16(fast, f"{'+'.join(flags)}; bf16 matmul {speedup:.2g}x fp32 -> {verdict}", speedup)
+
+
+def _cached_speedup(cache: Path | None, key: str) -> float | None:
+    if cache is None:
+        return _SPEEDUPS.get(key)
+    try:
+        value = json.loads(cache.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _store_speedup(cache: Path | None, key: str, speedup: float) -> None:
+    _SPEEDUPS[key] = speedup
+    if cache is None:
+        return
+    from lmforge.fileio import write_json_atomic
+
+    try:
+        known = json.loads(cache.read_text(encoding="utf-8"))
+        known = known if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        known = {}
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(cache, {**known, key: speedup})
+    except OSError:
+        pass  # a read-only workspace: measure again next time
+
+
+_SPEEDUPS: dict[str, float] = {}  # this process's measurements, when no cache directory is given
+
+
+def resolve_dtype(dtype: str, device: torch.device, cache_dir: Path | None = None) -> str:
     """Turn ``auto`` into bf16, fp16 or fp32 for ``device``; reject impossible choices."""
+    return resolve_precision(dtype, device, cache_dir)[0]
+
+
+def resolve_precision(dtype: str, device: torch.device, cache_dir: Path | None = None) -> tuple[str, str]:
+    """``(dtype, why)``: ``auto`` made concrete for ``device``, with the reason in words."""
     if dtype not in ("auto", *TORCH_DTYPES):
         raise UsageError(f"unknown dtype {dtype!r}", "use auto, bf16, fp16 or fp32")
     if dtype != "auto":
         if dtype == "fp16" and device.type == "cpu":
-            raise UsageError("fp16 training is not supported on the CPU", "use --dtype fp32 (or bf16)")
-        return dtype
+            raise UsageError("fp16 is not supported on the CPU", "use --dtype bf16 or fp32 (or auto)")
+        return dtype, f"--dtype {dtype}"
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "a GPU with bf16"
+        return "fp16", "a GPU without bf16: fp16 with loss scaling"
     if device.type == "cpu":
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    return "fp32"
+        choice = cpu_bf16(cache_dir=cache_dir)
+        return ("bf16" if choice.fast else "fp32"), choice.reason
+    return "fp32", f"{device.type}: fp32"
+
+
+# A CPU compile of the tiny preset takes ~20 s and pays back after ~50 steps (bf16); below this
+# many steps of a run, compile=auto stays eager.
+MIN_STEPS_TO_COMPILE_ON_CPU = 200
+
+
+def resolve_compile(
+    setting: str, device: torch.device, dtype: str, steps: int | None = None
+) -> tuple[bool, str]:
+    """``(compile?, why)`` for ``--compile auto|on|off``. On a CPU, auto compiles only where it was
+    measured to pay (bf16: 1.4x on the tiny preset; fp32: slower), a C++ compiler exists (the CPU
+    backend generates C++) and the run is long enough to win back the compilation time."""
+    if setting in ("on", "off"):
+        return setting == "on", f"--compile {setting}"
+    if device.type == "cuda":
+        return True, "CUDA"
+    if device.type != "cpu":
+        return False, f"{device.type}: eager"
+    if dtype != "bf16":
+        return False, "CPU in fp32: compiling does not pay"
+    if not cxx_compiler():
+        return False, "no C++ compiler (g++/clang++/$CXX) for the CPU backend"
+    if steps is not None and steps < MIN_STEPS_TO_COMPILE_ON_CPU:
+        return (
+            False,
+            f"a short run ({steps} < {MIN_STEPS_TO_COMPILE_ON_CPU} steps): compiling would not pay back",
+        )
+    return True, "CPU in bf16 with a C++ compiler"
+
+
+def cxx_compiler() -> str | None:
+    import shutil
+
+    cxx = os.environ.get("CXX")
+    if cxx and shutil.which(cxx):
+        return shutil.which(cxx)
+    return next((path for name in ("g++", "c++", "clang++") if (path := shutil.which(name))), None)
 
 
 def peak_flops(device: torch.device, dtype: str) -> float | None:
@@ -86,10 +262,7 @@ def peak_flops(device: torch.device, dtype: str) -> float | None:
     if device.type != "cuda" or dtype == "fp32":
         return None
     name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_FLOPS_BF16.items():
-        if key in name:
-            return flops
-    return None
+    return next((flops for key, flops in PEAK_FLOPS_BF16.items() if key in name), None)
 
 
 def describe_devices() -> dict[str, object]:
@@ -97,12 +270,16 @@ def describe_devices() -> dict[str, object]:
         "torch": torch.__version__,
         "cuda_available": torch.cuda.is_available(),
         "cpu_threads": torch.get_num_threads(),
-        "cpu_fast_bf16": cpu_has_fast_bf16(),
+        "cpu": cpu_model_name(_read_cpuinfo()),
+        "cpu_bf16": cpu_bf16().reason,
     }
     if torch.cuda.is_available():
         facts["cuda_version"] = torch.version.cuda
         facts["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         facts["cuda_bf16"] = torch.cuda.is_bf16_supported()
     facts["default_device"] = str(resolve_device("auto"))
-    facts["default_dtype"] = resolve_dtype("auto", resolve_device("auto"))
+    device = resolve_device("auto")
+    facts["default_dtype"], facts["dtype_reason"] = resolve_precision("auto", device)
+    compiled, facts["compile_reason"] = resolve_compile("auto", device, facts["default_dtype"])
+    facts["default_compile"] = "on" if compiled else "off"
     return facts

@@ -272,13 +272,12 @@ def test_padded_vocabulary_gives_the_same_model():
     assert torch.equal(padded.transformer.wte.weight[:257], plain.transformer.wte.weight)
 
     x = torch.randint(0, 257, (2, 16))
-    logits_a, loss_a = plain(x, x)
-    logits_b, loss_b = padded(x, x)
-    assert logits_b.shape == (2, 16, 257)
+    (logits_a, _), (_, loss_a) = plain(x), plain(x, x)
+    (logits_b, _), (_, loss_b) = padded(x), padded(x, x)
+    # no targets: contiguous logits over the real vocabulary
+    assert logits_b.shape == (2, 16, 257) and logits_b.is_contiguous()
     torch.testing.assert_close(logits_b, logits_a, rtol=0, atol=1e-6)
     torch.testing.assert_close(loss_b, loss_a, rtol=0, atol=1e-6)
-    eval_b, _ = padded(x)  # no targets: contiguous logits over the real vocabulary
-    assert eval_b.shape == (2, 16, 257) and eval_b.is_contiguous()
     cache = padded.new_kv_cache(2)
     last, _ = padded(x, kv_cache=cache)
     assert last.shape == (2, 1, 257)
