@@ -42,7 +42,7 @@ RESULT = TrainResult(
 def test_fixed_format_line():
     line = format_step_line(STATS)
     expected = "step 100/2000 | loss 3.21 | ppl 24.8 | lr 1.50e-04 | gnorm 0.84 | 12,345 tok/s | mfu n/a"
-    assert line == expected + " | eta 3m12s"
+    assert line == expected + " | eta 3m 12s"
 
 
 def test_plain_reporter_and_quiet():

@@ -3,7 +3,7 @@
 ``PlainReporter`` writes one line per logging step (and per evaluation) to a
 stream, the format a log file or CI wants::
 
-    step 100/2000 | loss 3.21 | ppl 24.8 | lr 1.50e-04 | gnorm 0.84 | 12,345 tok/s | mfu n/a | eta 3m12s
+    step 100/2000 | loss 3.21 | ppl 24.8 | lr 1.50e-04 | gnorm 0.84 | 12,345 tok/s | mfu n/a | eta 3m 12s
 
 ``RichReporter`` draws a live panel on a terminal (stderr) instead. Both only
 render what the trainer reports (``lmforge.observe.reporting.Reporter``).
@@ -17,24 +17,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from lmforge.observe.reporting import EvalStats, Reporter, StepStats, TrainResult
+from lmforge.units import format_duration, perplexity
 
 
-def format_duration(seconds: float | None) -> str:
+def duration_or_na(seconds: float | None) -> str:
+    """A duration as ``lmforge runs`` shows it; ``n/a`` (like MFU) while it is unknown."""
     if seconds is None or not math.isfinite(seconds):
         return "n/a"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{s % 3600 // 60:02d}m"
-
-
-def perplexity(loss: float) -> float:
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return float("inf")
+    return format_duration(seconds)
 
 
 def format_mfu(mfu: float | None) -> str:
@@ -45,7 +35,7 @@ def format_step_line(s: StepStats) -> str:
     return (
         f"step {s.step}/{s.total_steps} | loss {s.loss:.2f} | ppl {perplexity(s.loss):.1f} | lr {s.lr:.2e} | "
         f"gnorm {s.grad_norm:.2f} | {s.tokens_per_sec:,.0f} tok/s | mfu {format_mfu(s.mfu)} | "
-        f"eta {format_duration(s.eta_s)}"
+        f"eta {duration_or_na(s.eta_s)}"
     )
 
 
@@ -166,7 +156,7 @@ class RichReporter(Reporter):
             f"{e.best_val_loss:.4f} (step {e.best_step})" if e else na,
         )
         table.add_row(
-            "tokens", f"{s.tokens:,}" if s else na, "elapsed", format_duration(s.elapsed_s) if s else na
+            "tokens", f"{s.tokens:,}" if s else na, "elapsed", duration_or_na(s.elapsed_s) if s else na
         )
         return Group(self._progress, table)
 
@@ -177,7 +167,7 @@ class RichReporter(Reporter):
     def step(self, stats: StepStats) -> None:
         self._step = stats
         if self._progress is not None:
-            self._progress.update(self._task, completed=stats.step, eta=format_duration(stats.eta_s))
+            self._progress.update(self._task, completed=stats.step, eta=duration_or_na(stats.eta_s))
         self._refresh()
 
     def evaluation(self, stats: EvalStats) -> None:
@@ -220,7 +210,7 @@ def summary_rows(result: TrainResult) -> list[tuple[str, str]]:
         ("status", result.status + ("" if result.stop_reason == "steps" else f" ({result.stop_reason})")),
         ("steps", f"{result.step:,} / {result.total_steps:,}"),
         ("tokens", f"{result.tokens:,}"),
-        ("time", format_duration(result.elapsed_s)),
+        ("time", duration_or_na(result.elapsed_s)),
         ("tokens/s", f"{result.tokens_per_sec:,.0f}"),
         ("last train loss", num(result.last_loss)),
         ("last val loss", num(result.last_val_loss)),
