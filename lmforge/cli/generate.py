@@ -65,15 +65,15 @@ def generate_command(
     from lmforge.device import resolve_device, resolve_dtype
     from lmforge.eval.generate import check_sampling, generate, load_for_generation
 
-    # cheap checks first, before a model is loaded
-    check_sampling(
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        greedy=greedy,
-        num_samples=num_samples,
-    )
+    sampling = {
+        "max_tokens": max_tokens,
+        "temperature": temperature,
+        "top_k": top_k,
+        "top_p": top_p,
+        "greedy": greedy,
+        "num_samples": num_samples,
+    }
+    check_sampling(**sampling)  # cheap checks first, before a model is loaded
     precision = resolve_dtype(dtype, resolve_device(device))
     if prompt is None:
         prompt = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else ""
@@ -106,12 +106,7 @@ def generate_command(
         model,
         tokenizer,
         prompt,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        greedy=greedy,
-        num_samples=num_samples,
+        **sampling,
         seed=seed,
         on_text=None if no_stream else (lambda i, text: write(text)),
         on_sample_end=sample_end,
