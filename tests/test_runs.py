@@ -7,18 +7,11 @@ import sys
 import pytest
 
 from lmforge.errors import NotFoundError, UsageError
-from lmforge.runs.listing import (
-    compare_configs,
-    config_diff,
-    list_runs,
-    pid_alive,
-    read_metrics,
-    remove_run,
-    resolve_run,
-    run_details,
-    run_info,
-    summarize_metrics,
-)
+from lmforge.fileio import pid_alive
+from lmforge.runs.compare import changes_from_defaults, compare_configs
+from lmforge.runs.listing import list_runs, remove_run, run_details, run_info
+from lmforge.runs.metrics import read_metrics, summarize_metrics
+from lmforge.runs.names import resolve_run
 from lmforge.runs.plots import loss_sparklines, plot_loss, smooth, sparkline
 from lmforge.workspace import Workspace
 
@@ -102,17 +95,17 @@ def test_truncated_metrics_is_a_warning(ws, fake_run):
     assert any("1 unreadable line" in w for w in info.warnings)
 
 
-def test_config_diff_against_preset(ws, fake_run):
+def test_changes_from_defaults_of_the_preset(ws, fake_run):
     run = fake_run(
         "a", overrides={("optim", "lr"): 3e-3, ("train", "steps"): 60, ("model", "vocab_size"): 257}
     )
-    diff = {c.key: (c.value, c.default) for c in config_diff(run)}
+    diff = {c.key: (c.value, c.default) for c in changes_from_defaults(run)}
     assert diff == {
         "model.vocab_size": (257, 50257),
         "optim.lr": (3e-3, 1.5e-4),
         "train.steps": (60, 300_000),
     }
-    assert config_diff(fake_run("b", preset="tiny", steps=10, total_steps=300_000)) == []
+    assert changes_from_defaults(fake_run("b", preset="tiny", steps=10, total_steps=300_000)) == []
 
 
 def test_compare_configs(ws, fake_run):

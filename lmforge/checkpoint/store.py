@@ -20,7 +20,6 @@ refused instead of executed.
 
 from __future__ import annotations
 
-import datetime
 import errno
 import json
 import os
@@ -36,6 +35,8 @@ import torch.nn as nn
 from lmforge.config import TrainingConfig
 from lmforge.errors import CheckpointError, LmforgeError
 from lmforge.fileio import TMP_PREFIX, fsync_dir, fsync_file, install_dir, write_json_atomic
+from lmforge.units import now_iso
+from lmforge.workspace import RunDir
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -63,10 +64,6 @@ class CheckpointInfo:
         d = asdict(self)
         d["path"] = str(self.path)
         return d
-
-
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # ----------------------------------------------------------------------------- saving
@@ -280,14 +277,14 @@ def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
-# ----------------------------------------------------------------------------- listing and pruning
+# ------------------------------------------------------------------------- listing and the keep-last policy
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
     """The complete checkpoints of a run, sorted by step (``best`` after a periodic one of the
     same step). Incomplete and temporary directories are skipped."""
     run_dir = Path(run_dir)
-    root = run_dir / "checkpoints"
+    root = RunDir(run_dir).checkpoints_dir
     if not root.is_dir():
         return []
     out = []
@@ -334,7 +331,7 @@ def latest_full(run_dir: str | os.PathLike) -> CheckpointInfo | None:
 
 def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
     """Delete ``.tmp-*`` leftovers of saves that crashed (call only while holding the run)."""
-    root = Path(run_dir) / "checkpoints"
+    root = RunDir(Path(run_dir)).checkpoints_dir
     removed = []
     if root.is_dir():
         for d in root.iterdir():
@@ -342,124 +339,3 @@ def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
                 shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
                 removed.append(d)
     return removed
-
-
-# ----------------------------------------------------------------------------- deleting (`ckpt prune`)
-# Added by the ckpt engineer: the prune plan (policy above + safety rules) and the one delete helper.
-
-STALE_INCOMPLETE_S = 3600.0  # a directory without meta.json untouched this long is a crashed save
-
-
-@dataclass(frozen=True)
-class PruneItem:
-    """A directory ``ckpt prune`` deletes (or refuses to, with the reason)."""
-
-    path: Path
-    run: str
-    name: str
-    kind: str  # light | full | incomplete
-    step: int | None
-    size_bytes: int
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "path": str(self.path)}
-
-
-@dataclass
-class PrunePlan:
-    run: str
-    keep_last: int
-    delete: list[PruneItem]
-    keep: list[CheckpointInfo]
-    refused: list[PruneItem]  # would be pruned, but are symlinks, outside the workspace or being written
-
-    @property
-    def freed_bytes(self) -> int:
-        return sum(i.size_bytes for i in self.delete)
-
-
-def _tree_size_and_mtime(path: Path) -> tuple[int, float]:
-    size, mtime = 0, path.lstat().st_mtime
-    for root, dirs, files in os.walk(path):  # does not follow symlinks
-        for name in files + dirs:
-            try:
-                st = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            size += st.st_size if name in files else 0
-            mtime = max(mtime, st.st_mtime)
-    return size, mtime
-
-
-def _deletable(workspace, path: Path) -> str | None:
-    """Why ``path`` must not be deleted, or None: only real directories at
-    ``<workspace>/runs/<run>/checkpoints/<name>`` are."""
-    if path.is_symlink():
-        return f"a symbolic link to {path.resolve()}"
-    resolved = path.resolve()
-    runs_root = workspace.runs_dir.resolve()
-    if resolved.parent.name != "checkpoints" or resolved.parent.parent.parent != runs_root:
-        return f"not a checkpoint directory of the workspace {workspace.root} ({resolved})"
-    return None
-
-
-def plan_prune(workspace, run_dir: str | os.PathLike, keep_last: int, now: float | None = None) -> PrunePlan:
-    """What ``ckpt prune`` deletes in one run: the checkpoints ``prunable`` picks, minus any
-    that are symlinks or lie outside the workspace, plus leftovers of crashed saves (``.tmp-*``
-    and directories without ``meta.json``) older than ``STALE_INCOMPLETE_S``; younger ones may
-    still be being written and are kept."""
-    import time
-    from dataclasses import replace
-
-    run_dir = Path(run_dir)
-    now = time.time() if now is None else now
-    checkpoints = list_checkpoints(run_dir)
-    doomed = prunable(checkpoints, keep_last)
-    delete, refused = [], []
-    for c in doomed:
-        item = PruneItem(
-            c.path, run_dir.name, c.name, c.kind, c.step, c.size_bytes, f"not among the last {keep_last}"
-        )
-        why = _deletable(workspace, c.path)
-        if why:
-            refused.append(replace(item, reason=why))
-        else:
-            delete.append(item)
-    root = run_dir / "checkpoints"
-    complete = {c.path for c in checkpoints}
-    for d in sorted(root.iterdir()) if root.is_dir() else []:
-        if d in complete or not (d.is_dir() or d.is_symlink()):
-            continue
-        if not d.name.startswith(TMP_PREFIX) and (d / META_FILE).is_file():
-            continue  # complete but unreadable meta: not ours to judge
-        why = _deletable(workspace, d)
-        size, mtime = _tree_size_and_mtime(d) if not why else (0, now)
-        item = PruneItem(
-            d, run_dir.name, d.name, "incomplete", None, size, "leftover of a save that never finished"
-        )
-        if why:
-            refused.append(replace(item, reason=why))
-        elif now - mtime < STALE_INCOMPLETE_S:
-            refused.append(replace(item, reason="may still be being written (changed within the hour)"))
-        else:
-            delete.append(item)
-    doomed_paths = {c.path for c in doomed}
-    keep = [c for c in checkpoints if c.path not in doomed_paths]
-    return PrunePlan(run_dir.name, keep_last, delete, keep, refused)
-
-
-def delete_checkpoint(workspace, path: str | os.PathLike) -> int:
-    """Delete one checkpoint directory of the workspace and return the bytes freed; a symlink or
-    anything that is not ``<workspace>/runs/<run>/checkpoints/<name>`` is refused."""
-    from lmforge.errors import UsageError
-
-    path = Path(path)
-    why = _deletable(workspace, path)
-    if why:
-        raise UsageError(
-            f"refusing to delete {path}: {why}", "lmforge only deletes checkpoints inside its workspace"
-        )
-    size, _ = _tree_size_and_mtime(path)
-    shutil.rmtree(path)
-    return size

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -13,9 +11,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, print_json, workspace
-from lmforge.cli.runs import complete_run_names, fmt_bytes, fmt_count, fmt_loss, fmt_time
-from lmforge.errors import LmforgeError, UsageError
-from lmforge.workspace import Workspace
+from lmforge.cli.complete import checkpoint_argument, run_argument
+from lmforge.cli.format import fmt_loss, fmt_time
+from lmforge.errors import LmforgeError
+from lmforge.units import format_bytes, format_count
 
 app = typer.Typer(
     help="List, inspect, prune, export and import checkpoints.\n\n"
@@ -30,39 +29,13 @@ app = typer.Typer(
 )
 
 
-def complete_checkpoint_names(ctx: typer.Context, incomplete: str) -> list[str]:
-    """Shell completion for CKPT: best, latest, RUN, and RUN:NAME once a run is typed."""
-    from lmforge.checkpoint.store import list_checkpoints
-
-    ws = Workspace.resolve(ctx.find_root().params.get("workspace"))
-    names = ["best", "latest", *ws.run_names()]
-    run, sep, _ = incomplete.partition(":")
-    if sep and run in ws.run_names():
-        names = [f"{run}:latest", *(f"{run}:{c.name}" for c in list_checkpoints(ws.run_dir(run)))]
-    return [n for n in names if n.startswith(incomplete)]
-
-
-def _ckpt_argument() -> Any:
-    return typer.Argument(
-        ...,
-        help="Checkpoint: best, latest, RUN, RUN:best, RUN:latest, RUN:step-N, or a directory.",
-        autocompletion=complete_checkpoint_names,
-        show_default=False,
-    )
-
-
 # ----------------------------------------------------------------------------- list
 
 
 @app.command("list")
 def list_cmd(
     ctx: typer.Context,
-    run: str = typer.Argument(
-        None,
-        help="Run name or 'latest' (default: every run).",
-        autocompletion=complete_run_names,
-        show_default=False,
-    ),
+    run: str = run_argument("Run name or 'latest' (default: every run).", optional=True),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Complete checkpoints: run, name, kind, step, tokens, validation loss, size, time.
@@ -75,12 +48,11 @@ def list_cmd(
 
       [bold]lmforge ckpt list latest --json[/bold]
     """
-    from lmforge.checkpoint.store import list_checkpoints
-    from lmforge.runs.names import resolve_run, runs_by_start
+    from lmforge.runs.checkpoints import checkpoints_of, selected_runs
 
     ws = workspace(ctx)
-    run_dirs = [resolve_run(ws, run)] if run else [ws.run_dir(n) for n in runs_by_start(ws)]
-    checkpoints = [c for d in run_dirs for c in list_checkpoints(d)]
+    run_dirs = selected_runs(ws, run)
+    checkpoints = checkpoints_of(run_dirs)
     if as_json:
         print_json([c.to_dict() for c in checkpoints])
         return
@@ -102,21 +74,22 @@ def list_cmd(
             escape(c.name),
             c.kind,
             f"{c.step:,}",
-            fmt_count(c.tokens),
+            format_count(c.tokens),
             fmt_loss(c.val_loss),
-            fmt_bytes(c.size_bytes),
+            format_bytes(c.size_bytes),
             fmt_time(c.created_at),
         ]
         table.add_row(*([] if one_run else [escape(c.run)]), *row)
     out_console.print(table)
-    info(ctx, f"{len(checkpoints)} checkpoints, {fmt_bytes(sum(c.size_bytes for c in checkpoints))} in all.")
+    total = format_bytes(sum(c.size_bytes for c in checkpoints))
+    info(ctx, f"{len(checkpoints)} checkpoints, {total} in all.")
 
 
 # ----------------------------------------------------------------------------- show
 
 
 @app.command("show")
-def show_cmd(ctx: typer.Context, ckpt: str = _ckpt_argument(), as_json: bool = JSON_OPTION) -> None:
+def show_cmd(ctx: typer.Context, ckpt: str = checkpoint_argument(), as_json: bool = JSON_OPTION) -> None:
     """One checkpoint: step, tokens, metrics at save, tokenizer, model size, files and config.
 
     Examples:
@@ -125,6 +98,7 @@ def show_cmd(ctx: typer.Context, ckpt: str = _ckpt_argument(), as_json: bool = J
 
       [bold]lmforge ckpt show my-run:step-2000 --json[/bold]
     """
+    from lmforge.runs.checkpoints import checkpoint_details
     from lmforge.runs.names import resolve_checkpoint
 
     details = checkpoint_details(resolve_checkpoint(workspace(ctx), ckpt))
@@ -140,7 +114,7 @@ def show_cmd(ctx: typer.Context, ckpt: str = _ckpt_argument(), as_json: bool = J
         ("run", escape(str(m.get("run")))),
         ("kind", str(m.get("kind"))),
         ("step", f"{m.get('step', 0):,}"),
-        ("tokens", f"{fmt_count(m.get('tokens'))} ({m.get('tokens', 0):,})"),
+        ("tokens", f"{format_count(m.get('tokens'))} ({m.get('tokens', 0):,})"),
         ("val loss", fmt_loss(metrics["val_loss"])),
         ("val perplexity", "-" if metrics["val_ppl"] is None else f"{metrics['val_ppl']:.2f}"),
     ]
@@ -171,7 +145,7 @@ def show_cmd(ctx: typer.Context, ckpt: str = _ckpt_argument(), as_json: bool = J
             if f["expected_bytes"] in (None, f["bytes"])
             else f" [red](expected {f['expected_bytes']:,})[/red]"
         )
-        files.add_row(escape(f["name"]), fmt_bytes(f["bytes"]), f"{f['bytes']:,}{note}")
+        files.add_row(escape(f["name"]), format_bytes(f["bytes"]), f"{f['bytes']:,}{note}")
     out_console.print(files)
     from lmforge.config import dumps_toml
 
@@ -179,82 +153,13 @@ def show_cmd(ctx: typer.Context, ckpt: str = _ckpt_argument(), as_json: bool = J
     out_console.print(dumps_toml(m["config"]), highlight=False, markup=False)
 
 
-def checkpoint_details(path: Path) -> dict[str, Any]:
-    """What ``ckpt show`` prints: meta.json, the files on disk with their sizes, metrics."""
-    from lmforge.checkpoint.store import read_meta
-    from lmforge.config import TrainingConfig
-    from lmforge.interop.hf import lmforge_param_shapes
-
-    meta = read_meta(path)
-    expected = meta.get("files") or {}
-    files = [
-        {"name": f.name, "bytes": f.stat().st_size, "expected_bytes": expected.get(f.name)}
-        for f in sorted(path.iterdir())
-        if f.is_file()
-    ]
-    try:
-        model = TrainingConfig.from_dict(meta["config"]).model
-        parameters = sum(math.prod(s) for s in lmforge_param_shapes(model).values())
-    except LmforgeError:
-        parameters = None
-    val_loss = meta.get("val_loss")
-    metrics: dict[str, Any] = {
-        "val_loss": val_loss,
-        "val_ppl": math.exp(val_loss) if isinstance(val_loss, (int, float)) and val_loss < 700 else None,
-    }
-    metrics.update(_train_metrics_at(path.parent.parent / "metrics.jsonl", meta.get("step")))
-    return {
-        "path": str(path),
-        "meta": meta,
-        "metrics": metrics,
-        "parameters": parameters,
-        "files": files,
-        "size_bytes": sum(f["bytes"] for f in files),
-    }
-
-
-def _train_metrics_at(metrics_file: Path, step: int | None) -> dict[str, Any]:
-    """The last logged training loss at or before ``step`` (the run's metrics.jsonl)."""
-    if step is None or not metrics_file.is_file():
-        return {}
-    from lmforge.runs.listing import read_metrics
-
-    before = [
-        r for r in read_metrics(metrics_file).train if isinstance(r.get("step"), int) and r["step"] <= step
-    ]
-    if not before:
-        return {}
-    last = before[-1]
-    return {"train_loss": last.get("loss"), "train_step": last["step"], "lr": last.get("lr")}
-
-
 # ----------------------------------------------------------------------------- prune
-
-
-def _interactive() -> bool:
-    """Whether a confirmation can be asked (a person at a terminal); patched in tests."""
-    return sys.stdin.isatty()
-
-
-def _keep_last_of(run_dir: Path) -> int:
-    """The run's own ``checkpoint.keep_last`` (its config.toml), else the default."""
-    from lmforge.config import CheckpointConfig, TrainingConfig
-
-    try:
-        return TrainingConfig.from_toml(run_dir / "config.toml").checkpoint.keep_last
-    except LmforgeError:
-        return CheckpointConfig().keep_last
 
 
 @app.command("prune")
 def prune_cmd(
     ctx: typer.Context,
-    run: str = typer.Argument(
-        None,
-        help="Run to prune (default: the newest run).",
-        autocompletion=complete_run_names,
-        show_default=False,
-    ),
+    run: str = run_argument("Run to prune (default: the newest run).", optional=True),
     all_runs: bool = typer.Option(False, "--all", help="Prune every run."),
     keep_last: int = typer.Option(
         None,
@@ -283,38 +188,17 @@ def prune_cmd(
 
       [bold]lmforge ckpt prune --all --yes[/bold]
     """
-    from lmforge.checkpoint.store import delete_checkpoint, plan_prune
-    from lmforge.runs.names import resolve_run, runs_by_start
+    from lmforge.runs.checkpoints import plan_prunes, prune
 
     ws = workspace(ctx)
-    if run and all_runs:
-        raise UsageError(
-            "pass a RUN or --all, not both", "lmforge ckpt prune RUN, or lmforge ckpt prune --all"
-        )
-    if all_runs:
-        run_dirs = [ws.run_dir(n) for n in runs_by_start(ws)]
-    else:
-        run_dirs = [resolve_run(ws, run or "latest")]
-        if not run:
-            info(
-                ctx,
-                f"Pruning the newest run, {escape(run_dirs[0].name)} (name a RUN or pass --all for others).",
-            )
-    plans = [plan_prune(ws, d, _keep_last_of(d) if keep_last is None else keep_last) for d in run_dirs]
+    plans = plan_prunes(ws, run, all_runs=all_runs, keep_last=keep_last)
+    if not run and not all_runs:
+        info(ctx, f"Pruning the newest run, {escape(plans[0].run)} (name a RUN or pass --all for others).")
     doomed = [item for p in plans for item in p.delete]
     freed = sum(p.freed_bytes for p in plans)
     report: dict[str, Any] = {
         "dry_run": dry_run,
-        "runs": [
-            {
-                "run": p.run,
-                "keep_last": p.keep_last,
-                "delete": [i.to_dict() for i in p.delete],
-                "keep": [c.to_dict() for c in p.keep],
-                "refused": [i.to_dict() for i in p.refused],
-            }
-            for p in plans
-        ],
+        "runs": [p.to_dict() for p in plans],
         "freed_bytes": 0 if dry_run else freed,
         "would_free_bytes": freed,
         "deleted": [],
@@ -327,34 +211,26 @@ def prune_cmd(
         elif not doomed:
             info(ctx, "Nothing to prune.")
         else:
-            info(ctx, f"Dry run: would delete {len(doomed)} directories and free {fmt_bytes(freed)}.")
+            info(ctx, f"Dry run: would delete {len(doomed)} directories and free {format_bytes(freed)}.")
         return
     if not yes:
-        if not _interactive():
-            raise UsageError(
-                f"not deleting {len(doomed)} checkpoint directories without confirmation "
-                "(no terminal to ask on)",
-                "pass --yes to delete, or --dry-run to only look",
-            )
-        if not typer.confirm(
-            f"Delete {len(doomed)} directories ({fmt_bytes(freed)})?", default=False, err=True
-        ):
-            err_console.print("Nothing deleted.")
-            raise typer.Exit(1)
-    freed, failed = 0, []
-    for item in doomed:
-        try:
-            freed += delete_checkpoint(ws, item.path)
-            report["deleted"].append(str(item.path))
-        except (LmforgeError, OSError) as exc:
-            failed.append(f"{item.path}: {exc}")
-    report["freed_bytes"] = freed
+        from lmforge.cli.common import confirm_deletion
+
+        confirm_deletion(
+            f"Delete {len(doomed)} directories ({format_bytes(freed)})?",
+            refusal=f"not deleting {len(doomed)} checkpoint directories without confirmation "
+            "(no terminal to ask on)",
+            hint="pass --yes to delete, or --dry-run to only look",
+        )
+    result = prune(ws, plans)
+    report["freed_bytes"] = result.freed_bytes
+    report["deleted"] = [str(path) for path in result.deleted]
     if as_json:
         print_json(report)
     else:
-        info(ctx, f"Deleted {len(report['deleted'])} directories, freed {fmt_bytes(freed)}.")
-    if failed:
-        raise LmforgeError(f"could not delete {len(failed)} directories: {'; '.join(failed)}")
+        info(ctx, f"Deleted {len(result.deleted)} directories, freed {format_bytes(result.freed_bytes)}.")
+    if result.failed:
+        raise LmforgeError(f"could not delete {len(result.failed)} directories: {'; '.join(result.failed)}")
 
 
 def _print_plan(plans, dry_run: bool) -> None:
@@ -365,7 +241,7 @@ def _print_plan(plans, dry_run: bool) -> None:
         for i in p.delete:
             step = "-" if i.step is None else f"{i.step:,}"
             table.add_row(
-                escape(i.run), escape(i.name), i.kind, step, fmt_bytes(i.size_bytes), escape(i.reason)
+                escape(i.run), escape(i.name), i.kind, step, format_bytes(i.size_bytes), escape(i.reason)
             )
     if table.row_count:
         out_console.print(table)
@@ -402,7 +278,7 @@ class ExportFormat(StrEnum):
 @app.command("export")
 def export_cmd(
     ctx: typer.Context,
-    ckpt: str = _ckpt_argument(),
+    ckpt: str = checkpoint_argument(),
     format: ExportFormat = typer.Option(
         ExportFormat.hf,
         "--format",
@@ -431,7 +307,7 @@ def export_cmd(
 
       [bold]lmforge ckpt export my-run:step-2000 --format safetensors --out /backups/step-2000[/bold]
     """
-    from lmforge.interop.hf import export_checkpoint
+    from lmforge.interop.hf_export import export_checkpoint
     from lmforge.runs.names import resolve_checkpoint
 
     ws = workspace(ctx)
@@ -447,7 +323,7 @@ def export_cmd(
     table.add_column("file")
     table.add_column("size", justify="right")
     for name, size in result.files.items():
-        table.add_row(escape(name), fmt_bytes(size))
+        table.add_row(escape(name), format_bytes(size))
     out_console.print(table)
     if format == ExportFormat.hf:
         info(
@@ -485,7 +361,7 @@ def import_cmd(
 
       [bold]lmforge eval openai-gpt2 --data wikitext-103[/bold]
     """
-    from lmforge.interop.hf import import_checkpoint
+    from lmforge.interop.hf_import import import_checkpoint
 
     ws = workspace(ctx)
     info(ctx, f"Importing {escape(str(directory))} …")

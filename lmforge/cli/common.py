@@ -1,16 +1,18 @@
-"""What every command shares: the workspace from the root options, and the
-two consoles (messages and progress on stderr, results on stdout so that
-``--json`` output parses cleanly)."""
+"""What every command shares: the workspace from the root options, the two
+consoles (messages and progress on stderr, results on stdout so that ``--json``
+output parses cleanly), shared options, and the confirmation before a deletion."""
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import typer
 from rich.console import Console
 
+from lmforge.errors import UsageError
 from lmforge.workspace import Workspace
 
 err_console = Console(stderr=True)
@@ -56,3 +58,18 @@ def info(ctx: typer.Context, message: str) -> None:
     """A progress/status message on stderr, silenced by ``--quiet``."""
     if not state(ctx).quiet:
         err_console.print(message)
+
+
+def interactive() -> bool:
+    """Whether a confirmation can be asked (a person at a terminal); patched in tests."""
+    return sys.stdin.isatty()
+
+
+def confirm_deletion(question: str, *, refusal: str, hint: str) -> None:
+    """Ask ``question`` on stderr and exit 1 unless the answer is yes. Without a terminal to
+    ask on nothing is deleted: a UsageError says ``refusal`` and ``hint`` (pass --yes)."""
+    if not interactive():
+        raise UsageError(refusal, hint)
+    if not typer.confirm(question, default=False, err=True):
+        err_console.print("Nothing deleted.")
+        raise typer.Exit(1)

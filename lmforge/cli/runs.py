@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
-import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +10,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, print_json, workspace
-from lmforge.errors import UsageError
-from lmforge.workspace import Workspace
+from lmforge.cli.complete import complete_run_names, run_argument
+from lmforge.cli.format import fit_columns, fmt_loss, fmt_loss_at, fmt_ppl, fmt_status, fmt_steps, fmt_time
+from lmforge.units import format_bytes, format_count, format_duration
 
 app = typer.Typer(
     help="List, inspect, compare and delete training runs.\n\n"
@@ -27,28 +24,6 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-
-STATUS_STYLE = {
-    "running": "cyan",
-    "finished": "green",
-    "interrupted": "yellow",
-    "stale": "magenta",
-    "failed": "red",
-    "unknown": "dim",
-}
-
-
-def complete_run_names(ctx: typer.Context, incomplete: str) -> list[str]:
-    """Shell completion for RUN arguments: ``latest`` and the runs of the workspace."""
-    root = ctx.find_root()
-    ws = Workspace.resolve(root.params.get("workspace"))
-    names = ["latest", *ws.run_names()]
-    return [n for n in names if n.startswith(incomplete)]
-
-
-def _run_argument(help: str) -> Any:
-    return typer.Argument(..., help=help, autocompletion=complete_run_names, show_default=False)
-
 
 # ----------------------------------------------------------------------------- list
 
@@ -82,19 +57,20 @@ def list_cmd(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
         return
     columns = [
         ("run", [escape(r.name) for r in runs]),
-        ("status", [_status(r.status) for r in runs]),
+        ("status", [fmt_status(r.status) for r in runs]),
         ("preset", [r.preset or "-" for r in runs]),
         ("data", [escape(r.dataset or "-") for r in runs]),
-        ("steps", [_steps(r.step, r.total_steps) for r in runs]),
-        ("tokens", [fmt_count(r.tokens) for r in runs]),
-        ("best val loss", [_loss_at(r.best_val_loss, r.best_step) for r in runs]),
+        ("steps", [fmt_steps(r.step, r.total_steps) for r in runs]),
+        ("tokens", [format_count(r.tokens) for r in runs]),
+        ("best val loss", [fmt_loss_at(r.best_val_loss, r.best_step) for r in runs]),
         ("val ppl", [fmt_ppl(r.best_val_ppl) for r in runs]),
         ("started", [fmt_time(r.started_at) for r in runs]),
-        ("duration", [fmt_duration(r.duration_s) for r in runs]),
-        ("size", [fmt_bytes(r.size_bytes) for r in runs]),
+        ("duration", [format_duration(r.duration_s) for r in runs]),
+        ("size", [format_bytes(r.size_bytes) for r in runs]),
     ]
-    # on a narrow terminal, leave out the least telling columns rather than wrap every cell
-    columns = _fit(columns, out_console.width, drop_first=["started", "preset", "data", "size", "duration"])
+    columns = fit_columns(
+        columns, out_console.width, drop_first=["started", "preset", "data", "size", "duration"]
+    )
     table = Table(title=f"Runs in {escape(str(ws.runs_dir))}", title_justify="left")
     for header, _ in columns:
         left = header in ("run", "status", "preset", "data", "started")
@@ -111,7 +87,7 @@ def list_cmd(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
 @app.command("show")
 def show_cmd(
     ctx: typer.Context,
-    run: str = _run_argument("Run name, or 'latest' (the newest run)."),
+    run: str = run_argument("Run name, or 'latest' (the newest run)."),
     as_json: bool = JSON_OPTION,
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip the loss-curve PNG and sparkline."),
 ) -> None:
@@ -129,30 +105,30 @@ def show_cmd(
 
       [bold]lmforge runs show tiny-wikitext-2-20250101-120000 --json[/bold]
     """
-    from lmforge.runs.listing import read_metrics, resolve_run, run_details
+    from lmforge.runs.listing import run_details
+    from lmforge.runs.metrics import read_metrics
+    from lmforge.runs.names import resolve_run
+    from lmforge.runs.plots import plot_run
+    from lmforge.workspace import RunDir
 
     run_dir = resolve_run(workspace(ctx), run)
-    details = run_details(run_dir)
-    plot_path = None
-    metrics = read_metrics(run_dir / "metrics.jsonl")
-    if not no_plot:
-        from lmforge.runs.plots import plot_loss
-
-        plot_path = plot_loss([(run_dir.name, metrics)], run_dir / "plots" / "loss.png")
+    metrics = read_metrics(RunDir(run_dir).metrics_file)
+    details = run_details(run_dir, metrics)
+    plot_path = None if no_plot else plot_run(run_dir, metrics)
     if as_json:
         print_json({**details, "plot": str(plot_path) if plot_path else None})
         return
 
     r, m = details["run"], details["metrics"]
-    out_console.print(f"[bold]{escape(r['name'])}[/bold]  {_status(r['status'])}")
+    out_console.print(f"[bold]{escape(r['name'])}[/bold]  {fmt_status(r['status'])}")
     head = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
     rows = [
         ("path", escape(r["path"])),
         ("preset", r["preset"] or "-"),
         ("data", escape(r["dataset"] or "-")),
         ("started", fmt_time(r["started_at"])),
-        ("duration", fmt_duration(r["duration_s"])),
-        ("size", fmt_bytes(r["size_bytes"])),
+        ("duration", format_duration(r["duration_s"])),
+        ("size", format_bytes(r["size_bytes"])),
     ]
     if r["error"]:
         rows.append(("error", f"[red]{escape(str(r['error']))}[/red]"))
@@ -175,13 +151,13 @@ def show_cmd(
     table = Table(title="Metrics", title_justify="left", show_header=False)
     table.add_column("metric", style="dim")
     table.add_column("value", justify="right")
-    table.add_row("steps", _steps(r["step"], r["total_steps"]))
-    table.add_row("tokens", fmt_count(r["tokens"]))
-    table.add_row("last train loss", _loss_at(m["last_train_loss"], m["last_train_step"]))
-    table.add_row("best val loss", _loss_at(r["best_val_loss"], r["best_step"]))
+    table.add_row("steps", fmt_steps(r["step"], r["total_steps"]))
+    table.add_row("tokens", format_count(r["tokens"]))
+    table.add_row("last train loss", fmt_loss_at(m["last_train_loss"], m["last_train_step"]))
+    table.add_row("best val loss", fmt_loss_at(r["best_val_loss"], r["best_step"]))
     table.add_row("best val perplexity", fmt_ppl(r["best_val_ppl"]))
     table.add_row("evaluations", str(m["evaluations"]))
-    table.add_row("tokens/s (median)", fmt_count(m["tokens_per_sec_median"]))
+    table.add_row("tokens/s (median)", format_count(m["tokens_per_sec_median"]))
     if m["bad_steps"]:
         table.add_row("skipped bad steps", f"[yellow]{m['bad_steps']}[/yellow]")
     out_console.print(table)
@@ -198,9 +174,9 @@ def show_cmd(
                 escape(c["name"]),
                 c["kind"],
                 str(c["step"]),
-                fmt_count(c["tokens"]),
+                format_count(c["tokens"]),
                 fmt_loss(c["val_loss"]),
-                fmt_bytes(c["size_bytes"]),
+                format_bytes(c["size_bytes"]),
                 fmt_time(c["created_at"]),
             )
         out_console.print(table)
@@ -248,55 +224,31 @@ def compare_cmd(
 
       [bold]lmforge runs compare RUN_A RUN_B RUN_C --out lr-sweep.png[/bold]
     """
-    from lmforge.runs.listing import compare_configs, read_metrics, resolve_run, run_info, summarize_metrics
+    from lmforge.runs.compare import compare_runs
 
-    if len(runs) < 2:
-        raise UsageError("compare needs at least two runs", "name two or more runs: lmforge runs compare A B")
-    ws = workspace(ctx)
-    run_dirs = []
-    for spec in runs:
-        path = resolve_run(ws, spec)
-        if path in run_dirs:
-            raise UsageError(f"run {path.name!r} is named twice", "compare different runs")
-        run_dirs.append(path)
-    metrics = [read_metrics(d / "metrics.jsonl") for d in run_dirs]
-    infos = [run_info(d, m) for d, m in zip(run_dirs, metrics, strict=True)]
-    summaries = [summarize_metrics(m) for m in metrics]
-    config = compare_configs(run_dirs)
-
-    plot_path = None
-    if not no_plot:
-        from lmforge.runs.plots import plot_loss
-
-        target = out or ws.runs_dir / ".compare" / compare_file_name([d.name for d in run_dirs])
-        plot_path = plot_loss([(d.name, m) for d, m in zip(run_dirs, metrics, strict=True)], target)
-
+    comparison = compare_runs(workspace(ctx), runs, plot=not no_plot, out=out)
     if as_json:
-        print_json(
-            {
-                "runs": [{**i.to_dict(), "metrics": s} for i, s in zip(infos, summaries, strict=True)],
-                "config_differences": config,
-                "plot": str(plot_path) if plot_path else None,
-            }
-        )
+        print_json(comparison.to_dict())
         return
+    infos, summaries, config = comparison.infos, comparison.summaries, comparison.config
+    plot_path = comparison.plot
 
     table = Table(title="Runs", title_justify="left")
     table.add_column("")
     for i in infos:
         table.add_column(escape(i.name), justify="right")
     rows: list[tuple[str, list[str]]] = [
-        ("status", [_status(i.status) for i in infos]),
+        ("status", [fmt_status(i.status) for i in infos]),
         ("preset", [i.preset or "-" for i in infos]),
         ("data", [escape(i.dataset or "-") for i in infos]),
-        ("steps", [_steps(i.step, i.total_steps) for i in infos]),
-        ("tokens", [fmt_count(i.tokens) for i in infos]),
-        ("last train loss", [_loss_at(s["last_train_loss"], s["last_train_step"]) for s in summaries]),
-        ("best val loss", [_loss_at(i.best_val_loss, i.best_step) for i in infos]),
+        ("steps", [fmt_steps(i.step, i.total_steps) for i in infos]),
+        ("tokens", [format_count(i.tokens) for i in infos]),
+        ("last train loss", [fmt_loss_at(s["last_train_loss"], s["last_train_step"]) for s in summaries]),
+        ("best val loss", [fmt_loss_at(i.best_val_loss, i.best_step) for i in infos]),
         ("best val ppl", [fmt_ppl(i.best_val_ppl) for i in infos]),
-        ("tokens/s (median)", [fmt_count(s["tokens_per_sec_median"]) for s in summaries]),
-        ("duration", [fmt_duration(i.duration_s) for i in infos]),
-        ("size", [fmt_bytes(i.size_bytes) for i in infos]),
+        ("tokens/s (median)", [format_count(s["tokens_per_sec_median"]) for s in summaries]),
+        ("duration", [format_duration(i.duration_s) for i in infos]),
+        ("size", [format_bytes(i.size_bytes) for i in infos]),
     ]
     for key, values in config.items():
         rows.append((f"[dim]config[/dim] {key}", [escape(_default_text(v)) for v in values]))
@@ -315,27 +267,13 @@ def compare_cmd(
     _print_warnings(infos)
 
 
-def compare_file_name(names: list[str]) -> str:
-    """``a-vs-b.png``; a short hash stands in for the names when they would make a long file name."""
-    name = "-vs-".join(names)
-    if len(name) > 150:
-        digest = hashlib.sha1("\0".join(names).encode()).hexdigest()[:8]
-        name = f"{names[0]}-vs-{len(names) - 1}-more-{digest}"
-    return f"{name}.png"
-
-
 # ----------------------------------------------------------------------------- rm
-
-
-def _interactive() -> bool:
-    """Whether a confirmation can be asked (a person at a terminal); patched in tests."""
-    return sys.stdin.isatty()
 
 
 @app.command("rm")
 def rm_cmd(
     ctx: typer.Context,
-    run: str = _run_argument("Run name ('latest' is accepted; the real name is shown before deleting)."),
+    run: str = run_argument("Run name ('latest' is accepted; the real name is shown before deleting)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking."),
     force: bool = typer.Option(False, "--force", help="Delete even if the run's process is alive."),
 ) -> None:
@@ -351,111 +289,28 @@ def rm_cmd(
 
       [bold]lmforge runs rm tiny-wikitext-2-20250101-120000 --yes[/bold]
     """
-    from lmforge.runs.listing import remove_run, resolve_run, run_info
+    from lmforge.runs.listing import check_removable, remove_run, run_info
+    from lmforge.runs.names import resolve_run
 
     ws = workspace(ctx)
     run_dir = resolve_run(ws, run)
     r = run_info(run_dir)
-    if r.status == "running" and not force:
-        # checked here too so that nobody is asked to confirm a deletion that will be refused
-        raise UsageError(
-            f"run {r.name!r} is still running (pid {r.pid})",
-            "stop it first (Ctrl-C saves a checkpoint), or pass --force",
-        )
+    # before asking, so that nobody is asked to confirm a deletion that will be refused
+    check_removable(r, force=force)
     if not yes:
-        if not _interactive():
-            raise UsageError(
-                f"not deleting run {r.name!r} without confirmation (no terminal to ask on)",
-                f"pass --yes: lmforge runs rm {r.name} --yes",
-            )
-        question = (
-            f"Delete run {r.name} ({r.status}, {_steps(r.step, r.total_steps)} steps, "
-            f"{fmt_bytes(r.size_bytes)}) at {r.path}?"
+        from lmforge.cli.common import confirm_deletion
+
+        confirm_deletion(
+            f"Delete run {r.name} ({r.status}, {fmt_steps(r.step, r.total_steps)} steps, "
+            f"{format_bytes(r.size_bytes)}) at {r.path}?",
+            refusal=f"not deleting run {r.name!r} without confirmation (no terminal to ask on)",
+            hint=f"pass --yes: lmforge runs rm {r.name} --yes",
         )
-        if not typer.confirm(question, default=False, err=True):
-            err_console.print("Nothing deleted.")
-            raise typer.Exit(1)
     freed = remove_run(ws, run_dir, force=force)
-    info(ctx, f"Deleted run {escape(r.name)} ({fmt_bytes(freed)} freed).")
+    info(ctx, f"Deleted run {escape(r.name)} ({format_bytes(freed)} freed).")
 
 
-# ----------------------------------------------------------------------------- formatting
-
-
-def fmt_count(n: float | None) -> str:
-    """12_345_678 -> '12.3M'."""
-    if n is None:
-        return "-"
-    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g}{unit}"
-    return f"{n:.0f}" if float(n).is_integer() or abs(n) >= 10 else f"{n:.3g}"
-
-
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m {s:02d}s"
-    h, m = divmod(m, 60)
-    if h < 48:
-        return f"{h}h {m:02d}m"
-    d, h = divmod(h, 24)
-    return f"{d}d {h:02d}h"
-
-
-def fmt_time(value: str | None) -> str:
-    """An ISO 8601 UTC time as local 'YYYY-MM-DD HH:MM'."""
-    if not value:
-        return "-"
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
-    except ValueError:
-        return value
-
-
-def fmt_loss(loss: float | None) -> str:
-    return "-" if loss is None else f"{loss:.4f}"
-
-
-def fmt_ppl(ppl: float | None) -> str:
-    if ppl is None:
-        return "-"
-    if math.isinf(ppl):
-        return "inf"
-    return f"{ppl:.2f}" if ppl < 1e5 else f"{ppl:.3g}"
-
-
-def _loss_at(loss: float | None, step: int | None) -> str:
-    if loss is None:
-        return "-"
-    return fmt_loss(loss) + (f" [dim]@{step}[/dim]" if step is not None else "")
-
-
-def _steps(step: int | None, total: int | None) -> str:
-    if step is None:
-        return "-"
-    return f"{step:,}/{total:,}" if total else f"{step:,}"
-
-
-def _status(status: str) -> str:
-    style = STATUS_STYLE.get(status, "")
-    return f"[{style}]{status}[/{style}]" if style else status
+# ----------------------------------------------------------------------------- helpers
 
 
 def _default_text(value: Any) -> str:
@@ -465,23 +320,6 @@ def _default_text(value: Any) -> str:
 def _best_index(infos: list) -> int | None:
     losses = [(i.best_val_loss, j) for j, i in enumerate(infos) if i.best_val_loss is not None]
     return min(losses)[1] if len(losses) > 1 else None
-
-
-def _fit(
-    columns: list[tuple[str, list[str]]], width: int, drop_first: list[str]
-) -> list[tuple[str, list[str]]]:
-    """Drop columns, in the order of ``drop_first``, until the table fits ``width``."""
-    from rich.text import Text
-
-    def needed(cols: list[tuple[str, list[str]]]) -> int:
-        return 1 + sum(3 + max(len(h), *(Text.from_markup(c).cell_len for c in cells)) for h, cells in cols)
-
-    columns = list(columns)
-    for name in drop_first:
-        if needed(columns) <= width:
-            break
-        columns = [c for c in columns if c[0] != name]
-    return columns
 
 
 def _print_sparklines(metrics) -> None:

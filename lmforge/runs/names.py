@@ -20,12 +20,13 @@ included if it is newer than every periodic checkpoint. An unknown name is a
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lmforge.errors import CheckpointError, NotFoundError
+from lmforge.runs.record import RunRecord
+from lmforge.workspace import RunDir
 
 if TYPE_CHECKING:
     from lmforge.checkpoint.store import CheckpointInfo
@@ -36,12 +37,9 @@ NAME_FORMS = "best, latest, RUN, RUN:best, RUN:latest, RUN:step-N or a checkpoin
 
 def _started_at(run_dir: Path) -> str:
     """ISO 8601 start time from run.json; the directory's mtime when that is missing."""
-    try:
-        started = json.loads((run_dir / "run.json").read_text()).get("started_at")
-        if started:
-            return str(started)
-    except (OSError, ValueError, AttributeError):
-        pass
+    started = RunRecord.read(run_dir).get("started_at")
+    if started:
+        return str(started)
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(run_dir.stat().st_mtime, UTC).isoformat()
@@ -135,22 +133,24 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _from_path(spec: str) -> Path:
+    from lmforge.checkpoint.store import META_FILE, MODEL_FILE
+
     path = Path(spec).expanduser()
     if not path.exists():
         raise NotFoundError(
             f"no checkpoint at {path}: the path does not exist", f"checkpoint names: {NAME_FORMS}"
         )
-    if (path / "meta.json").is_file():
+    if (path / META_FILE).is_file():
         return path.resolve()
-    if (path / "checkpoints").is_dir():  # a run directory
+    if RunDir(path).checkpoints_dir.is_dir():  # a run directory
         return _pick(path.resolve(), "default", spec)
-    if path.is_dir() and (path / "model.safetensors").exists():
+    if path.is_dir() and (path / MODEL_FILE).exists():
         raise CheckpointError(
-            f"checkpoint {path} is incomplete (no meta.json): it was being written or its save failed",
+            f"checkpoint {path} is incomplete (no {META_FILE}): it was being written or its save failed",
             "use another checkpoint (lmforge ckpt list)",
         )
     raise NotFoundError(
-        f"{path} is not a checkpoint directory (no meta.json)", f"checkpoint names: {NAME_FORMS}"
+        f"{path} is not a checkpoint directory (no {META_FILE})", f"checkpoint names: {NAME_FORMS}"
     )
 
 

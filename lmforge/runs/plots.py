@@ -15,7 +15,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from lmforge.runs.listing import Metrics
+from lmforge.runs.metrics import Metrics
+from lmforge.units import perplexity
+from lmforge.workspace import RunDir
 
 BLOCKS = "▁▂▃▄▅▆▇█"
 
@@ -173,10 +175,15 @@ def plot_loss(
     return path
 
 
+def plot_run(run_dir: str | os.PathLike, metrics: Metrics) -> Path | None:
+    """Draw one run's loss curves to its ``plots/loss.png`` (None when nothing is logged)."""
+    run = RunDir(Path(run_dir))
+    return plot_loss([(run.name, metrics)], run.plots_dir / "loss.png")
+
+
 def _ppl(loss: float) -> str:
-    try:
-        value = math.exp(loss)
-    except OverflowError:
+    value = perplexity(loss)
+    if math.isinf(value):
         return "inf"
     return f"{value:.4g}" if value < 1e5 else f"{value:.2e}"
 

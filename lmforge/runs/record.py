@@ -1,5 +1,6 @@
 """What a run leaves behind besides checkpoints: ``metrics.jsonl``, ``samples.jsonl``,
-``run.json``.
+``run.json``, ``config.toml`` (their paths in ``lmforge.workspace.RunDir``), written and
+read back.
 
 ``metrics.jsonl`` holds one JSON object per line, appended and flushed as it is
 made, so ``tail -f`` and ``lmforge runs show`` see a live run::
@@ -20,9 +21,12 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from lmforge.checkpoint.store import now_iso
-from lmforge.fileio import write_json_atomic
+from lmforge.errors import ConfigError
+from lmforge.fileio import write_json_atomic, write_text_atomic
+from lmforge.units import now_iso
+from lmforge.workspace import RunDir
 
+# The trainer still spells its paths with these; lmforge.workspace.RunDir replaces them.
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
 RUN_FILE = "run.json"
@@ -72,29 +76,15 @@ def truncate_after(path: Path, step: int) -> int:
         else:
             kept.append(line)
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
     return dropped
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 class RunRecord:
     """``run.json``: the run's status, rewritten atomically whenever it changes."""
 
     def __init__(self, run_dir: Path, initial: dict[str, Any]) -> None:
-        self.path = run_dir / RUN_FILE
+        self.path = RunDir(run_dir).run_file
         self.data: dict[str, Any] = {
             "name": run_dir.name,
             "status": "running",
@@ -116,12 +106,40 @@ class RunRecord:
         self.data.update(initial)
 
     @classmethod
-    def read(cls, run_dir: Path) -> dict[str, Any]:
+    def read(cls, run_dir: Path, warnings: list[str] | None = None) -> dict[str, Any]:
+        """``run.json`` as a dict; ``{}`` when it is missing or unreadable (and why, appended
+        to ``warnings`` when given)."""
+        warnings = [] if warnings is None else warnings
+        path = RunDir(Path(run_dir)).run_file
         try:
-            return json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            warnings.append(f"{path.name} is missing")
             return {}
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+            warnings.append(f"{path.name} is unreadable: {exc}")
+            return {}
+        if not isinstance(data, dict):
+            warnings.append(f"{path.name} is not a JSON object")
+            return {}
+        return data
 
     def update(self, **fields: Any) -> None:
         self.data.update({k: _finite_or_none(v) for k, v in fields.items()})
         write_json_atomic(self.path, self.data)
+
+
+def read_config(run_dir: Path, warnings: list[str] | None = None) -> dict[str, Any]:
+    """The run's ``config.toml`` as a dict; ``{}`` when it is missing or unreadable (the
+    reason appended to ``warnings`` when given)."""
+    from lmforge.config import load_toml
+
+    path = RunDir(Path(run_dir)).config_file
+    if not path.is_file():
+        return {}
+    try:
+        return load_toml(path)
+    except ConfigError as exc:
+        if warnings is not None:
+            warnings.append(exc.message)
+        return {}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.cli import ckpt as ckpt_cli
+from lmforge.cli import common as cli_common
 
 STEPS = [(100, "light"), (200, "full"), (300, "light"), (400, "light"), (300, "best")]
 
@@ -103,7 +103,7 @@ def test_prune_without_terminal_needs_yes(cli, two_runs, workspace_dir):
 
 def test_prune_asks_on_a_terminal(cli, two_runs, monkeypatch):
     _, new = two_runs
-    monkeypatch.setattr(ckpt_cli, "_interactive", lambda: True)
+    monkeypatch.setattr(cli_common, "interactive", lambda: True)
     r = cli("ckpt", "prune", "new-run", "--keep-last", "1", input="n\n")
     assert r.exit_code == 1 and "Nothing deleted" in r.stderr
     assert (new / "checkpoints" / "step-100").is_dir()
@@ -215,7 +215,7 @@ def test_export_into_its_own_checkpoint_is_refused(cli, two_runs):
 def _hf_dir(path: Path, **config) -> Path:
     from lmforge.config import ModelConfig
     from lmforge.data.tokenizer import bytes_tokenizer
-    from lmforge.interop import hf
+    from lmforge.interop import hf_export as hf
     from lmforge.model.gpt import GPT
 
     mc = ModelConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=8, dropout=0.0)

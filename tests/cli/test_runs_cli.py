@@ -32,9 +32,9 @@ def three_runs(fake_run):
 
 @pytest.fixture
 def interactive(monkeypatch):
-    import lmforge.cli.runs as runs_cli
+    import lmforge.cli.common as cli_common
 
-    monkeypatch.setattr(runs_cli, "_interactive", lambda: True)
+    monkeypatch.setattr(cli_common, "interactive", lambda: True)
 
 
 def test_list_table_and_json(cli, three_runs):
