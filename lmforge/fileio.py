@@ -8,10 +8,14 @@ never a half-written one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,39 +50,54 @@ def write_json(path: Path, data: Any) -> None:
         os.fsync(fh.fileno())
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Replace ``path`` through a temporary file and a rename, so readers never see half a file."""
+@contextmanager
+def _replaced_through_temp(path: Path) -> Iterator[Path]:
+    """Yield a temporary name beside ``path``; the file written there replaces ``path`` in
+    one rename when the block ends, and is deleted when it raises."""
     tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
     try:
-        write_json(tmp, data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Replace ``path`` through a temporary file and a rename, so readers never see half a file."""
+    with _replaced_through_temp(path) as tmp:
+        write_json(tmp, data)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` through a temporary file, fsync and a rename."""
+    with _replaced_through_temp(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) through a temporary file, fsync and a rename."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def copy_file_atomic(src: Path, path: Path) -> None:
+    """Replace ``path`` with a copy of the file ``src`` through a temporary file, fsync and a rename."""
+    with _replaced_through_temp(path) as tmp:
+        shutil.copyfile(src, tmp)
+        fsync_file(tmp)
 
 
 def install_dir(tmp: Path, target: Path, aside: Path | None = None) -> None:
     """Rename the finished directory ``tmp`` to ``target``.
 
-    A directory cannot be renamed over a non-empty one, so an existing ``target`` is
-    first moved to ``aside`` (put back if the rename fails), then deleted.
+    A directory cannot be renamed over a non-empty one, so an existing ``target`` (or a
+    symlink of that name) is first moved to ``aside`` (put back if the rename fails), then
+    deleted; a symlink is removed, never the directory it points to.
     """
     old = None
-    if target.exists():
+    if target.exists() or target.is_symlink():
         old = aside or target.parent / f"{TMP_PREFIX}old-{target.name}-{uuid.uuid4().hex[:8]}"
         os.rename(target, old)
     try:
@@ -89,7 +108,36 @@ def install_dir(tmp: Path, target: Path, aside: Path | None = None) -> None:
         raise
     fsync_dir(target.parent)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def staged_dir(target: Path, *, replace: bool) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``target`` to fill; when the block ends,
+    its files are fsynced and it becomes ``target`` through ``install_dir``. When the
+    block (or the install) raises, the temporary directory is removed and ``target`` is
+    left as it was.
+
+    ``replace``: an existing ``target`` is replaced; without it, ``FileExistsError`` when
+    ``target`` exists by the time the block ends (someone else created it meanwhile).
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        for root, _, files in os.walk(tmp):
+            for name in files:
+                fsync_file(Path(root, name))
+            fsync_dir(Path(root))
+        if not replace and (target.exists() or target.is_symlink()):
+            raise FileExistsError(errno.EEXIST, "already exists", str(target))
+        install_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def pid_alive(pid: int | None) -> bool:

@@ -10,7 +10,7 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, UsageError
-from lmforge.interop import hf
+from lmforge.interop import hf_config, hf_export, hf_import, hf_tokenizer, hf_weights
 from lmforge.model.gpt import GPT
 from lmforge.workspace import Workspace
 
@@ -39,42 +39,44 @@ def state(model: GPT) -> dict[str, torch.Tensor]:
 def test_param_shapes_match_the_model(bias):
     config = tiny(bias=bias)
     shapes = {k: tuple(v.shape) for k, v in state(GPT(config)).items()}
-    assert hf.lmforge_param_shapes(config) == shapes
+    assert hf_weights.lmforge_param_shapes(config) == shapes
 
 
 def test_weights_round_trip_exactly():
     config = tiny()
     sd = state(random_model(config))
-    back = hf.from_hf_state_dict(hf.to_hf_state_dict(sd, config), config)
+    back = hf_weights.from_hf_state_dict(hf_weights.to_hf_state_dict(sd, config), config)
     assert back.keys() == sd.keys()
     assert all(torch.equal(back[k], sd[k]) for k in sd)
     # HF stores Conv1D weights transposed
-    hf_sd = hf.to_hf_state_dict(sd, config)
+    hf_sd = hf_weights.to_hf_state_dict(sd, config)
     assert hf_sd["transformer.h.0.attn.c_attn.weight"].shape == (32, 96)
 
 
 def test_hf_keys_without_prefix_and_with_buffers_are_accepted():
     config = tiny()
-    hf_sd = hf.to_hf_state_dict(state(random_model(config)), config)
+    hf_sd = hf_weights.to_hf_state_dict(state(random_model(config)), config)
     openai_style = {k.removeprefix("transformer."): v for k, v in hf_sd.items()}
     openai_style["h.0.attn.bias"] = torch.ones(1, 1, 32, 32)
     openai_style["h.0.attn.masked_bias"] = torch.tensor(-1e4)
-    sd = hf.from_hf_state_dict(openai_style, config)
-    assert set(sd) == set(hf.lmforge_param_shapes(config))
+    sd = hf_weights.from_hf_state_dict(openai_style, config)
+    assert set(sd) == set(hf_weights.lmforge_param_shapes(config))
 
 
 def test_mismatched_weights_are_named():
     config = tiny()
-    hf_sd = hf.to_hf_state_dict(state(random_model(config)), config)
+    hf_sd = hf_weights.to_hf_state_dict(state(random_model(config)), config)
     del hf_sd["transformer.h.1.mlp.c_fc.bias"]
     with pytest.raises(CheckpointError, match="missing transformer.h.1.mlp.c_fc.bias"):
-        hf.from_hf_state_dict(hf_sd, config)
+        hf_weights.from_hf_state_dict(hf_sd, config)
     with pytest.raises(CheckpointError, match="shape"):
-        hf.from_hf_state_dict(hf.to_hf_state_dict(state(random_model(config)), config), tiny(vocab_size=300))
-    untied = hf.to_hf_state_dict(state(random_model(config)), config)
+        hf_weights.from_hf_state_dict(
+            hf_weights.to_hf_state_dict(state(random_model(config)), config), tiny(vocab_size=300)
+        )
+    untied = hf_weights.to_hf_state_dict(state(random_model(config)), config)
     untied["lm_head.weight"] = torch.zeros(257, 32)
     with pytest.raises(CheckpointError, match="untied"):
-        hf.from_hf_state_dict(untied, config)
+        hf_weights.from_hf_state_dict(untied, config)
 
 
 @pytest.mark.parametrize(
@@ -89,18 +91,18 @@ def test_mismatched_weights_are_named():
     ],
 )
 def test_unsupported_hf_configs_are_refused(change, message):
-    config = hf.hf_config(tiny(), eot_token=256) | change
+    config = hf_config.hf_config(tiny(), eot_token=256) | change
     with pytest.raises(ConfigError, match=message) as info:
-        hf.model_config_from_hf(config)
+        hf_config.model_config_from_hf(config)
     assert info.value.exit_code == 2
 
 
 def test_hf_config_round_trip_and_presets():
     config = tiny(layer_norm_epsilon=1e-6)
-    assert hf.model_config_from_hf(hf.hf_config(config)) == config
-    assert hf.preset_for(ModelConfig()) == "gpt2"
-    assert hf.preset_for(ModelConfig(n_layer=24, n_head=16, n_embd=1024)) == "gpt2-medium"
-    assert hf.preset_for(tiny()) == "gpt2"  # no preset matches: a label, the dims are in the config
+    assert hf_config.model_config_from_hf(hf_config.hf_config(config)) == config
+    assert hf_config.preset_for(ModelConfig()) == "gpt2"
+    assert hf_config.preset_for(ModelConfig(n_layer=24, n_head=16, n_embd=1024)) == "gpt2-medium"
+    assert hf_config.preset_for(tiny()) == "gpt2"  # no preset matches: a label, the dims are in the config
 
 
 # ----------------------------------------------------------------------------- transformers parity
@@ -121,7 +123,7 @@ def test_export_gives_transformers_the_same_logits(tmp_path, bias):
     pytest.importorskip("transformers")
     config = tiny(bias=bias)
     model = random_model(config)
-    hf.write_hf_dir(state(model), config, tmp_path, eot_token=256)
+    hf_export.write_hf_dir(state(model), config, tmp_path, eot_token=256)
     idx = torch.randint(0, 257, (2, 32), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours, _ = model(idx)
@@ -144,7 +146,7 @@ def _save_pretrained(path: Path, seed: int = 0, **kw):
 def _write_bytes_tokenizer(path: Path) -> None:
     from lmforge.data.tokenizer import bytes_tokenizer
 
-    for name, text in hf.hf_tokenizer_files(bytes_tokenizer(), 32).items():
+    for name, text in hf_tokenizer.hf_tokenizer_files(bytes_tokenizer(), 32).items():
         (path / name).write_text(text, encoding="utf-8")
 
 
@@ -157,7 +159,7 @@ def test_import_save_pretrained_then_export_round_trip(tmp_path):
     theirs = _save_pretrained(src)
     _write_bytes_tokenizer(src)
     ws = Workspace.resolve(tmp_path / "ws")
-    result = hf.import_checkpoint(ws, src, name="imported")
+    result = hf_import.import_checkpoint(ws, src, name="imported")
     assert result.run == "imported" and result.tokenizer["name"] == "bytes"
     meta = read_meta(result.checkpoint)
     assert meta["kind"] == "best" and meta["step"] == 0 and meta["tokenizer"]["name"] == "bytes"
@@ -170,7 +172,7 @@ def test_import_save_pretrained_then_export_round_trip(tmp_path):
         assert (model(idx)[0] - theirs(idx).logits).abs().max().item() < 1e-4
 
     out = tmp_path / "export"
-    exported = hf.export_checkpoint(result.checkpoint, out, "hf", workspace=ws)
+    exported = hf_export.export_checkpoint(result.checkpoint, out, "hf", workspace=ws)
     assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "lmforge.json"} <= set(
         exported.files
     )
@@ -188,7 +190,7 @@ def test_import_pytorch_model_bin(tmp_path):
     torch.save(theirs.state_dict(), src / "pytorch_model.bin")
     _write_bytes_tokenizer(src)
     ws = Workspace.resolve(tmp_path / "ws")
-    result = hf.import_checkpoint(ws, src)  # the run is named after the directory
+    result = hf_import.import_checkpoint(ws, src)  # the run is named after the directory
     assert result.run == "bin-model"
     from lmforge.checkpoint.store import load_model
 
@@ -203,7 +205,7 @@ def test_import_without_tokenizer_files(tmp_path):
     _save_pretrained(src)
     ws = Workspace.resolve(tmp_path / "ws")
     with pytest.raises(UsageError, match="cannot tell which tokenizer"):
-        hf.import_checkpoint(ws, src)
+        hf_import.import_checkpoint(ws, src)
     assert not ws.run_dir("m").exists() and not list(ws.runs_dir.glob(".tmp-*"))
 
 
@@ -231,7 +233,7 @@ def test_malicious_pytorch_model_bin_is_refused(tmp_path):
 
     ws = Workspace.resolve(tmp_path / "ws")
     with pytest.raises(CheckpointError, match="refusing to load .*pytorch_model.bin"):
-        hf.import_checkpoint(ws, src)
+        hf_import.import_checkpoint(ws, src)
     assert not marker.exists()
     assert not ws.run_dir("evil").exists()
 
@@ -294,9 +296,9 @@ def test_tokenizer_files_give_the_same_ids_in_transformers(tmp_path):
         "toy", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: len(ranks)}
     )
     tok = Tokenizer(enc, "toy")
-    for name, text in hf.hf_tokenizer_files(tok, 64).items():
+    for name, text in hf_tokenizer.hf_tokenizer_files(tok, 64).items():
         (tmp_path / name).write_text(text, encoding="utf-8")
-    assert hf.ranks_from_hf_tokenizer(tmp_path) == ranks
+    assert hf_tokenizer.ranks_from_hf_tokenizer(tmp_path) == ranks
     theirs = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     for text in [
         "the theory of everything",
@@ -307,19 +309,24 @@ def test_tokenizer_files_give_the_same_ids_in_transformers(tmp_path):
     assert theirs.eos_token_id == tok.eot_token
 
 
-def test_staged_output_never_damages_an_existing_directory(tmp_path):
+def test_export_never_damages_an_existing_directory(tmp_path, make_ckpt_run, monkeypatch):
+    ckpt = make_ckpt_run("r", [(10, "light")]) / "checkpoints" / "step-10"
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     with pytest.raises(UsageError, match="not empty"):
-        with hf.staged_output(out):
-            pass
-    with pytest.raises(RuntimeError):
-        with hf.staged_output(out, force=True) as tmp:
-            (tmp / "half.bin").write_text("x")
-            raise RuntimeError("disk full")
-    assert [p.name for p in tmp_path.iterdir()] == ["out"] and (out / "keep.txt").read_text() == "precious"
-    with hf.staged_output(out, force=True) as tmp:
-        (tmp / "new.txt").write_text("new")
-    assert [p.name for p in out.iterdir()] == ["new.txt"]
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+        hf_export.export_checkpoint(ckpt, out, "safetensors")
+
+    def disk_full(state_dict, meta, ckpt, out_dir):
+        (out_dir / "half.bin").write_text("x")
+        raise RuntimeError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(hf_export, "_export_safetensors", disk_full)
+        with pytest.raises(RuntimeError):
+            hf_export.export_checkpoint(ckpt, out, "safetensors", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ws"]
+    assert (out / "keep.txt").read_text() == "precious"
+    result = hf_export.export_checkpoint(ckpt, out, "safetensors", force=True)
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "model.safetensors"] == sorted(result.files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ws"]

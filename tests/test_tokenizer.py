@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import tiktoken
@@ -29,7 +31,6 @@ def test_bytes_tokenizer_round_trip():
     assert tok.decode(ids) == TEXT
     assert tok.decode_bytes(np.array(ids, dtype=np.uint16)) == TEXT.encode()
     assert tok.encode_array(TEXT).tolist() == ids
-    assert tok.encode_batch([TEXT, "ab"], num_threads=2) == [ids, [97, 98]]
     assert tok.identity == bytes_tokenizer().identity
 
 
@@ -68,6 +69,24 @@ def test_identity_distinguishes_ranks(tmp_path):
     a = tokenizer_from_ranks_file(write_ranks_file(tmp_path / "a.tiktoken"), name="x")
     b = tokenizer_from_ranks_file(write_ranks_file(tmp_path / "b.tiktoken", merges=(b"ab",)), name="x")
     assert a.identity != b.identity and a.identity["name"] == b.identity["name"]
+
+
+def test_ranks_file_bytes_is_the_tiktoken_format(tmp_path):
+    ranks = {bytes([i]): i for i in range(256)} | {b"ab": 256, b"abc": 257}
+    path = tmp_path / "x.tiktoken"
+    path.write_bytes(tokmod.ranks_file_bytes(ranks))
+    tok = tokenizer_from_ranks_file(path)
+    assert tok.encoding._mergeable_ranks == ranks
+    assert tok.identity["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_remember_tokenizer_file_copies_once(data_ws, ranks_file):
+    tok = tokenizer_from_ranks_file(ranks_file, name="mine")
+    copy = tokmod.remember_tokenizer_file(data_ws, tok, ranks_file)
+    assert copy == tokmod.workspace_ranks_file(data_ws, "mine")
+    assert copy.read_bytes() == ranks_file.read_bytes()
+    assert [p.name for p in data_ws.tokenizers_dir.iterdir()] == ["mine.tiktoken"]
+    assert tokmod.remember_tokenizer_file(data_ws, tok, ranks_file) is None  # never overwritten
 
 
 def test_bad_ranks_file(tmp_path):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import shutil
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -32,6 +31,7 @@ import numpy as np
 import tiktoken
 
 from lmforge.errors import DataError, UsageError
+from lmforge.fileio import copy_file_atomic
 
 if TYPE_CHECKING:
     from lmforge.workspace import Workspace
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 ENV_TOKENIZER_FILE = "LMFORGE_TOKENIZER_FILE"
 ENDOFTEXT = "<|endoftext|>"
 TOKENIZER_NAMES = ("gpt2", "bytes")
+RANKS_SUFFIX = ".tiktoken"  # tiktoken ranks files, in the workspace's tokenizers/ among others
 
 # GPT-2's split pattern (tiktoken's r50k/gpt2 form, equivalent to the original release's).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
@@ -64,14 +65,19 @@ def default_num_threads() -> int:
         return os.cpu_count() or 1
 
 
+def ranks_file_bytes(mergeable_ranks: dict[bytes, int]) -> bytes:
+    """The ranks in tiktoken's file format: ``base64-token rank`` per line, by rank."""
+    return b"".join(
+        base64.b64encode(token) + b" " + str(rank).encode() + b"\n"
+        for token, rank in sorted(mergeable_ranks.items(), key=lambda kv: kv[1])
+    )
+
+
 def ranks_sha256(mergeable_ranks: dict[bytes, int]) -> str:
-    """sha256 of the ranks written in tiktoken's format (``base64 rank`` per line, by rank).
+    """sha256 of the ranks written in tiktoken's format (``ranks_file_bytes``).
 
     For a canonical ranks file this is the sha256 of the file itself."""
-    h = hashlib.sha256()
-    for token, rank in sorted(mergeable_ranks.items(), key=lambda kv: kv[1]):
-        h.update(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
-    return h.hexdigest()
+    return hashlib.sha256(ranks_file_bytes(mergeable_ranks)).hexdigest()
 
 
 class Tokenizer:
@@ -106,9 +112,6 @@ class Tokenizer:
         if core is not None and hasattr(core, "encode_to_tiktoken_buffer"):
             return np.frombuffer(core.encode_to_tiktoken_buffer(text, set()), dtype=np.uint32)
         return np.asarray(self.encoding.encode_ordinary(text), dtype=np.uint32)
-
-    def encode_batch(self, texts: list[str], num_threads: int = default_num_threads()) -> list[list[int]]:
-        return self.encoding.encode_ordinary_batch(texts, num_threads=num_threads)
 
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """The bytes of ``ids``; use it when streaming so a UTF-8 character split
@@ -188,7 +191,7 @@ def _gpt2_file_candidates(tokenizer_file, workspace: Workspace | None) -> list[t
     if os.environ.get(ENV_TOKENIZER_FILE):
         candidates.append((Path(os.environ[ENV_TOKENIZER_FILE]).expanduser(), ENV_TOKENIZER_FILE))
     if workspace is not None:
-        candidates.append((workspace.tokenizers_dir / "gpt2.tiktoken", "workspace"))
+        candidates.append((workspace_ranks_file(workspace, "gpt2"), "workspace"))
     return candidates
 
 
@@ -209,7 +212,7 @@ def _gpt2_in_tiktoken_cache() -> bool:
 
 
 def _missing_gpt2_hint(workspace: Workspace | None) -> str:
-    where = str(workspace.tokenizers_dir / "gpt2.tiktoken") if workspace is not None else None
+    where = str(workspace_ranks_file(workspace, "gpt2")) if workspace is not None else None
     places = f"put gpt2.tiktoken at {where}, " if where else ""
     return (
         f"{places}pass --tokenizer-file PATH or set {ENV_TOKENIZER_FILE}=PATH "
@@ -287,13 +290,18 @@ def get_tokenizer(
         return bytes_tokenizer()
     if tokenizer_file:
         return tokenizer_from_ranks_file(tokenizer_file, name=name)
-    if workspace is not None and (workspace.tokenizers_dir / f"{name}.tiktoken").is_file():
-        return tokenizer_from_ranks_file(workspace.tokenizers_dir / f"{name}.tiktoken", name=name)
+    if workspace is not None and workspace_ranks_file(workspace, name).is_file():
+        return tokenizer_from_ranks_file(workspace_ranks_file(workspace, name), name=name)
     known = list(TOKENIZER_NAMES) + _workspace_tokenizer_names(workspace)
     raise UsageError(
         f"unknown tokenizer '{name}' (known: {', '.join(dict.fromkeys(known))})",
         "use --tokenizer gpt2 or --tokenizer bytes, or put NAME.tiktoken in the workspace's tokenizers/",
     )
+
+
+def workspace_ranks_file(workspace: Workspace, name: str) -> Path:
+    """Where the workspace keeps the ranks of the tokenizer ``name``: ``tokenizers/NAME.tiktoken``."""
+    return workspace.tokenizers_dir / f"{name}{RANKS_SUFFIX}"
 
 
 def remember_tokenizer_file(workspace: Workspace, tok: Tokenizer, path: str | os.PathLike) -> Path | None:
@@ -302,20 +310,18 @@ def remember_tokenizer_file(workspace: Workspace, tok: Tokenizer, path: str | os
     or None when the workspace already had one (never overwritten)."""
     if tok.name == "bytes":
         return None
-    target = workspace.tokenizers_dir / f"{tok.name}.tiktoken"
+    target = workspace_ranks_file(workspace, tok.name)
     if target.exists() or Path(path).resolve() == target.resolve():
         return None
     workspace.ensure(workspace.tokenizers_dir)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)  # atomic: a reader sees no file or the whole file
+    copy_file_atomic(Path(path), target)  # a concurrent reader sees no file or the whole file
     return target
 
 
 def _workspace_tokenizer_names(workspace: Workspace | None) -> list[str]:
     if workspace is None or not workspace.tokenizers_dir.is_dir():
         return []
-    return sorted(p.stem for p in workspace.tokenizers_dir.glob("*.tiktoken"))
+    return sorted(p.stem for p in workspace.tokenizers_dir.glob(f"*{RANKS_SUFFIX}"))
 
 
 def tokenizer_from_identity(
@@ -358,5 +364,5 @@ def tokenizer_status(workspace: Workspace | None) -> dict[str, str]:
     status["bytes"] = "ok (built in)"
     for name in _workspace_tokenizer_names(workspace):
         if name not in status:
-            status[name] = f"ok ({workspace.tokenizers_dir / (name + '.tiktoken')})"
+            status[name] = f"ok ({workspace_ranks_file(workspace, name)})"
     return status

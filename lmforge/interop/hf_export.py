@@ -1,0 +1,217 @@
+"""``ckpt export``: a checkpoint as a Hugging Face GPT-2 directory or a light lmforge one.
+
+``hf`` writes ``config.json``, ``model.safetensors`` and ``generation_config.json``
+(what ``transformers.GPT2LMHeadModel.from_pretrained`` loads with the same logits),
+GPT-2 tokenizer files when the checkpoint's tokenizer is available, and
+``lmforge.json``: what the export knows beyond HF's config (run, step, metrics,
+tokenizer identity, training config), so an import gets it all back.
+``safetensors`` writes lmforge's own ``model.safetensors`` + ``meta.json``.
+
+Either way the directory is built beside ``--out`` and renamed into place
+(``fileio.staged_dir``): a failure never leaves half an export or damages what
+``--out`` held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lmforge import __version__
+from lmforge.config import ModelConfig, TrainingConfig
+from lmforge.errors import LmforgeError, UsageError
+from lmforge.fileio import staged_dir, write_json
+from lmforge.interop.hf_config import HF_CONFIG, hf_config
+from lmforge.interop.hf_tokenizer import hf_tokenizer_files
+from lmforge.interop.hf_weights import HF_SAFETENSORS, to_hf_state_dict
+from lmforge.units import now_iso
+
+if TYPE_CHECKING:
+    from lmforge.data.tokenizer import Tokenizer
+    from lmforge.workspace import Workspace
+
+EXPORT_FORMATS = ("hf", "safetensors")
+LMFORGE_JSON = "lmforge.json"  # what an hf export knows beyond HF's config: run, step, tokenizer identity
+GENERATION_CONFIG = "generation_config.json"
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    format: str
+    files: dict[str, int]  # name -> bytes
+    notes: list[str] = field(default_factory=list)
+
+
+def export_checkpoint(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    format: str = "hf",
+    *,
+    workspace: Workspace | None = None,
+    force: bool = False,
+) -> ExportResult:
+    """Export the checkpoint directory ``checkpoint`` to ``out``.
+
+    ``hf``: a directory ``transformers.GPT2LMHeadModel.from_pretrained`` loads with the
+    same logits, plus GPT-2 tokenizer files when the checkpoint's tokenizer is available
+    here, and ``lmforge.json`` (run, step, metrics, tokenizer identity, config).
+    ``safetensors``: lmforge's own weights and ``meta.json``, a standalone light
+    checkpoint that every lmforge command accepts as a path.
+    A non-empty ``out`` is replaced only with ``force``.
+    """
+    from lmforge.checkpoint.store import load_model, model_state, read_meta
+
+    if format not in EXPORT_FORMATS:
+        raise UsageError(f"unknown export format {format!r}", f"choose one of: {', '.join(EXPORT_FORMATS)}")
+    ckpt = Path(checkpoint)
+    read_meta(ckpt)  # a damaged checkpoint fails here, before --out is looked at
+    out = Path(out).expanduser().absolute()
+    _check_out(out, ckpt, force)
+    # --out was checked above (empty, or --force): whatever it holds now is replaced
+    with staged_dir(out, replace=True) as tmp:
+        model, config, meta = load_model(ckpt, device="cpu")
+        state_dict = model_state(model)  # without the tied head and any padded vocabulary rows
+        if format == "hf":
+            notes = _export_hf(state_dict, config, meta, ckpt, tmp, workspace)
+        else:
+            notes = _export_safetensors(state_dict, meta, ckpt, tmp)
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+    return ExportResult(out, format, files, notes)
+
+
+def _check_out(out: Path, ckpt: Path, force: bool) -> None:
+    """Refuse an ``out`` that is a file, that is or holds the checkpoint being exported
+    (replacing it would delete the source), or that is not empty without ``force``."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory", "pass a directory path")
+    source = ckpt.resolve()
+    if out.resolve() == source or source.is_relative_to(out.resolve()):
+        raise UsageError(
+            f"--out {out} would replace the checkpoint it is exported from", "pick another --out"
+        )
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UsageError(
+            f"--out {out} is not empty", "pass --force to replace it, or pick an empty directory"
+        )
+
+
+def write_hf_dir(
+    state_dict: dict[str, torch.Tensor],
+    model_config: ModelConfig,
+    out_dir: Path,
+    *,
+    tokenizer: Tokenizer | None = None,
+    eot_token: int | None = None,
+    lmforge_info: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write ``config.json``, ``model.safetensors``, ``generation_config.json``, the
+    tokenizer files (when ``tokenizer`` is given and convertible) and ``lmforge.json``
+    into the existing directory ``out_dir``; return notes for the user."""
+    from safetensors.torch import save_file
+
+    notes = []
+    if tokenizer is not None:
+        eot_token = tokenizer.eot_token
+    write_json(out_dir / HF_CONFIG, hf_config(model_config, eot_token))
+    save_file(
+        to_hf_state_dict(state_dict, model_config), str(out_dir / HF_SAFETENSORS), metadata={"format": "pt"}
+    )
+    write_json(out_dir / GENERATION_CONFIG, {"bos_token_id": eot_token, "eos_token_id": eot_token})
+    if tokenizer is not None:
+        try:
+            files = hf_tokenizer_files(tokenizer, model_config.block_size)
+        except ValueError as exc:
+            notes.append(f"tokenizer files not written: {exc}")
+        else:
+            for name, text in files.items():
+                (out_dir / name).write_text(text, encoding="utf-8")
+    if lmforge_info is not None:
+        write_json(out_dir / LMFORGE_JSON, lmforge_info)
+    return notes
+
+
+def _source_info(meta: dict[str, Any], ckpt: Path) -> dict[str, Any]:
+    return {
+        "run": meta.get("run"),
+        "checkpoint": ckpt.name,
+        "path": str(ckpt.resolve()),
+        "kind": meta.get("kind"),
+        "step": meta.get("step"),
+        "tokens": meta.get("tokens"),
+        "val_loss": meta.get("val_loss"),
+        "dataset": meta.get("dataset"),
+        "created_at": meta.get("created_at"),
+    }
+
+
+def _export_hf(
+    state_dict: dict[str, torch.Tensor],
+    config: TrainingConfig,
+    meta: dict[str, Any],
+    ckpt: Path,
+    out_dir: Path,
+    workspace: Workspace | None,
+) -> list[str]:
+    from lmforge.data.tokenizer import tokenizer_from_identity
+
+    identity = meta.get("tokenizer") or {}
+    notes = []
+    tokenizer = None
+    try:
+        tokenizer = tokenizer_from_identity(identity, workspace=workspace)
+    except LmforgeError as exc:
+        notes.append(f"tokenizer files not written ({exc.message}); lmforge.json records its identity")
+    eot = tokenizer.eot_token if tokenizer is not None else _known_eot(identity, config.model.vocab_size)
+    info = {
+        "format": "hf",
+        "lmforge_version": __version__,
+        "exported_at": now_iso(),
+        "source": _source_info(meta, ckpt),
+        "tokenizer": identity,
+        "config": config.to_dict(),
+    }
+    notes += write_hf_dir(
+        state_dict, config.model, out_dir, tokenizer=tokenizer, eot_token=eot, lmforge_info=info
+    )
+    if not config.model.bias:
+        notes.append("the model has no biases; HF GPT-2 needs them, so zero biases were written")
+    return notes
+
+
+def _known_eot(identity: dict[str, Any], vocab_size: int) -> int | None:
+    """The end-of-text id when the tokenizer itself is not available here: the built-in
+    tokenizers' ids, else the last id (lmforge's tokenizers put end-of-text last)."""
+    from lmforge.data.tokenizer import GPT2_NUM_RANKS
+
+    name = identity.get("name")
+    if name == "gpt2":
+        return GPT2_NUM_RANKS
+    if name == "bytes":
+        return 256
+    return None if vocab_size <= 0 else vocab_size - 1
+
+
+def _export_safetensors(
+    state_dict: dict[str, torch.Tensor], meta: dict[str, Any], ckpt: Path, out_dir: Path
+) -> list[str]:
+    from safetensors.torch import save_file
+
+    from lmforge.checkpoint.store import META_FILE, MODEL_FILE
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    small = {"config": json.dumps(meta.get("config")), "tokenizer": json.dumps(meta.get("tokenizer"))}
+    save_file(tensors, str(out_dir / MODEL_FILE), metadata={"format": "pt", **small})
+    new_meta = {
+        **{k: v for k, v in meta.items() if k != "files"},
+        "kind": "light",
+        "exported_from": _source_info(meta, ckpt),
+        "files": {MODEL_FILE: (out_dir / MODEL_FILE).stat().st_size},
+    }
+    write_json(out_dir / META_FILE, new_meta)
+    return []
