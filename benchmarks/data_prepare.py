@@ -38,7 +38,7 @@ DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "shared" / "tokenizers
 
 CHILD_TIKTOKEN = r"""
 import json, resource, sys, time
-from lmforge.data.sources import split_wikitext_articles
+from lmforge.data.wikitext import split_wikitext_articles
 from lmforge.data.tokenizer import get_tokenizer
 path, tokfile, threads = sys.argv[1], sys.argv[2] or None, int(sys.argv[3])
 enc = get_tokenizer("gpt2", tokenizer_file=tokfile).encoding
