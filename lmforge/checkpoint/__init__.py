@@ -1,4 +1,5 @@
-"""Checkpoints on disk: the format, saving and loading (``store``), listing, and the
-keep-last / prune policy.
+"""Checkpoints on disk: the format, saving and loading (``store``), and retention: the
+keep-last policy, the ``ckpt prune`` plan and the one delete helper (``prune``).
 
-May import ``config``, ``errors``, ``fileio`` and ``workspace``; not the trainer or the CLI."""
+May import ``config``, ``errors``, ``fileio``, ``units`` and ``workspace``; not the trainer,
+``runs`` or the CLI."""

@@ -1,4 +1,7 @@
-"""Runs in the workspace: run records (``run.json``, metrics and samples files), listing and
-status, run and checkpoint names as a person says them, comparison, loss plots.
+"""Runs in the workspace: run records written by the trainer (``record``), reading metrics
+back (``metrics``), listing, status and removal (``listing``), comparison with defaults and
+between runs (``compare``), run and checkpoint names as a person says them (``names``), a
+run's checkpoints as the ``ckpt`` commands see them (``checkpoints``), loss plots (``plots``).
 
-May import ``checkpoint``, ``config`` and the top-level modules; not the trainer or the CLI."""
+May import ``checkpoint``, ``interop`` (parameter counts), ``config`` and the top-level
+modules; not the trainer or the CLI."""

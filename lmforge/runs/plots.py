@@ -10,11 +10,13 @@ and the backend of a notebook that calls these functions is left alone.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from lmforge.fileio import write_bytes_atomic
 from lmforge.runs.metrics import Metrics
 from lmforge.units import perplexity
 from lmforge.workspace import RunDir
@@ -166,12 +168,9 @@ def plot_loss(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_bytes_atomic(path, png.getvalue())
     return path
 
 
