@@ -85,6 +85,26 @@ def test_loss_falls_and_the_run_directory_is_complete(train_workspace, tiny_trai
     meta = read_meta(run_dir / "checkpoints" / "step-50")
     assert meta["tokenizer"]["name"] == "bytes" and meta["config"]["run"] == "falls"
     state = load_trainer_state(run_dir / "checkpoints" / "step-50")
+    assert set(state) == {  # trainer.pt's keys: older checkpoints must keep loading
+        "optimizer",
+        "scaler",
+        "step",
+        "tokens",
+        "schedule",
+        "rng",
+        "rng_per_rank",
+        "loader",
+        "wandb_id",
+        "tokenizer",
+        "best_val_loss",
+        "best_step",
+        "last_val_loss",
+        "last_eval_step",
+        "evals_since_best",
+        "bad_steps",
+        "world_size",
+    }
+    assert set(state["bad_steps"]) == {"consecutive", "total", "rollbacks"}
     assert state["step"] == 50 and state["loader"]["batch"] > 0 and state["wandb_id"] == run["wandb_id"]
 
 

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from lmforge.cli.common import err_console, out_console, print_json, state, workspace
 from lmforge.cli.config_options import with_config_options
-from lmforge.config import resolve_config
 
 
 @with_config_options
@@ -79,40 +78,15 @@ def train(
         raise UsageError(
             "--nproc cannot be used under torchrun", "torchrun already chose the processes: drop --nproc"
         )
+    from lmforge.train.setup import plan_run
+
     overrides = dict(overrides or {})
     preset = overrides.pop(("preset",), None)
     ws = workspace(ctx)
-    run_dir = checkpoint_path = None
-    if resume and init_from:
-        raise UsageError(
-            "--resume and --init-from cannot be used together",
-            "--resume continues a run; --init-from starts a new one from a checkpoint's weights",
-        )
-    if resume:
-        from lmforge.runs.names import resolve_run
-        from lmforge.train.setup import resume_config
-
-        if config_file:
-            raise UsageError(
-                "--config cannot be combined with --resume",
-                "a resumed run keeps its config.toml; change single values with options such as --steps",
-            )
-        if ("run",) in overrides:
-            raise UsageError("--run cannot be combined with --resume", f"use --resume {overrides[('run',)]}")
-        run_dir = resolve_run(ws, resume)
-        config = resume_config(run_dir, overrides, preset)
-    else:
-        config = resolve_config(config_file, preset, overrides)
-        if init_from:
-            from lmforge.checkpoint.store import read_meta
-            from lmforge.runs.names import resolve_checkpoint
-            from lmforge.train.setup import init_config
-
-            checkpoint_path = resolve_checkpoint(ws, init_from)
-            given = {**overrides, ("preset",): preset} if preset else overrides
-            config = init_config(
-                config, read_meta(checkpoint_path), given, where=f"checkpoint {checkpoint_path}"
-            )
+    run_plan = plan_run(
+        ws, config_file=config_file, preset=preset, overrides=overrides, resume=resume, init_from=init_from
+    )
+    config = run_plan.config
     if dry_run:
         from lmforge.train.plan import plan
 
@@ -136,11 +110,9 @@ def train(
     with process_group(resolve_device(config.train.device).type) as group:
         reporter = _reporter(ctx) if group.is_main else None
         manager = TrainingManager(
-            config,
-            ws,
+            workspace=ws,
+            plan=run_plan,
             reporter=reporter,
-            resume=run_dir,
-            init_from=checkpoint_path,
             rank=group.rank,
             world_size=group.world_size,
         )

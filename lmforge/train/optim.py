@@ -73,3 +73,14 @@ def build_optimizer(
         fused=device.type == "cuda" or None,
     )
     return optimizer, counts
+
+
+def set_hyperparameters(
+    optimizer: torch.optim.Optimizer, config: OptimizerConfig, device: torch.device
+) -> None:
+    """Apply ``config``'s betas, eps and weight decay to an optimizer whose state was loaded
+    from a checkpoint: the saved hyperparameters come along with it, the current config's win
+    (a resumed run may change --weight-decay)."""
+    for group, decay in zip(optimizer.param_groups, (config.weight_decay, 0.0), strict=True):
+        group.update(betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=decay)
+        group["fused"] = device.type == "cuda" or None

@@ -1,28 +1,36 @@
-"""Run names and the config of a resumed run.
+"""The rules for new, resumed and initialised runs: the one place that decides what a run is.
+
+``plan_run`` resolves what to train, for the CLI (``--config``, ``--preset``, options,
+``--resume``, ``--init-from``) and the Python API (``TrainingManager(config, resume=...,
+init_from=...)``) alike, into a ``RunPlan``: the config, the run to continue, the
+checkpoint to start from. It needs neither the data nor a device, so ``--dry-run``
+and ``--nproc`` use it before anything starts. ``start_run`` then checks the plan
+against the dataset and the run directory, just before training.
 
 A run is a directory ``runs/<name>/``. Names are generated as
-``<preset>-<data>-<yyyymmdd-hhmmss>`` unless given; an existing name is only
-ever continued with ``--resume``, never overwritten. A resumed run takes its
-config from its ``config.toml``; options given with ``--resume`` may change how
-it trains (steps, lr, eval and checkpoint intervals, device, dtype...) but not
-what it is (the architecture, the tokenizer, the data and its order).
+``<preset>-<data>-<yyyymmdd-hhmmss>`` unless given; an existing name is only ever
+continued with ``--resume``, never overwritten. A resumed run takes its config from
+its ``config.toml``; options given with ``--resume`` may change how it trains (steps,
+lr, eval and checkpoint intervals, device, dtype...) but not what it is (the
+architecture, the tokenizer, the data and its order). A run started ``--init-from`` a
+checkpoint takes the checkpoint's architecture and must use its tokenizer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import TrainingConfig, apply_preset, with_overrides
+from lmforge.config import ModelConfig, TrainingConfig, apply_preset, resolve_config, with_overrides
 from lmforge.errors import ConfigError, UsageError
-from lmforge.runs.record import CONFIG_FILE
-from lmforge.workspace import Workspace
+from lmforge.workspace import RunDir, Workspace, is_valid_name
 
 RESERVED_NAMES = {"latest", "best"}
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 # Fields that define what a run is: changing them on --resume would not continue the same run.
 # The data fields and batch size fix the order of the batches the data position counts.
@@ -34,10 +42,129 @@ FIXED_ON_RESUME: tuple[tuple[str, ...], ...] = (
     ("train", "batch_size"),
     ("train", "seed"),
 )
+# The model's shape (dropout and gradient checkpointing may change).
+ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "block_size",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "bias",
+    "layer_norm_epsilon",
+)
+_DEFAULT_VOCAB = ModelConfig().vocab_size
+# Token-embedding rows are padded to a multiple of this on CUDA (pad_vocab_multiple = 0, "auto").
+CUDA_VOCAB_MULTIPLE = 64
+
+
+@dataclass
+class RunPlan:
+    """What to train: the resolved config, and where the run starts from."""
+
+    config: TrainingConfig
+    resume_dir: Path | None = None  # continue this run from its newest full checkpoint
+    init_from: Path | None = None  # start a new run from this checkpoint's weights
+    init_meta: dict[str, Any] | None = None  # that checkpoint's meta.json
+
+
+def plan_run(
+    workspace: Workspace,
+    config: TrainingConfig | None = None,
+    *,
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+    overrides: dict[tuple[str, ...], Any] | None = None,
+    resume: str | Path | None = None,
+    init_from: str | Path | None = None,
+) -> RunPlan:
+    """The ``RunPlan`` of a run, from a whole ``config`` (the Python API; on ``resume`` it
+    defaults to the run's own) or from ``config_file``, ``preset`` and ``overrides`` (the CLI).
+
+    ``resume``: a run name, ``latest`` or a run directory. ``init_from``: a checkpoint name
+    (``lmforge.runs.names``) or directory. Whatever would change a resumed run's architecture,
+    tokenizer or data, or an initialised run's architecture, is refused here."""
+    if resume is not None and init_from is not None:
+        raise UsageError(
+            "--resume and --init-from cannot be used together",
+            "--resume continues a run; --init-from starts a new one from a checkpoint's weights",
+        )
+    overrides = dict(overrides or {})
+    if resume is not None:
+        if config_file:
+            raise UsageError(
+                "--config cannot be combined with --resume",
+                "a resumed run keeps its config.toml; change single values with options such as --steps",
+            )
+        if ("run",) in overrides:
+            raise UsageError("--run cannot be combined with --resume", f"use --resume {overrides[('run',)]}")
+        run_dir = find_run(workspace, resume)
+        if config is None:
+            config = resume_config(run_dir, overrides, preset)
+        else:
+            config = check_resumed_config(run_dir, config)
+        return RunPlan(_private_copy(config), resume_dir=run_dir)
+
+    given = config is not None
+    if config is None:
+        config = resolve_config(config_file, preset, overrides)
+    if init_from is None:
+        return RunPlan(_private_copy(config))
+    from lmforge.checkpoint.store import read_meta
+
+    path = find_checkpoint(workspace, init_from)
+    meta = read_meta(path)
+    if given:
+        # a whole config: its architecture gives way to the checkpoint's, the rest is the caller's
+        chosen = {
+            ("preset",): config.preset,
+            ("model", "dropout"): config.model.dropout,
+            ("model", "gradient_checkpointing"): config.model.gradient_checkpointing,
+        }
+    else:
+        chosen = {**overrides, ("preset",): preset} if preset else overrides
+    config = init_config(config, meta, chosen, where=f"checkpoint {path}")
+    return RunPlan(_private_copy(config), init_from=path, init_meta=meta)
+
+
+def start_run(workspace: Workspace, plan: RunPlan, dataset: Any) -> RunPlan:
+    """``plan`` checked against ``dataset`` (its tokenizer and vocabulary) and the run
+    directory (a resumed run is not being trained and has a checkpoint to go on from; a new
+    one gets its name, which must be free). Nothing is written."""
+    config = _private_copy(plan.config)
+    identity = dict(dataset.tokenizer_identity)
+    config.tokenizer = identity.get("name", config.tokenizer)
+    from lmforge.data.store import check_tokenizer_match
+
+    if plan.init_from is not None:
+        recorded = (plan.init_meta or {}).get("tokenizer") or {}
+        check_tokenizer_match(identity, recorded, f"checkpoint {plan.init_from}")
+    if plan.resume_dir is not None:
+        from lmforge.runs.record import RunRecord
+
+        check_not_running(plan.resume_dir)
+        recorded = RunRecord.read(plan.resume_dir).get("tokenizer")
+        if recorded:
+            check_tokenizer_match(identity, recorded, f"run {plan.resume_dir.name}")
+    fixed = plan.init_from is not None or plan.resume_dir is not None
+    config.model = resolve_vocab(config.model, int(dataset.vocab_size), dataset.name, fixed)
+    if plan.resume_dir is not None:
+        check_resume_point(plan.resume_dir, config.train.steps)
+        config.run = plan.resume_dir.name
+    else:
+        config.run = config.run or generate_run_name(workspace, config)
+        check_new_run(workspace, config.run)
+    return dataclasses.replace(plan, config=config)
+
+
+def _private_copy(config: TrainingConfig) -> TrainingConfig:
+    return TrainingConfig.from_dict(config.to_dict())  # validated; the caller's stays untouched
+
+
+# ----------------------------------------------------------------------------- names
 
 
 def check_run_name(name: str) -> str:
-    if name in RESERVED_NAMES or not NAME_PATTERN.match(name) or len(name) > 200:
+    if name in RESERVED_NAMES or not is_valid_name(name):
         raise UsageError(
             f"invalid run name {name!r}",
             "use letters, digits, '.', '_' and '-' (not 'latest' or 'best'), starting with a letter or digit",
@@ -71,6 +198,29 @@ def check_new_run(workspace: Workspace, name: str) -> Path:
     return path
 
 
+def find_run(workspace: Workspace, spec: str | Path) -> Path:
+    """A run name, ``latest`` or a run directory (a ``Path``, or a directory holding a
+    ``config.toml``) -> the run directory."""
+    path = Path(spec)
+    if isinstance(spec, Path) or RunDir(path).config_file.is_file():
+        return path.resolve()
+    from lmforge.runs.names import resolve_run
+
+    return resolve_run(workspace, str(spec))
+
+
+def find_checkpoint(workspace: Workspace, spec: str | Path) -> Path:
+    """A checkpoint name (``lmforge.runs.names``) or a ``Path`` -> the checkpoint directory."""
+    if isinstance(spec, Path):
+        return spec
+    from lmforge.runs.names import resolve_checkpoint
+
+    return resolve_checkpoint(workspace, spec)
+
+
+# ----------------------------------------------------------------------------- resume
+
+
 def check_not_running(run_dir: Path) -> None:
     """Refuse to resume a run that a live process is still training."""
     from lmforge.runs.listing import run_info
@@ -102,9 +252,30 @@ def config_diff(old: dict[str, Any], new: dict[str, Any], keys=None) -> list[str
 
 def architecture_diff(old: TrainingConfig, new: TrainingConfig) -> list[str]:
     """Differences in the model's shape (dropout and gradient checkpointing may change)."""
-    shape = [("model", k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")]
-    shape.append(("model", "layer_norm_epsilon"))
-    return config_diff(old.to_dict(), new.to_dict(), shape)
+    return config_diff(old.to_dict(), new.to_dict(), [("model", k) for k in ARCHITECTURE_FIELDS])
+
+
+def _refuse_changes(run_dir: Path, saved: TrainingConfig, new: TrainingConfig, hint: str) -> TrainingConfig:
+    changed = architecture_diff(saved, new) + config_diff(saved.to_dict(), new.to_dict(), FIXED_ON_RESUME)
+    if changed:
+        raise ConfigError(
+            f"cannot resume run {run_dir.name!r} with a different architecture, tokenizer or data: "
+            + "; ".join(changed),
+            hint,
+        )
+    # padding is part of the saved optimizer state's shapes: the run keeps its own
+    model = dataclasses.replace(new.model, pad_vocab_multiple=saved.model.pad_vocab_multiple)
+    return dataclasses.replace(new, run=run_dir.name, model=model)
+
+
+def _saved_config(run_dir: Path) -> TrainingConfig:
+    path = RunDir(run_dir).config_file
+    if not path.is_file():
+        raise UsageError(
+            f"run {run_dir.name!r} has no {path.name}; it cannot be resumed",
+            "start a new run, or --init-from one of its checkpoints",
+        )
+    return TrainingConfig.from_toml(path)
 
 
 def resume_config(
@@ -112,39 +283,44 @@ def resume_config(
 ) -> TrainingConfig:
     """The config of the run in ``run_dir`` with ``preset`` and ``overrides`` applied; refused with
     a readable diff when they would change the architecture, the tokenizer or the data order."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise UsageError(
-            f"run {run_dir.name!r} has no {CONFIG_FILE}; it cannot be resumed",
-            "start a new run, or --init-from one of its checkpoints",
-        )
-    saved = TrainingConfig.from_toml(path)
+    saved = _saved_config(run_dir)
     overrides = dict(overrides or {})
     overrides.pop(("run",), None)
     preset = overrides.pop(("preset",), None) or preset
     new = apply_preset(saved, preset) if preset and preset != saved.preset else saved
     new = with_overrides(new, overrides) if overrides else new
-    changed = architecture_diff(saved, new) + config_diff(saved.to_dict(), new.to_dict(), FIXED_ON_RESUME)
-    if changed:
-        raise ConfigError(
-            f"cannot resume run {run_dir.name!r} with a different architecture, tokenizer or data: "
-            + "; ".join(changed),
-            "drop those options to resume, or start a new run from its weights with "
-            f"`--init-from {run_dir.name}:latest`",
+    hint = (
+        "drop those options to resume, or start a new run from its weights with "
+        f"`--init-from {run_dir.name}:latest`"
+    )
+    return _refuse_changes(run_dir, saved, new, hint)
+
+
+def check_resumed_config(run_dir: Path, config: TrainingConfig) -> TrainingConfig:
+    """A caller's own whole config for a resumed run: only the non-architecture fields may differ."""
+    hint = "resume with the run's own config (config=None), or start a new run with init_from"
+    return _refuse_changes(run_dir, _saved_config(run_dir), config, hint)
+
+
+def check_resume_point(run_dir: Path, steps: int) -> None:
+    """A resumed run needs a full checkpoint, short of ``steps``."""
+    from lmforge.checkpoint.store import latest_full
+
+    latest = latest_full(run_dir)
+    if latest is None:
+        raise UsageError(
+            f"run {run_dir.name!r} has no full checkpoint to resume from",
+            "it stopped before its first full checkpoint; start a new run (--init-from "
+            f"{run_dir.name}:latest uses its newest weights)",
         )
-    new.run = run_dir.name
-    return new
+    if latest.step >= steps:
+        raise UsageError(
+            f"run {run_dir.name!r} is already at step {latest.step} of {steps}",
+            f"raise --steps above {latest.step} to train further",
+        )
 
 
-ARCHITECTURE_FIELDS = (
-    "vocab_size",
-    "block_size",
-    "n_layer",
-    "n_head",
-    "n_embd",
-    "bias",
-    "layer_norm_epsilon",
-)
+# ----------------------------------------------------------------------------- init-from, vocabulary
 
 
 def init_config(
@@ -156,8 +332,6 @@ def init_config(
     """``config`` for a new run that starts from a checkpoint's weights: the architecture (and,
     unless given in ``overrides``, the preset name, dropout and gradient checkpointing) come from
     the checkpoint. An architecture option that disagrees with it is refused."""
-    import dataclasses
-
     saved = TrainingConfig.from_dict(checkpoint_meta["config"], source=f"{where}/meta.json")
     overrides = overrides or {}
     for name in ARCHITECTURE_FIELDS:
@@ -183,3 +357,29 @@ def init_config(
     )
     preset = config.preset if ("preset",) in overrides else saved.preset
     return dataclasses.replace(config, preset=preset, model=model)
+
+
+def resolve_vocab(model: ModelConfig, data_vocab: int, dataset: str, fixed: bool) -> ModelConfig:
+    """The model's vocabulary comes from the dataset's tokenizer unless ``fixed`` (a resumed or
+    initialised run's). A larger one is kept (e.g. 50304, padded for faster matmuls); a smaller
+    one cannot embed the data."""
+    vocab = model.vocab_size
+    if not fixed and vocab == _DEFAULT_VOCAB:
+        return dataclasses.replace(model, vocab_size=data_vocab)
+    if vocab < data_vocab:
+        where = "the checkpoint's" if fixed else "--vocab-size"
+        raise UsageError(
+            f"{where} vocabulary of {vocab} is smaller than the {data_vocab} token ids of "
+            f"dataset '{dataset}'",
+            "leave --vocab-size unset (it comes from the data), or use data of the model's tokenizer",
+        )
+    return model
+
+
+def pad_vocab(model: ModelConfig, device_type: str, resumed: bool) -> ModelConfig:
+    """``pad_vocab_multiple = 0`` ("auto"): padded rows on CUDA, none elsewhere; a resumed run
+    keeps what it was started with."""
+    if model.pad_vocab_multiple != 0 or resumed:
+        return model
+    multiple = CUDA_VOCAB_MULTIPLE if device_type == "cuda" else 1
+    return dataclasses.replace(model, pad_vocab_multiple=multiple)

@@ -1,0 +1,148 @@
+"""A training run's files besides its checkpoints, and its W&B run.
+
+``config.toml`` (written at each start), ``run.json`` (status and progress),
+``metrics.jsonl`` and ``samples.jsonl`` in the run directory (``RunDir``), and the
+W&B logger. Rank 0 writes them; on the other ranks a ``RunFiles(..., enabled=False)``
+writes nothing, so the loop has no rank branches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from lmforge.config import TrainingConfig
+from lmforge.errors import LmforgeError, UsageError
+from lmforge.runs.record import JsonlWriter, RunRecord, truncate_after
+from lmforge.train.state import Progress
+from lmforge.units import now_iso
+from lmforge.workspace import RunDir
+
+
+class RunFiles:
+    """The files of the run in ``run``; ``progress`` is what ``run.json`` keeps up to date."""
+
+    def __init__(self, run: RunDir, progress: Progress, *, enabled: bool) -> None:
+        from lmforge.observe.wandb_logger import NullLogger
+
+        self.run = run
+        self.progress = progress
+        self.enabled = enabled
+        self.logger = NullLogger()
+        self._record: RunRecord | None = None
+        self._metrics: JsonlWriter | None = None
+        self._samples: JsonlWriter | None = None
+
+    def create(self) -> None:
+        """The directory of a new run; one that appeared since the run was planned is refused."""
+        if not self.enabled:
+            return
+        try:
+            self.run.path.mkdir(parents=True, exist_ok=False)
+        except FileExistsError:
+            name = self.run.name
+            raise UsageError(f"run {name!r} already exists", f"continue it with --resume {name}") from None
+
+    def reopen(self) -> None:
+        """A resumed run, back at ``progress.step``: the records of the steps after it go
+        (they are trained again), and so do the leftovers of saves that crashed."""
+        if not self.enabled:
+            return
+        from lmforge.checkpoint.store import remove_stale_tmp
+
+        remove_stale_tmp(self.run.path)
+        for file in (self.run.metrics_file, self.run.samples_file):
+            truncate_after(file, self.progress.step)
+
+    def stored_wandb_id(self) -> str | None:
+        return RunRecord.read(self.run.path).get("wandb_id")
+
+    def open(self, config: TrainingConfig, record: dict[str, Any], on_warning: Callable[[str], None]) -> None:
+        """Write ``config.toml``, start ``run.json`` with ``record``, open the JSONL files and W&B."""
+        if not self.enabled:
+            return
+        from lmforge import __version__
+        from lmforge.fileio import write_text_atomic
+        from lmforge.observe.wandb_logger import make_logger
+
+        write_text_atomic(self.run.config_file, config.to_toml())
+        previous = RunRecord.read(self.run.path)
+        p = self.progress
+        self._record = RunRecord(
+            self.run.path,
+            {
+                "started_at": previous.get("started_at") or now_iso(),
+                "total_steps": config.train.steps,
+                **self._progress_fields(),
+                **record,
+                "wandb_id": p.wandb_id,
+                "lmforge_version": __version__,
+            },
+        )
+        self._record.update()
+        self._metrics = JsonlWriter(self.run.metrics_file)
+        self._samples = JsonlWriter(self.run.samples_file)
+        self.logger = make_logger(
+            config.logging.wandb,
+            run_dir=self.run.path,
+            project=config.logging.wandb_project,
+            name=self.run.name,
+            config=config.to_dict(),
+            run_id=p.wandb_id,
+            on_warning=on_warning,
+        )
+
+    def _progress_fields(self) -> dict[str, Any]:
+        p = self.progress
+        return {
+            "step": p.step,
+            "tokens": p.tokens,
+            "best_val_loss": p.best_val_loss,
+            "best_step": p.best_step,
+        }
+
+    def metric(self, record: dict[str, Any]) -> None:
+        if self._metrics is not None:
+            self._metrics.write(record)
+
+    def sample(self, prompt: str, text: str) -> None:
+        step = self.progress.step
+        if self._samples is not None:
+            self._samples.write({"step": step, "prompt": prompt, "text": text})
+        self.logger.log_sample(step, prompt, text)
+
+    def update(self, **fields: Any) -> None:
+        """``run.json`` with the current progress and ``fields`` (status, ended_at ...)."""
+        if self._record is not None:
+            self._record.update(**self._progress_fields(), **fields)
+
+    def finished(self, status: str) -> None:
+        p = self.progress
+        self.update(status=status, ended_at=now_iso())
+        self.logger.summary({"best_val_loss": p.best_val_loss, "best_step": p.best_step, "tokens": p.tokens})
+
+    def failed(self, exc: BaseException) -> None:
+        """Record why the run ended early; never raises (the original error is what matters)."""
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        message = exc.message if isinstance(exc, LmforgeError) else f"{type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):
+            self.update(
+                status="interrupted" if interrupted else "failed",
+                ended_at=now_iso(),
+                error=None if interrupted else message,
+            )
+        self._finish_logger(exit_code=1)
+
+    def close(self, exit_code: int) -> None:
+        for writer in (self._metrics, self._samples):
+            if writer is not None:
+                writer.close()
+        self._finish_logger(exit_code)
+
+    def _finish_logger(self, exit_code: int) -> None:
+        from lmforge.observe.wandb_logger import NullLogger
+
+        with contextlib.suppress(Exception):
+            self.logger.finish(exit_code=exit_code)
+        self.logger = NullLogger()

@@ -1,0 +1,183 @@
+"""What a full checkpoint holds besides the weights (``trainer.pt``), and saving and loading
+a run's checkpoints (``Checkpointer``).
+
+``TrainingState.state_dict()`` gathers the state of each component from the
+component itself: the optimizer (unsharded under FSDP), the fp16 loss scaler, the
+schedule, the data loader's position, every rank's RNG, the run's progress
+(``Progress``: step, tokens, best and last validation loss) and the bad-step
+counters (``lmforge.train.recovery.BadSteps``). ``load_state_dict`` hands each its
+part back. The keys are those ``trainer.pt`` has always had, so old checkpoints load.
+
+A resume restores everything; a rollback (``resume=False``) only the weights,
+optimizer, scaler, step, tokens and RNG: the data keeps moving past the bad batches
+and the run's own counters stay (so rollbacks stay bounded).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from lmforge import distributed as dist
+from lmforge.checkpoint import store as ckpt
+from lmforge.config import OptimizerConfig
+from lmforge.train.recovery import BadSteps
+from lmforge.train.rng import get_rng_state, restore_rank_rng
+from lmforge.workspace import RunDir
+
+
+@dataclass
+class Progress:
+    """How far the run is, and its validation-loss bookkeeping."""
+
+    step: int = 0
+    tokens: int = 0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    last_val_loss: float | None = None
+    last_eval_step: int | None = None
+    evals_since_best: int = 0  # early stopping's patience counts these
+    wandb_id: str | None = None
+
+    def add_eval(self, val_loss: float) -> bool:
+        """Record an evaluation at the current step; True when it is the best so far."""
+        self.last_val_loss, self.last_eval_step = val_loss, self.step
+        improved = math.isfinite(val_loss) and (self.best_val_loss is None or val_loss < self.best_val_loss)
+        if improved:
+            self.best_val_loss, self.best_step, self.evals_since_best = val_loss, self.step, 0
+        else:
+            self.evals_since_best += 1
+        return improved
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.best_val_loss, self.best_step = state.get("best_val_loss"), state.get("best_step")
+        self.last_val_loss, self.last_eval_step = state.get("last_val_loss"), state.get("last_eval_step")
+        self.evals_since_best = int(state.get("evals_since_best", 0))
+        self.wandb_id = state.get("wandb_id") or self.wandb_id
+
+
+@dataclass
+class TrainingState:
+    """The components of a run that ``trainer.pt`` holds; ``model`` is the one the optimizer
+    steps (FSDP-sharded or not), ``rank``/``seed`` say whose RNG state is restored and how
+    ranks that were not part of the saved run are seeded."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Any
+    loader: Any
+    progress: Progress
+    bad_steps: BadSteps
+    tokenizer: dict[str, Any]
+    rank: int
+    world_size: int
+    seed: int
+
+    def state_dict(self) -> dict[str, Any]:
+        """Called on every rank (collectives: the FSDP optimizer shards and the RNG states are
+        gathered); meaningful on rank 0."""
+        rng = dist.gather_objects(get_rng_state())
+        return {
+            "optimizer": dist.full_optimizer_state(self.model, self.optimizer),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            **self.progress.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": rng[0],
+            "rng_per_rank": rng,  # rank r resumes with rng_per_rank[r]
+            "loader": self.loader.state_dict(),
+            "tokenizer": self.tokenizer,
+            "bad_steps": self.bad_steps.state_dict(),
+            "world_size": self.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any], *, resume: bool = True) -> int:
+        """Put ``state`` back (all of it on ``resume``; see the module docstring for a rollback)
+        and return the number of processes that saved it."""
+        dist.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.progress.step, self.progress.tokens = int(state["step"]), int(state["tokens"])
+        restore_rank_rng(state, self.rank, seed=self.seed, step=self.progress.step)
+        saved_world = int(state.get("world_size") or 1)
+        if resume:
+            self.loader.load_state_dict(self.loader.position_from(state["loader"], saved_world))
+            self.progress.load_state_dict(state)
+            self.bad_steps.load_state_dict(state.get("bad_steps"))
+        return saved_world
+
+
+class Checkpointer:
+    """Saves the run's checkpoints into ``run`` and loads them back. Called on every rank at the
+    same steps (under FSDP the weights and optimizer are gathered: collectives); rank 0 writes.
+
+    ``meta`` holds the fields of ``meta.json`` that do not change during the run (config,
+    tokenizer, dataset); ``optim`` the optimizer settings that win over a checkpoint's own."""
+
+    def __init__(
+        self,
+        state: TrainingState,
+        run: RunDir,
+        meta: dict[str, Any],
+        *,
+        keep_last: int,
+        sharded: bool,
+        padded_vocab: int,
+        optim: OptimizerConfig,
+        device: torch.device,
+    ) -> None:
+        self.state, self.run, self.meta = state, run, meta
+        self.keep_last, self.sharded, self.padded_vocab = keep_last, sharded, padded_vocab
+        self.optim, self.device = optim, device
+        self.last_full_step: int | None = None  # in memory: every rank must agree, files may lag
+
+    def save(self, kind: str) -> Path | None:
+        """A ``full``, ``light`` or ``best`` checkpoint at the current step; its path on rank 0."""
+        p = self.state.progress
+        # FSDP: the weights are gathered from every rank's shards to rank 0 (a collective)
+        weights = dist.full_model_state(self.state.model) if self.sharded else self.state.model
+        trainer_state = self.state.state_dict() if kind == "full" else None
+        if kind == "full":
+            self.last_full_step = p.step
+        if self.state.rank != 0:
+            return None
+        path = self.run.checkpoint("best" if kind == "best" else f"step-{p.step}")
+        val_loss = p.last_val_loss if p.last_eval_step == p.step else None
+        meta = {"kind": kind, "run": self.run.name, "step": p.step, "tokens": p.tokens, "val_loss": val_loss}
+        ckpt.save_checkpoint(path, weights, meta | self.meta, trainer_state)
+        if kind != "best":
+            for old in ckpt.prunable(ckpt.list_checkpoints(self.run.path), self.keep_last):
+                shutil.rmtree(old.path, ignore_errors=True)
+        return path
+
+    def latest_full(self) -> Path | None:
+        latest = ckpt.latest_full(self.run.path)
+        return latest.path if latest else None
+
+    def load(self, path: Path, *, resume: bool = True) -> int:
+        """Load the full checkpoint at ``path`` (all of it on ``resume``; see the module
+        docstring for a rollback); returns the number of processes that saved it."""
+        from lmforge.train.optim import set_hyperparameters
+
+        model = self.state.model
+        weights = ckpt.load_state_dict(path)
+        if self.sharded:
+            full = ckpt.pad_vocab_rows(weights, self.padded_vocab)
+            full["lm_head.weight"] = full[ckpt.WTE_KEY]  # tied: the same tensor in the model
+            dist.load_full_model_state(model, full)
+        else:
+            ckpt.load_weights(model, weights, where=path)
+        saved_world = self.state.load_state_dict(ckpt.load_trainer_state(path), resume=resume)
+        set_hyperparameters(self.state.optimizer, self.optim, self.device)
+        self.last_full_step = self.state.progress.step
+        return saved_world
