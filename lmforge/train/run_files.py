@@ -9,6 +9,8 @@ writes nothing, so the loop has no rank branches.
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +107,32 @@ class RunFiles:
     def metric(self, record: dict[str, Any]) -> None:
         if self._metrics is not None:
             self._metrics.write(record)
+
+    def train_record(
+        self,
+        loss: float,
+        lr: float,
+        grad_norm: float,
+        tps: float,
+        mfu: float | None,
+        layer_norms: dict[str, float] | None = None,
+    ) -> None:
+        """A logging step's line in ``metrics.jsonl`` and its W&B values."""
+        step, tokens = self.progress.step, self.progress.tokens
+        record = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+        self.metric(record | {"tokens_per_sec": tps, "mfu": mfu, "tokens": tokens, "time": time.time()})
+        wb = {
+            "train/loss": loss,
+            "train/ppl": math.exp(min(loss, 50.0)),
+            "train/lr": lr,
+            "train/grad_norm": grad_norm,
+            "train/tokens_per_sec": tps,
+            "train/tokens": tokens,
+        }
+        if mfu is not None:
+            wb["train/mfu"] = mfu
+        wb.update({f"grad_norm/{k}": v for k, v in (layer_norms or {}).items()})
+        self.logger.log(wb, step=step)
 
     def sample(self, prompt: str, text: str) -> None:
         step = self.progress.step

@@ -22,7 +22,6 @@ every rank takes the same path through the loop. Checkpoints hold the full
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from lmforge import distributed as dist
 from lmforge.checkpoint import store as ckpt
@@ -41,10 +39,10 @@ from lmforge.observe.throughput import ThroughputMeter
 from lmforge.train.evaluation import Evaluation
 from lmforge.train.recovery import Recovery
 from lmforge.train.run_files import RunFiles
-from lmforge.train.setup import RunPlan, pad_vocab, plan_run, start_run
+from lmforge.train.setup import RunPlan, pad_vocab, plan_run, resolve_hardware, start_run
 from lmforge.train.signals import stop_on_signals
 from lmforge.train.state import Checkpointer, Progress, TrainingState
-from lmforge.train.step import StepOutcome, TrainStep
+from lmforge.train.step import StepOutcome, TrainStep, parallelize
 from lmforge.workspace import RunDir, Workspace
 
 # Per-layer gradient norms go to W&B at this multiple of the log interval.
@@ -79,7 +77,7 @@ class TrainingManager:
     ) -> None:
         from lmforge.data.dataset import TrainLoader, make_dataset
         from lmforge.data.store import open_dataset
-        from lmforge.device import TORCH_DTYPES, peak_flops, resolve_device, resolve_dtype
+        from lmforge.device import TORCH_DTYPES, peak_flops
         from lmforge.model.gpt import GPT
         from lmforge.train.optim import build_optimizer
         from lmforge.train.rng import derive_seed, seed_everything
@@ -118,19 +116,9 @@ class TrainingManager:
         self.tokenizer_identity = dict(self.dataset.tokenizer_identity)
 
         # --- device, precision
-        t = config.train
-        if t.threads > 0:
-            torch.set_num_threads(t.threads)
-        self.device = resolve_device(t.device)
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", group.local_rank)  # one GPU per process
-        self.dtype = resolve_dtype(t.dtype, self.device)
-        self.strategy = t.strategy if self.world_size > 1 else "single"
-        if self.strategy == "fsdp" and self.dtype == "fp16":
-            raise UsageError(
-                "--strategy fsdp does not support --dtype fp16 (its loss scaler sees only local shards)",
-                "use --dtype bf16 (or fp32), or --strategy ddp",
-            )
+        if config.train.threads > 0:
+            torch.set_num_threads(config.train.threads)
+        self.device, self.dtype, self.strategy = resolve_hardware(config, self.world_size, group.local_rank)
         config.model = pad_vocab(config.model, self.device.type, resumed=self.resume_dir is not None)
         if self.device.type == "cuda":
             # TF32 tensor cores for the fp32 matmuls that remain (Ampere+): ~8x faster, 10-bit mantissa
@@ -140,6 +128,7 @@ class TrainingManager:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
 
         # --- data loader
+        t = config.train
         block = config.model.block_size
         train_set = make_dataset(
             self.dataset.tokens("train"),
@@ -169,7 +158,9 @@ class TrainingManager:
             # dropout masks of their own; rank 0 goes on as a single process would
             seed_everything(derive_seed(t.seed, 0, self.rank))
         self.compiled = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
-        train_model = self._parallelize()  # FSDP shards in place: before the optimizer sees the parameters
+        train_model = parallelize(
+            self.model, self.strategy, compiled=self.compiled, dtype=self.dtype, device=self.device
+        )
         self.optimizer, self.param_counts = build_optimizer(self.model, config.optim, self.device)
         self.train_step = TrainStep(
             self.model,
@@ -240,20 +231,6 @@ class TrainingManager:
         self._tokenizer = None
         self._last_loss: float | None = None
         dist.barrier()  # every rank has read what it needs before rank 0 starts writing
-
-    def _parallelize(self) -> nn.Module:
-        """The module the training steps run: ``self.model`` compiled, wrapped in DDP, or sharded
-        in place with FSDP2. ``self.model`` stays the ``GPT`` that evaluation, samples and
-        checkpoints use (sharing its parameters; no "_orig_mod." or "module." prefixes)."""
-        if self.strategy == "fsdp":
-            if self.compiled:
-                dist.apply_compile(self.model, whole=False)
-            bf16 = torch.bfloat16 if self.dtype == "bf16" else None
-            return dist.apply_fsdp(self.model, mixed_precision=bf16)
-        model = dist.apply_compile(self.model) if self.compiled else self.model
-        if self.strategy == "ddp":
-            model = dist.apply_ddp(model, self.device)
-        return model
 
     @property
     def step(self) -> int:
@@ -393,22 +370,8 @@ class TrainingManager:
         tps, mfu = self.meter.read()
         sec_per_step = self.tokens_per_step / tps if tps > 0 else None
         eta = (total - step) * sec_per_step if sec_per_step else None
-        record = {"kind": "train", "step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm}
-        record |= {"tokens_per_sec": tps, "mfu": mfu, "tokens": tokens, "time": time.time()}
-        self.files.metric(record)
-        wb = {
-            "train/loss": loss,
-            "train/ppl": math.exp(min(loss, 50.0)),
-            "train/lr": lr,
-            "train/grad_norm": grad_norm,
-            "train/tokens_per_sec": tps,
-            "train/tokens": tokens,
-        }
-        if mfu is not None:
-            wb["train/mfu"] = mfu
-        if out.layer_norms:
-            wb.update({f"grad_norm/{k}": v.item() for k, v in out.layer_norms.items()})
-        self.files.logger.log(wb, step=step)
+        norms = {k: v.item() for k, v in out.layer_norms.items()} if out.layer_norms else None
+        self.files.train_record(loss, lr, grad_norm, tps, mfu, norms)
         self.reporter.step(StepStats(step, total, loss, lr, grad_norm, tps, mfu, tokens, eta, elapsed))
 
     # ------------------------------------------------------------------ evaluation and samples
