@@ -131,7 +131,7 @@ def test_zip_and_parquet_sources(data_ws, wikitext_dir, tmp_path):
 
 def test_tokenized_v1_variant_reads_tokens_files(data_ws, wikitext_dir):
     src, articles = wikitext_dir
-    with pytest.raises(DataError, match="-v1"):  # .raw files are not the -v1 variant's
+    with pytest.raises(UsageError, match="-v1"):  # .raw files are not the -v1 variant's
         prepare_dataset(data_ws, "wikitext-2-v1", source=src, tokenizer="bytes")
     for name in SPLIT_FILES.values():
         (src / name).rename(src / name.replace(".raw", ".tokens"))
@@ -143,7 +143,7 @@ def test_tokenized_v1_variant_reads_tokens_files(data_ws, wikitext_dir):
 def test_only_some_splits(data_ws, wikitext_dir):
     src, _ = wikitext_dir
     (src / "wiki.train.raw").unlink()
-    with pytest.raises(DataError) as exc:
+    with pytest.raises(UsageError) as exc:
         prepare_dataset(data_ws, "wikitext-2", source=src, tokenizer="bytes")
     assert "wiki.train.raw" in exc.value.message and "--splits validation,test" in exc.value.hint
     prepare_dataset(data_ws, "wikitext-2", source=src, tokenizer="bytes", splits="valid,test")
@@ -352,7 +352,7 @@ def test_unknown_name_and_source_errors(data_ws, tmp_path):
         prepare_dataset(data_ws, "wikitext-103", source=tmp_path / "nowhere", tokenizer="bytes")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "readme.md").write_text("x")
-    with pytest.raises(DataError, match="holds no WikiText") as exc:
+    with pytest.raises(UsageError, match="holds no WikiText") as exc:
         prepare_dataset(data_ws, "wikitext-103", source=tmp_path / "junk", tokenizer="bytes")
     assert "--source" in exc.value.hint
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lmforge.data import hub
 from lmforge.data.local import parquet_rows, parquet_split_files, parquet_text_bytes
-from lmforge.data.sources import SPLITS, Source, SplitSource, open_text, read_blocks
+from lmforge.data.sources import SPLITS, Source, SplitSource, normalize_split, open_text, read_blocks
 from lmforge.errors import DataError, UsageError
 
 WIKITEXT_HUB_ID = "Salesforce/wikitext"
@@ -134,7 +134,10 @@ def wikitext_source(name: str, source: str | os.PathLike | None, splits: list[st
         note = (
             f"; it has wiki.*{other} files, which belong to the {'-v1 (tokenized)' if raw else 'raw'} variant"
         )
-    raise DataError(
+    elif configs := _parquet_configs(path):
+        note = f"; it has parquet files for {', '.join(configs)}"
+    # a --source that holds something else is the user's mistake (exit 2), like a missing file
+    raise UsageError(
         f"--source {path} holds no WikiText: no wiki.{{train,valid,test}}{ext}, "
         f"zip, or {config}/*.parquet{note}",
         wikitext_source_hint(raw),
@@ -157,7 +160,9 @@ def _find_raw_folder(path: Path, ext: str) -> Path | None:
     return None
 
 
-def _missing_files_error(where: Path, missing: dict[str, str], found: list[str], present_splits) -> DataError:
+def _missing_files_error(
+    where: Path, missing: dict[str, str], found: list[str], present_splits
+) -> UsageError:
     names = ", ".join(f"{f} (split {s})" for s, f in missing.items())
     have = f"; it has {', '.join(found)}" if found else ""
     hint = (
@@ -165,7 +170,7 @@ def _missing_files_error(where: Path, missing: dict[str, str], found: list[str],
         if present_splits
         else "point --source at the folder that holds them"
     )
-    return DataError(f"--source {where} is missing {names}{have}", hint)
+    return UsageError(f"--source {where} is missing {names}{have}", hint)
 
 
 def _wikitext_files(folder: Path, ext: str, splits: list[str], raw: bool) -> Source:
@@ -216,15 +221,27 @@ def _wikitext_zip(path: Path, ext: str, splits: list[str], raw: bool) -> Source:
 
 
 def _find_parquet_config(path: Path, config: str) -> Path | None:
-    """The folder with ``config``'s parquet files: ``path`` itself, or ``path/config``,
-    or ``path/*/config`` (e.g. ``hf-parquet/wikitext/wikitext-103-raw-v1``)."""
-    candidates = [path, path / config, *sorted(path.glob(f"*/{config}"))]
-    for folder in candidates:
-        if folder.is_dir() and (any(folder.glob("*.parquet")) or any(folder.glob("*/*.parquet"))):
-            if folder == path and path.name != config and any(path.glob(f"*/{config}")):
-                continue
+    """The folder with ``config``'s parquet files: ``path`` itself, ``path/config`` (``path``
+    is the Hub repository's root, e.g. ``hf-parquet/wikitext``), or ``path/*/config`` (one
+    level above the root)."""
+    for folder in [path, path / config, *sorted(path.glob(f"*/{config}"))]:
+        if folder.is_dir() and _holds_split_parquet(folder):
             return folder
     return None
+
+
+def _holds_split_parquet(folder: Path) -> bool:
+    """Whether ``folder`` is one config's folder: ``{split}-*.parquet`` files, or
+    ``{split}/*.parquet``. A repository root also has ``*/*.parquet``, but its
+    subfolders are configs (``wikitext-2-raw-v1/``), not splits."""
+    if any(folder.glob("*.parquet")):
+        return True
+    return any(normalize_split(f.parent.name) in SPLITS for f in folder.glob("*/*.parquet"))
+
+
+def _parquet_configs(path: Path) -> list[str]:
+    """The config folders under a repository root ``path`` (for the error when the wanted one is absent)."""
+    return sorted({f.parent.name for f in path.glob("*/*.parquet") if _holds_split_parquet(f.parent)})
 
 
 def _wikitext_parquet(folder: Path, config: str, splits: list[str]) -> Source:

@@ -126,9 +126,9 @@ def test_errors_are_one_line_with_exit_codes(cli, wikitext_dir, tmp_path, worksp
         "does not",
     )
     (src / "wiki.train.raw").unlink()
-    check(
+    check(  # a source without the file is the user's mistake, as the README says: exit 2
         ["data", "prepare", "wikitext-2", "--source", str(src), "--tokenizer", "bytes"],
-        1,
+        2,
         "wiki.train.raw",
         "--splits validation,test",
     )
