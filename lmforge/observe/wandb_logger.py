@@ -5,6 +5,13 @@ prompts (no login calls, ``WANDB_SILENT``), and keeps its files in the run
 directory (``runs/<run>/wandb/``). ``auto`` logs online only when credentials
 exist (``WANDB_API_KEY`` or an ``api.wandb.ai`` entry in ``~/.netrc``) and
 offline otherwise; an online start that fails falls back to offline.
+
+The x-axis is lmforge's own ``step`` metric, never W&B's ``step=`` argument:
+W&B drops every ``log(step=s)`` below the highest step it has seen, which after
+a rollback or a resume from an older checkpoint would silently lose every
+point until training passes its old maximum. Logging without ``step=`` lets
+W&B's internal ``_step`` count log calls (monotonic, and continued by W&B on a
+resume), while the charts plot against ``step``, which may go back.
 """
 
 from __future__ import annotations
@@ -17,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 WANDB_HOST = "api.wandb.ai"
+
+# The metric every chart plots against: the optimizer step the values belong to.
+STEP_METRIC = "step"
 
 
 class NullLogger:
@@ -49,9 +59,11 @@ class WandbLogger(NullLogger):
         self.run_id = run.id
         self.mode = mode
         self._samples: list[list[Any]] = []
+        run.define_metric(STEP_METRIC)
+        run.define_metric("*", step_metric=STEP_METRIC)
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        self._run.log(metrics, step=step)
+        self._run.log({**metrics, STEP_METRIC: step})  # no step=: see the module docstring
 
     def log_sample(self, step: int, prompt: str, text: str) -> None:
         import wandb
@@ -59,7 +71,7 @@ class WandbLogger(NullLogger):
         # a W&B table cannot grow after it is logged: log the whole table each time
         self._samples.append([step, prompt, text])
         table = wandb.Table(columns=["step", "prompt", "text"], data=list(self._samples))
-        self._run.log({"samples": table}, step=step)
+        self.log({"samples": table}, step)
 
     def summary(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
