@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
+
 import pytest
 import torch
 
 from lmforge.config import ModelConfig, OptimizerConfig
 from lmforge.model.gpt import GPT
 from lmforge.train.optim import build_optimizer
+from lmforge.train.recovery import Recovery
 from lmforge.train.step import TrainStep
 
 
@@ -86,6 +90,51 @@ def test_an_fp16_overflow_is_skipped_and_lowers_the_scale():
     handle.remove()
     assert out.status == "overflow" and step.scaler.get_scale() < scale
     _assert_untouched(model, optimizer, snapshot)
+
+
+def _nan_loss(model):
+    return model.register_forward_hook(lambda m, args, out: (out[0], out[1] * float("nan")))
+
+
+def test_fp16_a_bad_step_is_skipped_then_training_goes_on():
+    model, optimizer, step = _setup(fp16_scaler=True)
+    step(_batches(), lr=1e-3)
+    scale = step.scaler.get_scale()
+    handle = _nan_loss(model)
+    assert step(_batches(), lr=1e-3).status == "bad"
+    handle.remove()
+    assert step.scaler.get_scale() == scale  # a NaN loss is not an overflow: the scale stays
+    before = [p.detach().clone() for p in model.parameters()]
+    assert step(_batches(), lr=1e-3).status == "ok"  # unscale_ no longer raises
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_fp16_bad_steps_roll_back_then_training_goes_on_as_if_they_never_happened():
+    model, optimizer, step = _setup(fp16_scaler=True)
+    twin, _, twin_step = _setup(fp16_scaler=True)
+    for s in (step, twin_step):
+        s(_batches(), lr=1e-3)
+    saved = copy.deepcopy((model.state_dict(), optimizer.state_dict(), step.scaler.state_dict()))
+    records, warnings = [], []
+    recovery = Recovery(2, records.append, warnings.append)
+    handle = _nan_loss(model)
+    due = [recovery.step_skipped(step(_batches(), lr=1e-3), step=1, tokens=64) for _ in range(2)]
+    handle.remove()
+    assert due == [False, True]
+
+    def restore(path):
+        model.load_state_dict(saved[0])
+        optimizer.load_state_dict(saved[1])
+        step.scaler.load_state_dict(saved[2])
+        return 1, 64
+
+    recovery.roll_back(Path("step-1"), 1, restore)
+    assert [r["kind"] for r in records] == ["bad_step", "bad_step", "rollback"]
+    assert step(_batches(), lr=1e-3).status == "ok"
+    assert twin_step(_batches(), lr=1e-3).status == "ok"
+    for a, b in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert step.scaler.get_scale() == twin_step.scaler.get_scale()
 
 
 def test_accumulation_equals_one_big_batch():

@@ -114,6 +114,11 @@ class TrainStep:
         if status != "bad":
             self.scaler.step(self.optimizer)  # skips the update itself on an fp16 overflow
             self.scaler.update()
+        elif self.scaler.is_enabled():
+            # unscale_ above marked this optimizer as unscaled until the next update(); without
+            # one the next step's unscale_ raises. Keep the scale: a non-finite loss is not an
+            # overflow, and a scale at or below 1 has nothing left to lower.
+            self.scaler.update(new_scale=self.scaler.get_scale())
         self.optimizer.zero_grad(set_to_none=True)
         return StepOutcome(loss_sum, grad_norm, status, norms, agreed_stop)
 
