@@ -41,6 +41,39 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc``); the
+    fallback sets and restores it, a moment in which another thread's new file would get 0."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``open``/``mkdir`` would
+    have (0666/0777 less the umask). ``tempfile.mkdtemp`` makes 0700 directories and
+    safetensors writes 0600 files through its own temporary file; renamed into place,
+    those modes would hide exports and checkpoints from everyone else on a shared machine."""
+    mask = current_umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    if root.is_file():
+        os.chmod(root, file_mode)
+        return
+    os.chmod(root, dir_mode)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(Path(parent, name), dir_mode)
+        for name in files:
+            os.chmod(Path(parent, name), file_mode)
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON and fsync it (for files inside a directory that is renamed into place later)."""
     with open(path, "w", encoding="utf-8") as fh:
@@ -134,6 +167,7 @@ def staged_dir(target: Path, *, replace: bool) -> Iterator[Path]:
             fsync_dir(Path(root))
         if not replace and (target.exists() or target.is_symlink()):
             raise FileExistsError(errno.EEXIST, "already exists", str(target))
+        apply_umask(tmp)
         install_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
