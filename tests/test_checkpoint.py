@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from lmforge.checkpoint import store as ckpt
+from lmforge.checkpoint.listing import CheckpointInfo, list_checkpoints
+from lmforge.checkpoint.prune import prunable
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.errors import CheckpointError
 from lmforge.model.gpt import GPT
@@ -82,7 +84,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert (target / "model.safetensors").read_bytes() == before
     assert ckpt.read_meta(target)["step"] == 10
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["best"]
-    assert [c.name for c in ckpt.list_checkpoints(tmp_path)] == ["best"]
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["best"]
 
 
 def test_full_disk_is_a_clear_error(tmp_path, monkeypatch):
@@ -109,7 +111,7 @@ def test_incomplete_directory_is_never_loaded_or_listed(tmp_path):
     (half / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes())
     with pytest.raises(CheckpointError, match="incomplete"):
         ckpt.load_model(half)
-    assert [c.name for c in ckpt.list_checkpoints(tmp_path)] == ["step-10"]
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["step-10"]
 
 
 def test_truncated_weights_are_reported(tmp_path):
@@ -141,7 +143,7 @@ def test_malicious_trainer_state_is_refused(tmp_path):
 
 
 def _info(name, kind, step):
-    return ckpt.CheckpointInfo(
+    return CheckpointInfo(
         path=__import__("pathlib").Path(name),
         run="r",
         name=name,
@@ -162,10 +164,10 @@ def test_prune_policy_keeps_best_and_newest_full():
         _info("step-400", "light", 400),
         _info("best", "best", 150),
     ]
-    assert [c.name for c in ckpt.prunable(cps, keep_last=2)] == ["step-200"]
-    assert [c.name for c in ckpt.prunable(cps, keep_last=1)] == ["step-200", "step-300"]
+    assert [c.name for c in prunable(cps, keep_last=2)] == ["step-200"]
+    assert [c.name for c in prunable(cps, keep_last=1)] == ["step-200", "step-300"]
     cps.append(_info("step-500", "full", 500))
-    assert [c.name for c in ckpt.prunable(cps, keep_last=2)] == ["step-100", "step-200", "step-300"]
+    assert [c.name for c in prunable(cps, keep_last=2)] == ["step-100", "step-200", "step-300"]
 
 
 def test_prune_in_a_run_leaves_fresh_temporary_dirs(tmp_path):
@@ -173,5 +175,5 @@ def test_prune_in_a_run_leaves_fresh_temporary_dirs(tmp_path):
     for step, kind in ((10, "full"), (20, "light"), (30, "light")):
         ckpt.save_checkpoint(tmp_path / "checkpoints" / f"step-{step}", model, _meta(model, kind, step), None)
     (tmp_path / "checkpoints" / ".tmp-step-40-abcd").mkdir()
-    names = [c.name for c in ckpt.prunable(ckpt.list_checkpoints(tmp_path), keep_last=1)]
+    names = [c.name for c in prunable(list_checkpoints(tmp_path), keep_last=1)]
     assert names == ["step-20"]

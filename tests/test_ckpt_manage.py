@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from lmforge.checkpoint.listing import list_checkpoints
 from lmforge.checkpoint.prune import delete_checkpoint, plan_prune
-from lmforge.checkpoint.store import list_checkpoints
 from lmforge.errors import UsageError
 from lmforge.workspace import Workspace
 

@@ -22,7 +22,8 @@ import torch
 import torch.distributed
 
 from lmforge import TrainingManager
-from lmforge.checkpoint.store import list_checkpoints, load_model, load_trainer_state, save_checkpoint
+from lmforge.checkpoint.listing import list_checkpoints
+from lmforge.checkpoint.store import load_model, load_trainer_state, save_checkpoint
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.model.gpt import GPT
 from lmforge.observe.reporting import Reporter

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from lmforge import TrainingConfig, TrainingManager
-from lmforge.checkpoint.store import list_checkpoints, load_trainer_state, read_meta, save_checkpoint
+from lmforge.checkpoint.listing import list_checkpoints
+from lmforge.checkpoint.store import load_trainer_state, read_meta, save_checkpoint
 from lmforge.errors import ConfigError, DataError, LmforgeError, NotFoundError, UsageError
 from lmforge.observe.reporting import Reporter
 

@@ -1,5 +1,6 @@
-"""Deleting checkpoints (``ckpt prune``): the plan (the keep-last policy of
-``prunable`` plus the safety rules) and the one helper that deletes a checkpoint directory.
+"""Retention: the keep-last policy (``prunable``, applied by the trainer after each save),
+the ``ckpt prune`` plan (that policy plus the safety rules), and the one helper that deletes
+a checkpoint directory.
 
 Never deleted: ``best``, the newest full checkpoint, anything that is a symlink or lies
 outside ``<workspace>/runs/<run>/checkpoints/``, and a directory that may still be being
@@ -15,7 +16,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lmforge.checkpoint.store import META_FILE, CheckpointInfo, list_checkpoints, prunable
+from lmforge.checkpoint.listing import CheckpointInfo, list_checkpoints
+from lmforge.checkpoint.store import META_FILE
 from lmforge.errors import UsageError
 from lmforge.fileio import TMP_PREFIX
 from lmforge.workspace import RunDir, Workspace
@@ -59,6 +61,17 @@ class PrunePlan:
             "keep": [c.to_dict() for c in self.keep],
             "refused": [i.to_dict() for i in self.refused],
         }
+
+
+def prunable(checkpoints: list[CheckpointInfo], keep_last: int) -> list[CheckpointInfo]:
+    """Which checkpoints the keep-last-N policy removes: all periodic checkpoints but the newest
+    ``keep_last``; never ``best`` and never the newest full checkpoint (the one a resume needs)."""
+    periodic = sorted((c for c in checkpoints if c.name != "best"), key=lambda c: c.step)
+    fulls = [c for c in periodic if c.kind == "full"]
+    keep = {c.path for c in periodic[-keep_last:]} if keep_last > 0 else set()
+    if fulls:
+        keep.add(fulls[-1].path)
+    return [c for c in periodic if c.path not in keep]
 
 
 def _tree_size_and_mtime(path: Path) -> tuple[int, float]:

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,8 @@ import torch.nn as nn
 
 from lmforge.config import TrainingConfig
 from lmforge.errors import CheckpointError, LmforgeError
-from lmforge.fileio import TMP_PREFIX, apply_umask, fsync_dir, fsync_file, install_dir, write_json_atomic
+from lmforge.fileio import TMP_PREFIX, fsync_dir, fsync_file, install_dir, write_json_atomic
 from lmforge.units import now_iso
-from lmforge.workspace import RunDir
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -44,26 +42,6 @@ TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
 TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight
 WTE_KEY = "transformer.wte.weight"
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """One complete checkpoint, as ``ckpt list`` shows it."""
-
-    path: Path
-    run: str
-    name: str  # "step-2000" or "best"
-    kind: str  # "light" | "full" | "best"
-    step: int
-    tokens: int
-    val_loss: float | None
-    size_bytes: int
-    created_at: str
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
 
 
 # ----------------------------------------------------------------------------- saving
@@ -139,7 +117,6 @@ def save_checkpoint(
         # meta.json last: its presence is what makes the directory a checkpoint
         write_json_atomic(tmp / META_FILE, full_meta)
         fsync_dir(tmp)
-        apply_umask(tmp)  # safetensors leaves model.safetensors 0600
         install_dir(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -276,67 +253,3 @@ def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise CheckpointError(f"{file} does not hold lmforge training state")
     return state
-
-
-# ------------------------------------------------------------------------- listing and the keep-last policy
-
-
-def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
-    """The complete checkpoints of a run, sorted by step (``best`` after a periodic one of the
-    same step). Incomplete and temporary directories are skipped."""
-    run_dir = Path(run_dir)
-    root = RunDir(run_dir).checkpoints_dir
-    if not root.is_dir():
-        return []
-    out = []
-    for d in root.iterdir():
-        if d.name.startswith(".") or not d.is_dir():
-            continue
-        try:
-            meta = read_meta(d)
-        except CheckpointError:
-            continue
-        out.append(
-            CheckpointInfo(
-                path=d,
-                run=meta.get("run") or run_dir.name,
-                name=d.name,
-                kind=meta["kind"],
-                step=int(meta.get("step", 0)),
-                tokens=int(meta.get("tokens", 0)),
-                val_loss=meta.get("val_loss"),
-                size_bytes=sum(f.stat().st_size for f in d.iterdir() if f.is_file()),
-                created_at=meta.get("created_at", ""),
-            )
-        )
-    out.sort(key=lambda c: (c.step, c.name == "best"))
-    return out
-
-
-def prunable(checkpoints: list[CheckpointInfo], keep_last: int) -> list[CheckpointInfo]:
-    """Which checkpoints the keep-last-N policy removes: all periodic checkpoints but the newest
-    ``keep_last``; never ``best`` and never the newest full checkpoint (the one a resume needs)."""
-    periodic = sorted((c for c in checkpoints if c.name != "best"), key=lambda c: c.step)
-    fulls = [c for c in periodic if c.kind == "full"]
-    keep = {c.path for c in periodic[-keep_last:]} if keep_last > 0 else set()
-    if fulls:
-        keep.add(fulls[-1].path)
-    return [c for c in periodic if c.path not in keep]
-
-
-def latest_full(run_dir: str | os.PathLike) -> CheckpointInfo | None:
-    """The newest full checkpoint of a run (what ``--resume`` continues from)."""
-    fulls = [c for c in list_checkpoints(run_dir) if c.kind == "full"]
-    return fulls[-1] if fulls else None
-
-
-def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete ``.tmp-*`` leftovers of saves that crashed (call only while holding the run)."""
-    root = RunDir(Path(run_dir)).checkpoints_dir
-    removed = []
-    if root.is_dir():
-        for d in root.iterdir():
-            if d.name.startswith(TMP_PREFIX):
-                shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)
-                removed.append(d)
-    return removed

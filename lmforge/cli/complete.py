@@ -26,7 +26,7 @@ def complete_run_names(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def complete_checkpoint_names(ctx: typer.Context, incomplete: str) -> list[str]:
     """Shell completion for CKPT: best, latest, RUN, and RUN:NAME once a run is typed."""
-    from lmforge.checkpoint.store import list_checkpoints
+    from lmforge.checkpoint.listing import list_checkpoints
 
     ws = _workspace(ctx)
     names = ["best", "latest", *ws.run_names()]

@@ -135,7 +135,7 @@ def run_info(run_dir: str | os.PathLike, metrics: Metrics | None = None) -> RunI
 def run_details(run_dir: str | os.PathLike, metrics: Metrics | None = None) -> dict[str, Any]:
     """What ``lmforge runs show`` prints: the run's row, its config's differences
     from its preset, a metrics summary and its checkpoints."""
-    from lmforge.checkpoint.store import list_checkpoints
+    from lmforge.checkpoint.listing import list_checkpoints
     from lmforge.errors import ConfigError
     from lmforge.runs.compare import changes_from_defaults
 

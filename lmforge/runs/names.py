@@ -29,7 +29,7 @@ from lmforge.runs.record import RunRecord
 from lmforge.workspace import RunDir
 
 if TYPE_CHECKING:
-    from lmforge.checkpoint.store import CheckpointInfo
+    from lmforge.checkpoint.listing import CheckpointInfo
     from lmforge.workspace import Workspace
 
 NAME_FORMS = "best, latest, RUN, RUN:best, RUN:latest, RUN:step-N or a checkpoint directory"
@@ -80,7 +80,7 @@ def _listing(names: list[str], limit: int = 12) -> str:
 
 
 def _checkpoints(run_dir: Path) -> list[CheckpointInfo]:
-    from lmforge.checkpoint.store import list_checkpoints
+    from lmforge.checkpoint.listing import list_checkpoints
 
     return list_checkpoints(run_dir)
 

@@ -26,12 +26,6 @@ from lmforge.fileio import write_json_atomic, write_text_atomic
 from lmforge.units import now_iso
 from lmforge.workspace import RunDir
 
-# The trainer still spells its paths with these; lmforge.workspace.RunDir replaces them.
-METRICS_FILE = "metrics.jsonl"
-SAMPLES_FILE = "samples.jsonl"
-RUN_FILE = "run.json"
-CONFIG_FILE = "config.toml"
-
 
 def _finite_or_none(value: Any) -> Any:
     # JSON has no NaN/Infinity; a bad step's loss is written as null

@@ -51,7 +51,7 @@ class RunFiles:
         (they are trained again), and so do the leftovers of saves that crashed."""
         if not self.enabled:
             return
-        from lmforge.checkpoint.store import remove_stale_tmp
+        from lmforge.checkpoint.listing import remove_stale_tmp
 
         remove_stale_tmp(self.run.path)
         for file in (self.run.metrics_file, self.run.samples_file):

@@ -304,7 +304,7 @@ def check_resumed_config(run_dir: Path, config: TrainingConfig) -> TrainingConfi
 
 def check_resume_point(run_dir: Path, steps: int) -> None:
     """A resumed run needs a full checkpoint, short of ``steps``."""
-    from lmforge.checkpoint.store import latest_full
+    from lmforge.checkpoint.listing import latest_full
 
     latest = latest_full(run_dir)
     if latest is None:

@@ -26,6 +26,8 @@ import torch.nn as nn
 
 from lmforge import distributed as dist
 from lmforge.checkpoint import store as ckpt
+from lmforge.checkpoint.listing import latest_full, list_checkpoints
+from lmforge.checkpoint.prune import prunable
 from lmforge.config import OptimizerConfig
 from lmforge.train.recovery import BadSteps
 from lmforge.train.rng import get_rng_state, restore_rank_rng
@@ -156,12 +158,12 @@ class Checkpointer:
         meta = {"kind": kind, "run": self.run.name, "step": p.step, "tokens": p.tokens, "val_loss": val_loss}
         ckpt.save_checkpoint(path, weights, meta | self.meta, trainer_state)
         if kind != "best":
-            for old in ckpt.prunable(ckpt.list_checkpoints(self.run.path), self.keep_last):
+            for old in prunable(list_checkpoints(self.run.path), self.keep_last):
                 shutil.rmtree(old.path, ignore_errors=True)
         return path
 
     def latest_full(self) -> Path | None:
-        latest = ckpt.latest_full(self.run.path)
+        latest = latest_full(self.run.path)
         return latest.path if latest else None
 
     def load(self, path: Path, *, resume: bool = True) -> int:

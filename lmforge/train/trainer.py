@@ -32,6 +32,7 @@ import torch
 
 from lmforge import distributed as dist
 from lmforge.checkpoint import store as ckpt
+from lmforge.checkpoint.listing import latest_full
 from lmforge.config import TrainingConfig
 from lmforge.errors import UsageError
 from lmforge.observe.reporting import Reporter, StepStats, TrainResult
@@ -431,7 +432,7 @@ class TrainingManager:
         from lmforge.observe.wandb_logger import new_run_id
 
         if self.resume_dir is not None:
-            latest = dist.broadcast_object(ckpt.latest_full(self.run_dir))
+            latest = dist.broadcast_object(latest_full(self.run_dir))
             self._restore(latest.path)
             self.resumed_from_step = self.progress.step
             self.files.reopen()

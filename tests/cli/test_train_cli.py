@@ -114,7 +114,8 @@ def test_sigterm_saves_a_full_checkpoint_and_exits_143(train_workspace, train_fl
     assert proc.returncode == 143, err
     assert "SIGTERM received" in err and "Training summary" in out and "interrupted" in out
 
-    from lmforge.checkpoint.store import list_checkpoints, load_trainer_state
+    from lmforge.checkpoint.listing import list_checkpoints
+    from lmforge.checkpoint.store import load_trainer_state
 
     run_dir = train_workspace / "runs" / "term"
     (full,) = [c for c in list_checkpoints(run_dir) if c.kind == "full"]
