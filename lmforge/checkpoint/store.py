@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from lmforge.config import TrainingConfig
 from lmforge.errors import CheckpointError, LmforgeError
-from lmforge.fileio import TMP_PREFIX, fsync_dir, fsync_file, install_dir, write_json_atomic
+from lmforge.fileio import TMP_PREFIX, apply_umask, fsync_dir, fsync_file, install_dir, write_json_atomic
 from lmforge.units import now_iso
 
 FORMAT_VERSION = 1
@@ -117,6 +117,7 @@ def save_checkpoint(
         # meta.json last: its presence is what makes the directory a checkpoint
         write_json_atomic(tmp / META_FILE, full_meta)
         fsync_dir(tmp)
+        apply_umask(tmp)  # safetensors leaves model.safetensors 0600
         install_dir(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
