@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -179,12 +181,40 @@ def test_tokenizer_from_identity_checks_the_hash(data_ws, tmp_path):
     assert tokenizer_from_identity(tok.identity, tokenizer_file=small).identity == tok.identity
 
 
-@pytest.mark.skipif(
-    not (tokmod.Path(__file__).parents[2] / "shared" / "tokenizers" / "gpt2.tiktoken").is_file(),
-    reason="needs ../shared/tokenizers/gpt2.tiktoken",
-)
+# GPT-2's real ranks file is not generated (1.6 MB, from the openai-whisper package): the test
+# that reads it looks where this variable says, else beside the clone in ../shared.
+GPT2_TIKTOKEN_ENV = "LMFORGE_TEST_GPT2_TIKTOKEN"
+
+
+def real_gpt2_file() -> Path:
+    """The real gpt2.tiktoken, or a skip that names the variable to set. A path set in the
+    variable that is not a file fails instead: a typo there must not pass as a skip."""
+    given = os.environ.get(GPT2_TIKTOKEN_ENV)
+    if given:
+        if not Path(given).is_file():
+            pytest.fail(f"{GPT2_TIKTOKEN_ENV}={given} is not a file")
+        return Path(given)
+    default = Path(__file__).resolve().parents[2] / "shared" / "tokenizers" / "gpt2.tiktoken"
+    if not default.is_file():
+        pytest.skip(f"needs GPT-2's gpt2.tiktoken: set {GPT2_TIKTOKEN_ENV}=PATH (not found at {default})")
+    return default
+
+
+def test_real_gpt2_file_lookup(tmp_path, monkeypatch):
+    monkeypatch.setenv(GPT2_TIKTOKEN_ENV, str(tmp_path / "missing.tiktoken"))
+    with pytest.raises(pytest.fail.Exception, match=f"{GPT2_TIKTOKEN_ENV}=.*missing.tiktoken is not a file"):
+        real_gpt2_file()
+    (tmp_path / "gpt2.tiktoken").write_text("x")
+    monkeypatch.setenv(GPT2_TIKTOKEN_ENV, str(tmp_path / "gpt2.tiktoken"))
+    assert real_gpt2_file() == tmp_path / "gpt2.tiktoken"
+    monkeypatch.delenv(GPT2_TIKTOKEN_ENV)
+    monkeypatch.setattr("pathlib.Path.is_file", lambda self: False)  # a clone that is not beside ../shared
+    with pytest.raises(pytest.skip.Exception, match=f"set {GPT2_TIKTOKEN_ENV}=PATH"):
+        real_gpt2_file()
+
+
 def test_real_gpt2_file():
-    path = tokmod.Path(__file__).parents[2] / "shared" / "tokenizers" / "gpt2.tiktoken"
+    path = real_gpt2_file()
     tok = get_tokenizer("gpt2", tokenizer_file=path, workspace=Workspace.resolve(path.parent))
     assert tok.encode("Hello world") == [15496, 995]
     assert (tok.eot_token, tok.vocab_size) == (50256, 50257)
