@@ -3,7 +3,8 @@
 Documents are grouped into batches of about a megabyte (``BATCH_BYTES``),
 encoded on ``num_proc`` worker processes (forked, on Linux) or threads
 (elsewhere: tiktoken releases the GIL while it encodes), and appended to the
-split's ``.bin`` file in order. At most ``2 * num_proc`` batches are in flight,
+split's ``.bin`` file in order (and, for the evaluation splits, the text itself to
+``.text``, with each document's offset in ``.docs.npy``). At most ``2 * num_proc`` batches are in flight,
 so memory does not grow with the corpus. ``SplitWriter`` also counts what
 ``meta.json`` records per split: tokens, documents, UTF-8 bytes, words and the
 text's sha256.
@@ -17,6 +18,7 @@ import os
 import signal
 import sys
 import warnings
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -176,10 +178,16 @@ def worth_parallel(split_bytes: Iterable[int | None]) -> bool:
 
 @dataclass
 class SplitWriter:
+    """One split's token file and what ``meta.json`` records of it. With ``keep_text``
+    the split's text is also written, as it was tokenized, to ``<split>.text`` beside
+    the token file; every split records the UTF-8 offset of each document (see
+    ``store.PreparedDataset.documents``)."""
+
     split: str
     path: Path
     dtype: np.dtype
     vocab_size: int
+    keep_text: bool = False
     tokens: int = 0
     documents: int = 0
     bytes: int = 0
@@ -188,9 +196,24 @@ class SplitWriter:
     def __post_init__(self) -> None:
         self._hash = hashlib.sha256()
         self._file = open(self.path, "wb")
+        self._text = open(self.text_path, "wb") if self.keep_text else None
+        self._doc_starts = array("q")  # 8 bytes a document: bounded even for millions of rows
 
-    def add_text(self, raw: bytes) -> None:
+    @property
+    def text_path(self) -> Path:
+        return self.path.with_suffix(".text")
+
+    @property
+    def offsets_path(self) -> Path:
+        return self.path.with_suffix(".docs.npy")
+
+    def add_text(self, raw: bytes, new_doc: bool = False) -> None:
+        if new_doc:
+            self.documents += 1
+            self._doc_starts.append(self.bytes)
         self._hash.update(raw)
+        if self._text is not None:
+            self._text.write(raw)
         self.bytes += len(raw)
 
     def write(self, result, nbytes: int, progress: PrepareProgress) -> None:
@@ -207,10 +230,19 @@ class SplitWriter:
         progress.advance(nbytes, int(tokens.size))
 
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+        for f in (self._file, self._text):
+            if f is not None and not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+
+    def write_offsets(self) -> None:
+        """``<split>.docs.npy``: int64 UTF-8 offset of each document's start, then the total."""
+        starts = np.array(self._doc_starts, dtype=np.int64)
+        with open(self.offsets_path, "wb") as f:
+            np.save(f, np.append(starts, np.int64(self.bytes)))
+            f.flush()
+            os.fsync(f.fileno())
 
     @property
     def sha256(self) -> str:
@@ -226,12 +258,10 @@ def _batches(documents: Iterable[str], writer: SplitWriter) -> Iterator[tuple[li
     for doc in documents:
         if not doc:
             continue
-        new_doc = not isinstance(doc, Continuation)
+        new_doc = not isinstance(doc, Continuation) or writer.documents == 0
         raw = doc.encode("utf-8")
         batch.append((raw, new_doc and writer.documents > 0))
-        if new_doc:
-            writer.documents += 1
-        writer.add_text(raw)
+        writer.add_text(raw, new_doc)
         nbytes += len(raw)
         size += len(raw)
         if size >= BATCH_BYTES:

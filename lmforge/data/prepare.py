@@ -169,9 +169,12 @@ def _write_splits(
         if split not in split_docs:
             continue
         part = split_docs[split]
-        writer = SplitWriter(split, tmp / f"{split}.bin", dtype, tok.vocab_size)
+        # the evaluation splits keep their text, so `eval --protocol harness` can score each
+        # document as lm-eval-harness does; train's text is left out (its size, and nothing reads it)
+        writer = SplitWriter(split, tmp / f"{split}.bin", dtype, tok.vocab_size, keep_text=split != "train")
         progress.start_split(split, part.total_bytes, part.description)
         write_split(part.documents(), writer, encoder, progress)
+        writer.write_offsets()
         if writer.tokens == 0:
             raise DataError(
                 f"split '{split}' of {part.description} is empty: no text to tokenize",
@@ -186,6 +189,8 @@ def _write_splits(
             "words": writer.words,
             "source": part.description,
             "sha256": writer.sha256,
+            "doc_offsets": writer.offsets_path.name,
+            **({"text": writer.text_path.name} if writer.keep_text else {}),
         }
         progress.end_split(split, split_meta[split])
     return split_meta

@@ -12,10 +12,18 @@ memory map. ``meta.json`` says how to read it and what it holds::
 ``bytes`` and ``words`` describe the source text (UTF-8 bytes, and
 ``len(text.split())``) so evaluation can report bits per byte and word-level
 perplexity.
+
+Since lmforge 0.1 each split also records ``"doc_offsets": "<split>.docs.npy"``
+(the UTF-8 offset of every document's start, then the total), and the
+validation and test splits keep their text as tokenized in ``"text":
+"<split>.text"``, so evaluation can rebuild the documents (``documents``).
+Both keys are optional: a dataset prepared before them still loads and trains;
+only what needs the documents asks for a new prepare.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +100,34 @@ class PreparedDataset:
                 f"dataset '{self.name}' has no '{split}' split (it has {have})",
                 f"prepare it with: lmforge data prepare {source} --as {self.name} --splits {wanted} --force",
             )
+
+    def documents(self, split: str) -> list[str]:
+        """The split's documents, exactly as they were tokenized (the text is checked
+        against the sha256 in ``meta.json``). A ``DataError`` that says how to get them
+        when the dataset does not keep them (train, or a dataset prepared before)."""
+        self._require(split)
+        entry = self.meta["splits"][split]
+        source = (self.meta.get("source") or {}).get("requested", self.name)
+        again = f"prepare it again: lmforge data prepare {source} --as {self.name} --force"
+        if "text" not in entry or "doc_offsets" not in entry:
+            why = (
+                "lmforge does not keep the text of a train split"
+                if split == "train" and "doc_offsets" in entry
+                else "it was prepared before lmforge kept the text of its documents"
+            )
+            raise DataError(
+                f"dataset '{self.name}' has no document text for split '{split}': {why}",
+                again if split != "train" else "evaluate a validation or test split (--split test)",
+            )
+        text_path, offsets_path = self.path / entry["text"], self.path / entry["doc_offsets"]
+        try:
+            raw = text_path.read_bytes()
+            offsets = np.load(offsets_path)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read the documents of split '{split}': {exc}", again) from None
+        if hashlib.sha256(raw).hexdigest() != entry.get("sha256") or offsets[-1] != len(raw):
+            raise DataError(f"{text_path} does not match {META_FILE} (changed or truncated)", again)
+        return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
     def tokens(self, split: str) -> np.memmap:
         """The split's token ids as a read-only memory map, checked against ``meta.json``:

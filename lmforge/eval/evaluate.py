@@ -18,8 +18,16 @@ that compare across tokenizers, both from the summed negative log-likelihood
   whitespace-separated words of the original text (the WikiText convention);
 * bits per byte ``NLL / ln 2 / bytes`` over the UTF-8 bytes of the original text.
 
+The end-of-text tokens that prepare put between documents are targets like any
+other in the token loss and perplexity (so they match the validation loss of
+training, which sees the same stream), but their NLL is left out of word
+perplexity and bits per byte: they stand for no word and no byte of the text.
+
 Both need the whole split to be scored: with ``max_tokens`` cutting the split
 short they are reported as ``None`` (with a note) rather than extrapolated.
+
+This is ``--protocol stream``; ``harness`` (lm-eval-harness's WikiText task,
+document by document) lives in ``harness``.
 
 Under ``torch.distributed`` each rank scores windows ``rank, rank + world_size,
 ...``; the NLL sums and token counts are summed with ``all_reduce``, so every
@@ -58,12 +66,18 @@ Progress = Callable[[int], None]
 ProgressFactory = Callable[[str, int], Progress]
 
 
+PROTOCOLS = ("stream", "harness")
+
+
 @dataclass(frozen=True)
 class EvalResult:
-    """Summed NLL (nats) and the number of targets it covers."""
+    """Summed NLL (nats) and the number of targets it covers; the part of both that
+    predicted an end-of-text token (``eot_token`` of ``evaluate_tokens``)."""
 
     loss_sum: float
     tokens: int
+    eot_loss_sum: float = 0.0
+    eot_tokens: int = 0
 
     @property
     def loss(self) -> float:
@@ -73,10 +87,20 @@ class EvalResult:
     def ppl(self) -> float:
         return perplexity(self.loss)
 
+    @property
+    def text_loss_sum(self) -> float:
+        """The NLL of the targets that are tokens of the text (end-of-text ones left out)."""
+        return self.loss_sum - self.eot_loss_sum
+
 
 @dataclass(frozen=True)
 class EvalRow:
-    """One line of ``lmforge eval``: one checkpoint on one split."""
+    """One line of ``lmforge eval``: one checkpoint on one split, under one protocol.
+
+    ``loss``/``ppl`` are per scored token (``tokens`` of them); under ``stream`` they
+    include the ``eot_tokens`` end-of-text targets between documents, which
+    ``text_nll`` (the NLL that ``word_ppl``, ``byte_ppl`` and ``bpb`` divide)
+    leaves out. Under ``harness`` no end-of-text token is ever predicted."""
 
     checkpoint: str
     split: str
@@ -86,9 +110,18 @@ class EvalRow:
     bpb: float | None
     tokens: int
     note: str | None = None
+    protocol: str = "stream"
+    byte_ppl: float | None = None
+    text_nll: float | None = None
+    eot_tokens: int = 0
+    documents: int | None = None
+
+    @property
+    def ppl_includes_eot(self) -> bool:
+        return self.eot_tokens > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"ppl_includes_eot": self.ppl_includes_eot}
 
 
 def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -159,6 +192,7 @@ def evaluate_tokens(
     rank: int = 0,
     world_size: int = 1,
     progress: Progress | None = None,
+    eot_token: int | None = None,
 ) -> EvalResult:
     """Sliding-window NLL of ``model`` over ``tokens`` (1-D ints: array, memmap, tensor, list).
 
@@ -167,6 +201,7 @@ def evaluate_tokens(
     the sums are all-reduced, otherwise the result is this rank's share (which is what
     a test of the reduction wants). ``progress(n)`` is called after each batch with the
     number of targets it scored. The model is put in eval mode and its mode restored.
+    With ``eot_token`` the NLL and count of the targets equal to it are also summed apart.
     """
     inner = unwrap_model(model)
     config = getattr(inner, "config", None)
@@ -200,6 +235,8 @@ def evaluate_tokens(
     mine += [None] * (per_rank - len(mine))
 
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    eot_sum = torch.zeros((), dtype=torch.float64, device=device)
+    eot_count = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     was_training = model.training
     model.eval()
@@ -210,9 +247,13 @@ def evaluate_tokens(
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 logits, _ = model(x)  # (B, T, vocab)
                 nll = F.cross_entropy(
-                    logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1, reduction="sum"
+                    logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1, reduction="none"
                 )
-                loss_sum += nll.double()  # stays on the device: no sync per batch
+                loss_sum += nll.sum().double()  # stays on the device: no sync per batch
+                if eot_token is not None:
+                    is_eot = y.view(-1) == eot_token
+                    eot_sum += (nll * is_eot).sum().double()
+                    eot_count += is_eot.sum().double()
                 scored = sum(end - first for (_, end, first) in filter(None, batch))
                 count += scored
                 if progress is not None and scored:
@@ -220,11 +261,12 @@ def evaluate_tokens(
     finally:
         model.train(was_training)
 
-    totals = torch.stack([loss_sum, torch.tensor(float(count), dtype=torch.float64, device=device)])
+    count_t = torch.tensor(float(count), dtype=torch.float64, device=device)
+    totals = torch.stack([loss_sum, count_t, eot_sum, eot_count])
     if world_size > 1:
         all_reduce_sum(totals)  # a no-op without a process group: this rank's share
-    loss_total, tokens_total = totals.tolist()  # one device-to-host sync for the whole evaluation
-    return EvalResult(loss_sum=loss_total, tokens=int(round(tokens_total)))
+    loss_total, tokens_total, eot_total, eots = totals.tolist()  # one device-to-host sync in all
+    return EvalResult(loss_total, int(round(tokens_total)), eot_total, int(round(eots)))
 
 
 def _as_array(tokens: Any) -> np.ndarray:
@@ -261,21 +303,24 @@ def split_row(
 ) -> EvalRow:
     """Token, word and byte level numbers for one split.
 
-    Word perplexity and bits per byte divide the NLL of the *whole* split by the
-    words/bytes of its source text; when fewer targets were scored than the split
-    has, they are None (scaling the counts by the fraction scored would be a guess).
+    Word perplexity and bits per byte divide the NLL of the *whole* split's text
+    tokens (the end-of-text targets left out) by the words/bytes of its source text;
+    when fewer targets were scored than the split has, they are None (scaling the
+    counts by the fraction scored would be a guess).
     """
     full = result.tokens >= split_tokens - 1
     words, nbytes = split_meta.get("words"), split_meta.get("bytes")
-    word_ppl = bpb = None
+    word_ppl = bpb = byte_ppl = None
     note = None
+    nll = result.text_loss_sum
     if not full:
         note = f"partial split ({result.tokens:,} of {split_tokens - 1:,} tokens): word ppl and bpb need all"
     else:
         if words:
-            word_ppl = perplexity(result.loss_sum / words)
+            word_ppl = perplexity(nll / words)
         if nbytes:
-            bpb = result.loss_sum / math.log(2) / nbytes
+            bpb = nll / math.log(2) / nbytes
+            byte_ppl = perplexity(nll / nbytes)
         if not words or not nbytes:
             note = "no word/byte counts in the dataset metadata"
     return EvalRow(
@@ -287,7 +332,21 @@ def split_row(
         bpb=bpb,
         tokens=result.tokens,
         note=note,
+        byte_ppl=byte_ppl,
+        text_nll=nll if full else None,
+        eot_tokens=result.eot_tokens,
+        documents=split_meta.get("documents"),
     )
+
+
+def check_splits(dataset: PreparedDataset, splits: Sequence[str]) -> None:
+    """Every split is checked before the first is scored, so a typo fails fast."""
+    for split in splits:
+        if split not in dataset.splits:
+            raise UsageError(
+                f"dataset '{dataset.name}' has no split '{split}' (it has: {', '.join(dataset.splits)})",
+                f"use --split {','.join(s for s in dataset.splits if s != 'train') or 'train'}",
+            )
 
 
 def evaluate(
@@ -315,12 +374,7 @@ def evaluate(
     block_size = context if block_size is None else block_size
     stride = max(1, block_size // 2) if stride is None else stride
     check_window(block_size, stride, batch_size, context)
-    for split in splits:
-        if split not in dataset.splits:
-            raise UsageError(
-                f"dataset '{dataset.name}' has no split '{split}' (it has: {', '.join(dataset.splits)})",
-                f"use --split {','.join(s for s in dataset.splits if s != 'train') or 'train'}",
-            )
+    check_splits(dataset, splits)
     rows = []
     for split in splits:
         tokens = dataset.tokens(split)
@@ -340,6 +394,7 @@ def evaluate(
             rank=rank,
             world_size=world_size,
             progress=advance,
+            eot_token=dataset.eot_token,
         )
         rows.append(split_row(checkpoint, split, result, dataset.split_meta(split), len(tokens)))
     return rows
@@ -351,6 +406,7 @@ def evaluate_checkpoint(
     *,
     data: str | None = None,
     splits: Sequence[str] = DEFAULT_SPLITS,
+    protocol: str = "stream",
     block_size: int | None = None,
     stride: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -362,12 +418,13 @@ def evaluate_checkpoint(
     progress: ProgressFactory | None = None,
 ) -> list[EvalRow]:
     """``lmforge eval SPEC``: resolve a checkpoint name, load it, evaluate it on its
-    dataset (or ``data``) after checking that the tokenizers match."""
+    dataset (or ``data``) under ``protocol`` after checking that the tokenizers match."""
     from lmforge.checkpoint.store import load_model
     from lmforge.data.store import check_tokenizer_match, open_dataset
     from lmforge.device import resolve_device, resolve_dtype
     from lmforge.runs.names import resolve_checkpoint
 
+    check_protocol(protocol, block_size=block_size, stride=stride, max_tokens=max_tokens)
     path = resolve_checkpoint(workspace, spec)
     dev = resolve_device(device)
     precision = resolve_dtype(dtype, dev)
@@ -376,18 +433,37 @@ def evaluate_checkpoint(
     dataset = open_dataset(workspace, name)
     if meta.get("tokenizer"):
         check_tokenizer_match(dataset.tokenizer_identity, meta["tokenizer"], f"checkpoint {spec}")
-    return evaluate(
-        model,
-        dataset,
+    common = dict(
         splits=splits,
         checkpoint=spec,
-        block_size=block_size,
-        stride=stride,
         batch_size=batch_size,
-        max_tokens=max_tokens,
         device=dev,
         dtype=precision,
         rank=rank,
         world_size=world_size,
         progress=progress,
     )
+    if protocol == "harness":
+        from lmforge.data.tokenizer import tokenizer_from_identity
+        from lmforge.eval.harness import evaluate_harness
+
+        check_splits(dataset, splits)
+        tokenizer = tokenizer_from_identity(dataset.tokenizer_identity, workspace=workspace)
+        return evaluate_harness(model, tokenizer, dataset, **common)
+    return evaluate(model, dataset, block_size=block_size, stride=stride, max_tokens=max_tokens, **common)
+
+
+def check_protocol(
+    protocol: str, *, block_size: int | None, stride: int | None, max_tokens: int | None
+) -> None:
+    """The one-line errors for an unknown protocol, or stream-only options under harness."""
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"unknown --protocol {protocol!r}", f"choose from {', '.join(PROTOCOLS)}")
+    if protocol == "harness":
+        options = {"--block-size": block_size, "--stride": stride, "--max-tokens": max_tokens}
+        given = [flag for flag, value in options.items() if value is not None]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} apply to --protocol stream only",
+                "the harness protocol scores whole documents in disjoint windows of the model's context",
+            )

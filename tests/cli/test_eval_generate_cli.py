@@ -104,12 +104,17 @@ def test_eval_json_rows(run_cli, ws_dir):
     for r in rows:
         meta = ds.split_meta(r["split"])
         assert r["tokens"] == meta["tokens"] - 1
-        assert r["word_ppl"] == pytest.approx(math.exp(r["loss"] * r["tokens"] / meta["words"]), rel=1e-6)
-        assert r["bpb"] == pytest.approx(r["loss"] * r["tokens"] / math.log(2) / meta["bytes"], rel=1e-6)
+        # the end-of-text tokens between documents count in loss/ppl, not in word ppl or bpb
+        assert r["protocol"] == "stream" and r["ppl_includes_eot"]
+        assert r["eot_tokens"] == meta["documents"] - 1
+        assert r["text_nll"] < r["loss"] * r["tokens"]
+        assert r["word_ppl"] == pytest.approx(math.exp(r["text_nll"] / meta["words"]), rel=1e-6)
+        assert r["bpb"] == pytest.approx(r["text_nll"] / math.log(2) / meta["bytes"], rel=1e-6)
     uniform = rows[2]
     assert uniform["ppl"] == pytest.approx(257, rel=1e-5)
+    text_tokens = uniform["tokens"] - uniform["eot_tokens"]
     assert uniform["bpb"] == pytest.approx(
-        math.log2(257) * uniform["tokens"] / ds.split_meta("validation")["bytes"], rel=1e-5
+        math.log2(257) * text_tokens / ds.split_meta("validation")["bytes"], rel=1e-5
     )
 
 

@@ -1,0 +1,276 @@
+"""``--protocol harness``: lm-eval-harness's ``wikitext`` task on lmforge's model and documents.
+
+The protocol, as lm-eval-harness defines it (``lm_eval/tasks/wikitext``:
+``output_type: loglikelihood_rolling``, scored by ``loglikelihood_rolling`` with
+``context_len=1``):
+
+1. one request per document (a WikiText article), its text passed through
+   ``wikitext_detokenizer``;
+2. the detokenized text is encoded and scored in rolling *disjoint* windows of
+   the model's context ``L``. The tokens are prefixed with the end-of-text
+   token: the first window predicts tokens ``0 .. L-1`` from
+   ``[eot] + tokens[:L-1]``, every later window predicts the next ``L`` tokens
+   from the ``L`` tokens before each, and a last, shorter window is shifted back
+   so that it still reads ``L`` tokens but scores only the tokens no window
+   scored. Every token of the document is predicted exactly once; nothing
+   predicts the end-of-text token;
+3. ``LL`` is a document's summed log-likelihood (nats). Over the split::
+
+       word_perplexity = exp(-ΣLL / Σwords)
+       byte_perplexity = exp(-ΣLL / Σbytes)
+       bits_per_byte   = -ΣLL / Σbytes / ln 2
+
+   with ``words = len(re.split(r"\\s+", page))`` and ``bytes = len(page.encode())``
+   of the *original* page, before detokenization (lm-eval's ``process_results``).
+   ``re.split`` counts an empty string at each end of a page that starts or
+   ends with whitespace, as lm-eval does; the numbers keep that.
+
+``score_pairs`` is the primitive under both this protocol and the lm-eval
+adapter (``lm_eval_adapter``): the log-likelihood of a continuation after a
+context, computed as lm-eval's Hugging Face model does (the last ``L + 1``
+tokens of context + continuation, logits of the continuation's positions, fp32
+log-softmax over the model's whole output, padded vocabulary rows included).
+
+Under ``torch.distributed`` each rank scores windows ``rank, rank + world_size,
+...`` (padded so every rank runs the same number of forward passes); the
+per-document sums are all-reduced, so every rank ends with the whole result.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.distributed import all_reduce_sum
+from lmforge.distributed import unwrap as unwrap_model
+from lmforge.eval.evaluate import EvalRow, autocast, check_window, sliding_windows
+from lmforge.units import perplexity
+
+if TYPE_CHECKING:
+    from lmforge.data.store import PreparedDataset
+    from lmforge.data.tokenizer import Tokenizer
+
+Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
+Progress = Callable[[int], None]
+
+
+# ----------------------------------------------------------------------------- WikiText's text
+
+
+def wikitext_detokenizer(page: str) -> str:
+    """WikiText's tokenized spacing undone, step for step as lm-eval's ``wikitext`` task
+    does it (the order matters: later rules see the output of earlier ones)."""
+    s = page
+    # contractions
+    s = s.replace("s '", "s'")
+    s = re.sub(r"/' [0-9]/", r"/'[0-9]/", s)  # a pattern that never matches real text; kept for parity
+    # number separators
+    s = s.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
+    # punctuation
+    for mark in (":", ";", ".", "!", "?", ","):
+        s = s.replace(f" {mark} ", f"{mark} ")
+    # brackets and quotes hug their contents
+    s = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", s)
+    s = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", s)
+    s = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", s)
+    s = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', s)
+    s = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", s)
+    # headings, degrees, line ends, numbers, possessives
+    s = s.replace("= = = =", "====").replace("= = =", "===").replace("= =", "==")
+    s = s.replace(" \u00b0 ", "\u00b0")
+    s = s.replace(" \n", "\n").replace("\n ", "\n")
+    s = s.replace(" N ", " 1 ")
+    s = s.replace(" 's", "'s")
+    return s
+
+
+def harness_words(page: str) -> int:
+    """Words of a page as lm-eval's ``wikitext`` counts them (see the module docstring)."""
+    return len(re.split(r"\s+", page))
+
+
+def harness_bytes(page: str) -> int:
+    return len(page.encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def rolling_pairs(tokens: Sequence[int], prefix: int, context: int) -> list[Pair]:
+    """A document's disjoint rolling windows as ``(context, continuation)`` pairs: the
+    windows of lm-eval's ``get_rolling_token_windows(context_len=1)`` after
+    ``make_disjoint_window``. Every token is in exactly one continuation."""
+    seq = [prefix, *tokens]  # seq[i + 1] is tokens[i]
+    pairs = []
+    # the stream protocol's windows over [prefix] + tokens with stride == block size are these
+    # windows: disjoint, and the last one shifted back to read a full block
+    for begin, end, first in sliding_windows(len(seq), context, context):
+        pairs.append((seq[begin : first + 1], seq[first + 1 : end + 1]))
+    return pairs
+
+
+def score_pairs(
+    model: nn.Module,
+    pairs: Sequence[Pair],
+    *,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    dtype: str = "fp32",
+    progress: Progress | None = None,
+) -> list[tuple[float, bool]]:
+    """``(log-likelihood, greedy)`` of each continuation after its context.
+
+    The model reads the last ``L + 1`` tokens of context + continuation minus the
+    last one (``L`` = its context); the continuation must fit in ``L`` tokens.
+    ``greedy`` is whether every continuation token is the model's argmax. Pairs are
+    run longest first and right-padded within a batch: a causal model's outputs at
+    the real positions do not see the padding. ``progress(n)``: n more tokens scored.
+    """
+    inner = unwrap_model(model)
+    context = inner.config.block_size
+    if device is None:
+        device = next(model.parameters()).device
+    device = torch.device(device)
+    rows = []
+    for i, (ctx, cont) in enumerate(pairs):
+        if not 1 <= len(cont) <= context:
+            raise ValueError(f"a continuation of {len(cont)} tokens does not fit a context of {context}")
+        full = [*ctx, *cont][-(context + 1) :]
+        rows.append((i, full[:-1], len(cont), full[-len(cont) :]))
+    order = sorted(rows, key=lambda r: -len(r[1]))
+    results: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), autocast(device, dtype):
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                width = len(batch[0][1])
+                x = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
+                y = torch.full((len(batch), width), -1, dtype=torch.long)  # -1: not scored
+                for b, (_, inp, n_cont, cont) in enumerate(batch):
+                    x[b, : len(inp)] = torch.tensor(inp)
+                    y[b, len(inp) - n_cont : len(inp)] = torch.tensor(cont)
+                x, y = x.to(device), y.to(device)
+                logits, _ = model(x)  # (B, T, vocab)
+                logits = logits.float()
+                nll = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-1, reduction="none")  # (B, T)
+                scored = y >= 0
+                greedy = ((logits.argmax(-1) == y) | ~scored).all(-1)  # (B,)
+                ll = (-nll * scored).sum(-1).double()
+                # .tolist(): one device-to-host sync per batch, for the per-request results
+                for (i, *_), value, g in zip(batch, ll.tolist(), greedy.tolist(), strict=True):
+                    results[i] = (value, bool(g))
+                if progress is not None:
+                    progress(int(sum(r[2] for r in batch)))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def rolling_loglikelihoods(
+    model: nn.Module,
+    documents: Sequence[Sequence[int]],
+    *,
+    prefix: int,
+    batch_size: int,
+    device: torch.device | str | None = None,
+    dtype: str = "fp32",
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Progress | None = None,
+) -> list[float]:
+    """Summed log-likelihood of each token list, in disjoint rolling windows of the
+    model's context after a ``prefix`` token (lm-eval's ``loglikelihood_rolling``).
+    Sharded over ranks as the module docstring says; an empty document scores 0."""
+    context = unwrap_model(model).config.block_size
+    windows = [(d, pair) for d, doc in enumerate(documents) for pair in rolling_pairs(doc, prefix, context)]
+    mine = windows[rank::world_size]
+    # every rank runs as many forward passes as the others (FSDP's forward is a collective)
+    per_rank = math.ceil(len(windows) / world_size) if windows else 0
+    padding = per_rank - len(mine)
+    if padding and windows:
+        mine = mine + [(-1, windows[0][1])] * padding
+    pairs = [pair for _, pair in mine]
+    scores = score_pairs(model, pairs, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+    if device is None:
+        device = next(model.parameters()).device
+    totals = torch.zeros(len(documents), dtype=torch.float64)
+    for (d, _), (ll, _) in zip(mine, scores, strict=True):
+        if d >= 0:
+            totals[d] += ll
+    if world_size > 1:
+        totals = totals.to(device)
+        all_reduce_sum(totals)  # a no-op without a process group: this rank's share
+    return totals.tolist()
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+
+def evaluate_harness(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    dataset: PreparedDataset,
+    *,
+    splits: Sequence[str],
+    checkpoint: str = "model",
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    dtype: str = "fp32",
+    rank: int = 0,
+    world_size: int = 1,
+    progress: Callable[[str, int], Progress] | None = None,
+) -> list[EvalRow]:
+    """One row per split: lm-eval's ``wikitext`` numbers on the split's documents.
+
+    Every split's documents are read before the first is scored, so a dataset that
+    does not keep them fails at once (with the command that fixes it)."""
+    context = unwrap_model(model).config.block_size
+    check_window(context, context, batch_size, context)
+    pages = {split: dataset.documents(split) for split in splits}
+    rows = []
+    for split in splits:
+        encoded = [tokenizer.encode(wikitext_detokenizer(page)) for page in pages[split]]
+        n_tokens = sum(len(t) for t in encoded)
+        advance = progress(f"{checkpoint} {split}", n_tokens) if progress else None
+        if advance is not None and world_size > 1:  # rank 0's share, scaled to the whole
+            advance = (lambda f: lambda n: f(n * world_size))(advance)
+        lls = rolling_loglikelihoods(
+            model,
+            encoded,
+            prefix=tokenizer.eot_token,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            rank=rank,
+            world_size=world_size,
+            progress=advance,
+        )
+        nll = -sum(lls)
+        words = sum(harness_words(p) for p in pages[split])
+        nbytes = sum(harness_bytes(p) for p in pages[split])
+        loss = nll / n_tokens if n_tokens else float("nan")
+        rows.append(
+            EvalRow(
+                checkpoint=checkpoint,
+                split=split,
+                loss=loss,
+                ppl=perplexity(loss),
+                word_ppl=perplexity(nll / words),
+                bpb=nll / math.log(2) / nbytes,
+                tokens=n_tokens,
+                protocol="harness",
+                byte_ppl=perplexity(nll / nbytes),
+                text_nll=nll,
+                eot_tokens=0,
+                documents=len(pages[split]),
+            )
+        )
+    return rows
