@@ -55,6 +55,11 @@ class Workspace:
     def tokenizers_dir(self) -> Path:
         return self.root / "tokenizers"
 
+    @property
+    def cache_dir(self) -> Path:
+        """Measurements worth keeping between commands (e.g. whether bf16 pays on this CPU)."""
+        return self.root / "cache"
+
     def dataset_dir(self, name: str) -> Path:
         return self.datasets_dir / name
 

@@ -21,7 +21,6 @@ refused instead of executed.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import uuid
@@ -31,15 +30,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from lmforge.checkpoint.meta import FORMAT_VERSION, META_FILE, MODEL_FILE, TRAINER_FILE, read_meta
 from lmforge.config import TrainingConfig
 from lmforge.errors import CheckpointError, LmforgeError
 from lmforge.fileio import TMP_PREFIX, apply_umask, fsync_dir, fsync_file, install_dir, write_json_atomic
 from lmforge.units import now_iso
 
-FORMAT_VERSION = 1
-MODEL_FILE = "model.safetensors"
-TRAINER_FILE = "trainer.pt"
-META_FILE = "meta.json"
 TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight
 WTE_KEY = "transformer.wte.weight"
 
@@ -134,31 +130,6 @@ def save_checkpoint(
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """``meta.json`` of a complete checkpoint (CheckpointError if missing or corrupt)."""
-    path = Path(path)
-    meta_path = path / META_FILE
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not meta_path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} is incomplete (no {META_FILE}); it was never finished",
-            "use another checkpoint (`lmforge ckpt list`)",
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is corrupt: {exc}") from exc
-    if not isinstance(meta, dict) or "config" not in meta or "kind" not in meta:
-        raise CheckpointError(f"{meta_path} is not lmforge checkpoint metadata")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {meta['format_version']}, newer than this lmforge reads",
-            "upgrade lmforge",
-        )
-    return meta
 
 
 def _check_sizes(path: Path, meta: dict[str, Any], names: tuple[str, ...]) -> None:

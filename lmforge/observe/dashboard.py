@@ -94,7 +94,14 @@ def describe_start(info: dict[str, Any]) -> str:
         parts.append(f"resumed at step {info['resumed_from_step']}")
     if info.get("init_from"):
         parts.append(f"weights from {info['init_from']}")
-    return "start " + " | ".join(parts)
+    line = "start " + " | ".join(parts)
+    if info.get("dtype_reason") or info.get("compile_reason"):
+        compiled = "on" if info.get("compile") else "off"
+        line += (
+            f"\nprecision {info['dtype']} ({info.get('dtype_reason', '')}) | "
+            f"compile {compiled} ({info.get('compile_reason', '')})"
+        )
+    return line
 
 
 class RichReporter(Reporter):

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.checkpoint.listing import CheckpointInfo, list_checkpoints
+from lmforge.checkpoint.meta import read_meta
 from lmforge.checkpoint.prune import PrunePlan, delete_checkpoint, plan_prune
-from lmforge.checkpoint.store import read_meta
 from lmforge.errors import LmforgeError, UsageError
 from lmforge.runs.metrics import read_metrics, train_metrics_at
 from lmforge.runs.names import resolve_run, runs_by_start

@@ -133,7 +133,7 @@ def _looks_like_path(spec: str) -> bool:
 
 
 def _from_path(spec: str) -> Path:
-    from lmforge.checkpoint.store import META_FILE, MODEL_FILE
+    from lmforge.checkpoint.meta import META_FILE, MODEL_FILE
 
     path = Path(spec).expanduser()
     if not path.exists():

@@ -385,22 +385,25 @@ def pad_vocab(model: ModelConfig, device_type: str, resumed: bool) -> ModelConfi
     return dataclasses.replace(model, pad_vocab_multiple=multiple)
 
 
-def resolve_hardware(config: TrainingConfig, world_size: int, local_rank: int) -> tuple[Any, str, str]:
-    """The device (one GPU per process), dtype and parallel strategy of a run: ``(torch.device,
-    "bf16" | "fp16" | "fp32", "single" | "ddp" | "fsdp")``."""
+def resolve_hardware(
+    config: TrainingConfig, world_size: int, local_rank: int, cache_dir: Path | None = None
+) -> tuple[Any, str, str, str]:
+    """The device (one GPU per process), dtype and parallel strategy of a run, and why that dtype:
+    ``(torch.device, "bf16" | "fp16" | "fp32", "single" | "ddp" | "fsdp", reason)``. ``cache_dir``
+    keeps the CPU's bf16 measurement between runs."""
     import torch
 
-    from lmforge.device import resolve_device, resolve_dtype
+    from lmforge.device import resolve_device, resolve_precision
 
     t = config.train
     device = resolve_device(t.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
-    dtype = resolve_dtype(t.dtype, device)
+    dtype, why = resolve_precision(t.dtype, device, cache_dir)
     strategy = t.strategy if world_size > 1 else "single"
     if strategy == "fsdp" and dtype == "fp16":
         raise UsageError(
             "--strategy fsdp does not support --dtype fp16 (its loss scaler sees only local shards)",
             "use --dtype bf16 (or fp32), or --strategy ddp",
         )
-    return device, dtype, strategy
+    return device, dtype, strategy, why

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,6 +60,7 @@ class TrainStep:
         max_grad_norm: float = 0.0,
         world_size: int = 1,
         sharded: bool = False,
+        eager_fallback: Callable[[Exception], nn.Module] | None = None,
     ) -> None:
         self.model = model
         self.train_model = train_model if train_model is not None else model
@@ -69,6 +71,9 @@ class TrainStep:
         self.max_norm = max_grad_norm or math.inf  # 0: no clipping
         self.world_size = world_size
         self.sharded = sharded
+        # A compiled train_model compiles on its first call; if that fails, eager_fallback(error)
+        # gives the module to use instead (once: later failures are real ones)
+        self.eager_fallback = eager_fallback
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -86,6 +91,19 @@ class TrainStep:
         not finite. ``stop_signal``: one this rank received, shared with the others."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        try:
+            loss_sum = self._forward_backward(batches)
+        except Exception as exc:  # torch.compile's errors have no common base class
+            fallback, self.eager_fallback = self.eager_fallback, None
+            if fallback is None:
+                raise
+            self.optimizer.zero_grad(set_to_none=True)  # a failed pass may have left gradients
+            self.train_model = fallback(exc)
+            loss_sum = self._forward_backward(batches)
+        self.eager_fallback = None
+        return self._finish(loss_sum, layer_norms, stop_signal)
+
+    def _forward_backward(self, batches: list[Batch]) -> torch.Tensor:
         model, n = self.train_model, len(batches)
         loss_sum = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(batches):
@@ -96,6 +114,9 @@ class TrainStep:
             loss = loss / n  # the mean over all micro-batches, as one big batch would give
             loss_sum += loss.detach()
             self.scaler.scale(loss).backward()
+        return loss_sum
+
+    def _finish(self, loss_sum: torch.Tensor, layer_norms: bool, stop_signal: int | None) -> StepOutcome:
         self.scaler.unscale_(self.optimizer)  # no-op unless fp16: clip the true gradients
         grad_norm = dist.clip_grad_norm(self.model, self.max_norm)
         norms = layer_grad_norms(self.model, self.sharded) if layer_norms else None

@@ -78,7 +78,7 @@ class TrainingManager:
     ) -> None:
         from lmforge.data.dataset import TrainLoader, make_dataset
         from lmforge.data.store import open_dataset
-        from lmforge.device import TORCH_DTYPES, peak_flops
+        from lmforge.device import TORCH_DTYPES, peak_flops, resolve_compile
         from lmforge.model.gpt import GPT
         from lmforge.train.optim import build_optimizer
         from lmforge.train.rng import derive_seed, seed_everything
@@ -119,7 +119,9 @@ class TrainingManager:
         # --- device, precision
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
-        self.device, self.dtype, self.strategy = resolve_hardware(config, self.world_size, group.local_rank)
+        self.device, self.dtype, self.strategy, self.dtype_reason = resolve_hardware(
+            config, self.world_size, group.local_rank, cache_dir=ws.cache_dir
+        )
         config.model = pad_vocab(config.model, self.device.type, resumed=self.resume_dir is not None)
         if self.device.type == "cuda":
             # TF32 tensor cores for the fp32 matmuls that remain (Ampere+): ~8x faster, 10-bit mantissa
@@ -158,7 +160,7 @@ class TrainingManager:
         if self.rank > 0:
             # dropout masks of their own; rank 0 goes on as a single process would
             seed_everything(derive_seed(t.seed, 0, self.rank))
-        self.compiled = t.compile == "on" or (t.compile == "auto" and self.device.type == "cuda")
+        self.compiled, self.compile_reason = resolve_compile(t.compile, self.device, self.dtype, t.steps)
         train_model = parallelize(
             self.model, self.strategy, compiled=self.compiled, dtype=self.dtype, device=self.device
         )
@@ -173,6 +175,9 @@ class TrainingManager:
             max_grad_norm=config.optim.max_grad_norm,
             world_size=self.world_size,
             sharded=self.strategy == "fsdp",
+            # one process: a failed compilation falls back to eager (FSDP compiles the blocks in
+            # place and DDP has wrapped the compiled module: there the error stands)
+            eager_fallback=self._compile_failed if self.compiled and self.strategy == "single" else None,
         )
         self.schedule = CosineSchedule(
             config.optim.lr, config.optim.min_lr, config.optim.warmup_steps, t.steps
@@ -457,13 +462,25 @@ class TrainingManager:
             "world_size": self.world_size,
             "strategy": self.strategy,
             "dtype": self.dtype,
+            "dtype_reason": self.dtype_reason,
             "compile": self.compiled,
+            "compile_reason": self.compile_reason,
             "tokens_per_step": self.tokens_per_step,
             "total_steps": self.config.train.steps,
             "resumed_from_step": self.resumed_from_step,
             "init_from": str(self.init_from) if self.init_from else None,
             "wandb": self.files.logger.mode,
         }
+
+    def _compile_failed(self, exc: Exception) -> torch.nn.Module:
+        """The first compiled step raised: warn once and train the plain module from now on."""
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        self.reporter.warning(
+            f"torch.compile failed ({type(exc).__name__}: {first}); training without compilation "
+            "(--compile off skips the attempt)"
+        )
+        self.compiled, self.compile_reason = False, f"compilation failed: {type(exc).__name__}"
+        return self.model
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Ask the loop to stop after the current step, as Ctrl-C does (for callers and tests)."""
