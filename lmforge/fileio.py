@@ -11,15 +11,22 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 TMP_PREFIX = ".tmp-"  # directories and files being written; never listed or loaded
+# what ``install_dir`` moved out of the way: the last good copy until the new one is in place
+SET_ASIDE_PREFIX = f"{TMP_PREFIX}old-"
+DELETING_PREFIX = f"{TMP_PREFIX}deleted-"  # what ``remove_dir`` is deleting
+# A save that fails with this little space left failed for want of space, whatever the
+# exception says (torch.save raises RuntimeError, safetensors SafetensorError, not OSError).
+LOW_SPACE_BYTES = 16 * 2**20
 
 
 def fsync_file(path: Path) -> None:
@@ -131,7 +138,7 @@ def install_dir(tmp: Path, target: Path, aside: Path | None = None) -> None:
     """
     old = None
     if target.exists() or target.is_symlink():
-        old = aside or target.parent / f"{TMP_PREFIX}old-{target.name}-{uuid.uuid4().hex[:8]}"
+        old = aside or target.parent / f"{SET_ASIDE_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}"
         os.rename(target, old)
     try:
         os.rename(tmp, target)
@@ -187,3 +194,145 @@ def pid_alive(pid: int | None) -> bool:
     except OSError:
         return False
     return True
+
+
+_SET_ASIDE = re.compile(rf"^{re.escape(SET_ASIDE_PREFIX)}(?P<name>.+)-[0-9a-f]{{8}}$")
+
+
+def restore_set_aside(parent: Path, is_complete: Callable[[Path], bool]) -> list[Path]:
+    """Put back what an ``install_dir`` that died between its two renames left aside: a
+    ``.tmp-old-<name>-<random>`` directory whose ``<name>`` no longer exists and that
+    ``is_complete`` accepts becomes ``<name>`` again (the newest, when several). Returns the
+    restored paths. Call only while holding whatever writes in ``parent``."""
+    candidates: dict[str, list[Path]] = {}
+    for entry in parent.iterdir() if parent.is_dir() else []:
+        m = _SET_ASIDE.match(entry.name)
+        if m and entry.is_dir() and not entry.is_symlink():
+            candidates.setdefault(m["name"], []).append(entry)
+    restored = []
+    for name, entries in sorted(candidates.items()):
+        target = parent / name
+        if target.exists() or target.is_symlink():
+            continue  # the replace finished; the old copy is garbage
+        good = [e for e in entries if is_complete(e)]
+        if good:
+            os.rename(max(good, key=lambda e: e.stat().st_mtime), target)
+            fsync_dir(parent)
+            restored.append(target)
+    return restored
+
+
+def set_aside_target(path: Path) -> str | None:
+    """The name ``path`` was set aside from by ``install_dir`` (``.tmp-old-<name>-<random>``)."""
+    m = _SET_ASIDE.match(path.name)
+    return m["name"] if m else None
+
+
+def remove_dir(path: Path) -> None:
+    """Delete the directory ``path`` so that no reader ever sees part of it: it is renamed to
+    a ``.tmp-deleted-*`` name first (one atomic step; nothing lists or loads ``.tmp-`` names),
+    then deleted. Killed part-way, it leaves a temporary name, never a damaged ``path``."""
+    doomed = path.parent / f"{DELETING_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    os.rename(path, doomed)
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def is_disk_full(exc: BaseException, where: Path) -> bool:
+    """Whether a failed write under ``where`` failed for want of space: an ``ENOSPC``/``EDQUOT``
+    anywhere in the exception's chain, or the filesystem nearly full right after the failure
+    (call before cleaning up). ``torch.save`` reports a full disk as ``RuntimeError ...
+    unexpected pos``, safetensors as ``SafetensorError``: neither is an ``OSError``."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the chain of causes, bounded
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    probe = Path(where)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return shutil.disk_usage(probe).free < LOW_SPACE_BYTES
+    except OSError:
+        return False
+
+
+class FileLock:
+    """An exclusive ``flock`` on the file ``path`` (created if missing), held until
+    ``release()`` or the end of the process: the kernel drops it when the process dies,
+    however it dies, so a lock never outlives its holder (unlike a pid, which is reused).
+
+    Where ``fcntl`` is missing (Windows) the lock is a no-op and ``acquire`` succeeds."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self, wait_s: float = 1.0) -> bool:
+        """Take the lock; False when another process holds it. Retries for ``wait_s``: a
+        reader probing with ``lock_held`` holds it for microseconds."""
+        import time
+
+        try:
+            import fcntl
+        except ImportError:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.02)
+                continue
+            self._fd = fd
+            return True
+
+    def file_removed(self) -> bool:
+        """True when the locked file was deleted (or its directory removed) since ``acquire``."""
+        if self._fd is None:
+            return False
+        try:
+            if os.fstat(self._fd).st_nlink == 0:
+                return True
+            return os.stat(self.path).st_ino != os.fstat(self._fd).st_ino
+        except OSError:
+            return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+
+def lock_held(path: Path) -> bool | None:
+    """Whether a live process holds ``FileLock(path)``; None when there is no lock file (or no
+    ``fcntl``), so the caller must judge some other way (e.g. ``pid_alive``)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also drops the shared lock just taken
+    return False

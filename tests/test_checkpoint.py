@@ -137,6 +137,7 @@ def test_malicious_trainer_state_is_refused(tmp_path):
         pickle.dump({"step": 10, "payload": _Exploit()}, fh, protocol=2)
     meta = json.loads((path / "meta.json").read_text())
     meta["files"]["trainer.pt"] = (path / "trainer.pt").stat().st_size
+    meta["sha256"]["trainer.pt"] = ckpt.sha256_file(path / "trainer.pt")  # a tamperer updates it too
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="refusing to load"):
         ckpt.load_trainer_state(path)

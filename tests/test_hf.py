@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lmforge.checkpoint.store import sha256_file
 from lmforge.config import ModelConfig
 from lmforge.errors import CheckpointError, ConfigError, UsageError
 from lmforge.interop import hf_config, hf_export, hf_import, hf_tokenizer, hf_weights
@@ -248,6 +249,7 @@ def test_malicious_trainer_state_is_refused(tmp_path, make_ckpt_run):
     torch.save({"step": 10, "x": _Payload(marker)}, ckpt / "trainer.pt")
     meta = json.loads((ckpt / "meta.json").read_text())
     meta["files"]["trainer.pt"] = (ckpt / "trainer.pt").stat().st_size  # so the size check passes
+    meta["sha256"]["trainer.pt"] = sha256_file(ckpt / "trainer.pt")  # a tamperer updates it too
     (ckpt / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="refusing"):
         load_trainer_state(ckpt)
@@ -316,6 +318,12 @@ def test_export_never_damages_an_existing_directory(tmp_path, make_ckpt_run, mon
     (out / "keep.txt").write_text("precious")
     with pytest.raises(UsageError, match="not empty"):
         hf_export.export_checkpoint(ckpt, out, "safetensors")
+    with pytest.raises(UsageError, match="not a previous export.*keep.txt"):
+        hf_export.export_checkpoint(ckpt, out, "safetensors", force=True)  # --force replaces exports only
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    first = hf_export.export_checkpoint(ckpt, out, "safetensors")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
 
     def disk_full(state_dict, meta, ckpt, out_dir):
         (out_dir / "half.bin").write_text("x")
@@ -326,7 +334,8 @@ def test_export_never_damages_an_existing_directory(tmp_path, make_ckpt_run, mon
         with pytest.raises(RuntimeError):
             hf_export.export_checkpoint(ckpt, out, "safetensors", force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ws"]
-    assert (out / "keep.txt").read_text() == "precious"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export is intact
     result = hf_export.export_checkpoint(ckpt, out, "safetensors", force=True)
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "model.safetensors"] == sorted(result.files)
+    assert sorted(result.files) == sorted(first.files)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ws"]

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.checkpoint.meta import read_meta
+from lmforge.checkpoint.store import read_meta
 from lmforge.errors import CheckpointError
-from lmforge.fileio import TMP_PREFIX
+from lmforge.fileio import TMP_PREFIX, restore_set_aside
 from lmforge.workspace import RunDir
 
 
@@ -77,11 +77,22 @@ def latest_full(run_dir: str | os.PathLike) -> CheckpointInfo | None:
     return fulls[-1] if fulls else None
 
 
+def _is_complete(path: Path) -> bool:
+    try:
+        read_meta(path)
+    except CheckpointError:
+        return False
+    return True
+
+
 def remove_stale_tmp(run_dir: str | os.PathLike) -> list[Path]:
-    """Delete ``.tmp-*`` leftovers of saves that crashed (call only while holding the run)."""
+    """Delete ``.tmp-*`` leftovers of saves that crashed (call only while holding the run).
+    First, a ``best`` that a save set aside and died before replacing is put back: the last
+    good ``best`` is restored, never deleted."""
     root = RunDir(Path(run_dir)).checkpoints_dir
     removed = []
     if root.is_dir():
+        restore_set_aside(root, _is_complete)
         for d in root.iterdir():
             if d.name.startswith(TMP_PREFIX):
                 shutil.rmtree(d, ignore_errors=True) if d.is_dir() else d.unlink(missing_ok=True)

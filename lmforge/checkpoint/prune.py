@@ -10,16 +10,15 @@ written (changed within ``STALE_INCOMPLETE_S``).
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lmforge.checkpoint.listing import CheckpointInfo, list_checkpoints
-from lmforge.checkpoint.meta import META_FILE
+from lmforge.checkpoint.store import META_FILE
 from lmforge.errors import UsageError
-from lmforge.fileio import TMP_PREFIX
+from lmforge.fileio import TMP_PREFIX, remove_dir, set_aside_target
 from lmforge.workspace import RunDir, Workspace
 
 STALE_INCOMPLETE_S = 3600.0  # a directory without meta.json untouched this long is a crashed save
@@ -72,6 +71,16 @@ def prunable(checkpoints: list[CheckpointInfo], keep_last: int) -> list[Checkpoi
     if fulls:
         keep.add(fulls[-1].path)
     return [c for c in periodic if c.path not in keep]
+
+
+def prune_keep_last(run_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Apply the keep-last policy to a run's checkpoints (the trainer, after each periodic
+    save); returns the deleted paths. Each goes through ``remove_dir``: a kill part-way leaves
+    a ``.tmp-`` name, never a checkpoint that still looks complete."""
+    doomed = prunable(list_checkpoints(run_dir), keep_last)
+    for c in doomed:
+        remove_dir(c.path)
+    return [c.path for c in doomed]
 
 
 def _tree_size_and_mtime(path: Path) -> tuple[int, float]:
@@ -130,8 +139,13 @@ def plan_prune(
         size, mtime = _tree_size_and_mtime(d) if not why else (0, now)
         reason = "leftover of a save that never finished"
         item = PruneItem(d, run.name, d.name, "incomplete", None, size, reason)
+        aside_from = set_aside_target(d)
         if why:
             refused.append(replace(item, reason=why))
+        elif aside_from and not (root / aside_from).exists() and (d / META_FILE).is_file():
+            # the last good copy of a checkpoint whose replacement crashed: a resume restores it
+            why_kept = f"the previous {aside_from!r}, set aside by a save that crashed"
+            refused.append(replace(item, reason=why_kept))
         elif now - mtime < STALE_INCOMPLETE_S:
             refused.append(replace(item, reason="may still be being written (changed within the hour)"))
         else:
@@ -151,5 +165,5 @@ def delete_checkpoint(workspace: Workspace, path: str | os.PathLike) -> int:
             f"refusing to delete {path}: {why}", "lmforge only deletes checkpoints inside its workspace"
         )
     size, _ = _tree_size_and_mtime(path)
-    shutil.rmtree(path)
+    remove_dir(path)
     return size

@@ -16,11 +16,17 @@ without ``meta.json`` is never loaded, listed or counted.
 ``trainer.pt`` holds only tensors and plain containers, so it loads with
 ``torch.load(weights_only=True)``: a file that needs code to unpickle is
 refused instead of executed.
+
+``meta.json`` records each file's size and SHA-256; a load checks both (flipped
+bytes are refused, not loaded) and refuses weights that are NaN or infinite.
+Hashing reads every byte: ``LMFORGE_SKIP_CHECKSUMS=1`` skips it for huge files
+(sizes are still checked). Checkpoints from before the checksums load on sizes.
 """
 
 from __future__ import annotations
 
-import errno
+import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -30,14 +36,26 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lmforge.checkpoint.meta import FORMAT_VERSION, META_FILE, MODEL_FILE, TRAINER_FILE, read_meta
 from lmforge.config import TrainingConfig
 from lmforge.errors import CheckpointError, LmforgeError
-from lmforge.fileio import TMP_PREFIX, apply_umask, fsync_dir, fsync_file, install_dir, write_json_atomic
+from lmforge.fileio import (
+    TMP_PREFIX,
+    apply_umask,
+    fsync_dir,
+    fsync_file,
+    install_dir,
+    is_disk_full,
+    write_json_atomic,
+)
 from lmforge.units import now_iso
 
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+TRAINER_FILE = "trainer.pt"
+META_FILE = "meta.json"
 TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight
 WTE_KEY = "transformer.wte.weight"
+SKIP_CHECKSUMS_ENV = "LMFORGE_SKIP_CHECKSUMS"  # "1": load without hashing (sizes still checked)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -102,37 +120,86 @@ def save_checkpoint(
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_FILE)
             fsync_file(tmp / TRAINER_FILE)
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
         full_meta = {
             "format_version": FORMAT_VERSION,
             **meta,
             "created_at": now_iso(),
             "lmforge_version": __version__,
-            "files": files,
+            **file_records(tmp),
         }
         # meta.json last: its presence is what makes the directory a checkpoint
         write_json_atomic(tmp / META_FILE, full_meta)
         fsync_dir(tmp)
         apply_umask(tmp)  # safetensors leaves model.safetensors 0600
         install_dir(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
+        # judged before the cleanup frees the space the failed write took
+        full = isinstance(exc, Exception) and is_disk_full(exc, path.parent)
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno == errno.ENOSPC:
+        if full:
             raise CheckpointError(
                 f"the disk is full: could not save the checkpoint {path}",
                 "free some space (e.g. `lmforge ckpt prune`) and resume; the previous checkpoint is intact",
             ) from exc
-        raise CheckpointError(f"could not save the checkpoint {path}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"could not save the checkpoint {path}: {exc}") from exc
         raise
     return path
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def file_records(directory: Path) -> dict[str, dict[str, Any]]:
+    """``meta.json``'s ``files`` (name -> bytes) and ``sha256`` (name -> hex digest) for the
+    files in ``directory`` but ``meta.json`` (read back from the page cache just after
+    writing: cheap next to the write)."""
+    names = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name != META_FILE)
+    return {
+        "files": {n: (directory / n).stat().st_size for n in names},
+        "sha256": {n: sha256_file(directory / n) for n in names},
+    }
 
 
 # ----------------------------------------------------------------------------- loading
 
 
-def _check_sizes(path: Path, meta: dict[str, Any], names: tuple[str, ...]) -> None:
+def read_meta(path: str | os.PathLike) -> dict[str, Any]:
+    """``meta.json`` of a complete checkpoint (CheckpointError if missing or corrupt)."""
+    path = Path(path)
+    meta_path = path / META_FILE
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if not meta_path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} is incomplete (no {META_FILE}); it was never finished",
+            "use another checkpoint (`lmforge ckpt list`)",
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is corrupt: {exc}") from exc
+    if not isinstance(meta, dict) or "config" not in meta or "kind" not in meta:
+        raise CheckpointError(f"{meta_path} is not lmforge checkpoint metadata")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {meta['format_version']}, newer than this lmforge reads",
+            "upgrade lmforge",
+        )
+    return meta
+
+
+def _verify(verify: bool | None) -> bool:
+    return os.environ.get(SKIP_CHECKSUMS_ENV, "") not in ("1", "true", "yes") if verify is None else verify
+
+
+def _check_files(path: Path, meta: dict[str, Any], names: tuple[str, ...], verify: bool | None) -> None:
+    """The sizes, and (``verify``; default: unless ``LMFORGE_SKIP_CHECKSUMS=1``) the SHA-256
+    digests ``meta.json`` recorded for ``names``; a checkpoint without digests (older than
+    them) is checked on sizes only."""
+    digests = meta.get("sha256") if isinstance(meta.get("sha256"), dict) else {}
     for name, size in meta.get("files", {}).items():
         if name not in names:
             continue
@@ -143,20 +210,39 @@ def _check_sizes(path: Path, meta: dict[str, Any], names: tuple[str, ...]) -> No
             raise CheckpointError(
                 f"checkpoint file {f} is truncated or changed ({f.stat().st_size} bytes, expected {size})"
             )
+        if _verify(verify) and name in digests and sha256_file(f) != digests[name]:
+            raise CheckpointError(
+                f"checkpoint file {f} is corrupt: its SHA-256 differs from the one recorded at save time",
+                "use another checkpoint (`lmforge ckpt list`); "
+                f"{SKIP_CHECKSUMS_ENV}=1 skips the check at your own risk",
+            )
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The stored weights of a checkpoint (without the tied head)."""
+def check_finite(state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Refuse weights holding NaN or infinity: they evaluate to ``nan`` and cannot sample."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(
+                f"{where} holds non-finite weights (NaN or infinity) in {name}",
+                "the training diverged before this save or the file was damaged; use an earlier checkpoint",
+            )
+
+
+def load_state_dict(path: str | os.PathLike, *, verify: bool | None = None) -> dict[str, torch.Tensor]:
+    """The stored weights of a checkpoint (without the tied head), checked against the sizes
+    and digests of ``meta.json`` (``verify``) and refused when not finite."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
     meta = read_meta(path)
-    _check_sizes(path, meta, (MODEL_FILE,))
+    _check_files(path, meta, (MODEL_FILE,), verify)
     try:
-        return load_file(str(path / MODEL_FILE))
+        state = load_file(str(path / MODEL_FILE))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint file {path / MODEL_FILE} is corrupt: {exc}") from exc
+    check_finite(state, path / MODEL_FILE)
+    return state
 
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path = "checkpoint") -> None:
@@ -203,7 +289,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     return model, config, meta
 
 
-def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
+def load_trainer_state(path: str | os.PathLike, *, verify: bool | None = None) -> dict[str, Any]:
     """``trainer.pt`` of a full checkpoint, loaded without running any pickled code."""
     path = Path(path)
     meta = read_meta(path)
@@ -213,7 +299,7 @@ def load_trainer_state(path: str | os.PathLike) -> dict[str, Any]:
             f"checkpoint {path} is a {meta.get('kind')} checkpoint without training state",
             "resume needs a full checkpoint; start a new run from these weights with --init-from",
         )
-    _check_sizes(path, meta, (TRAINER_FILE,))
+    _check_files(path, meta, (TRAINER_FILE,), verify)
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for code in the pickle, RuntimeError for corruption

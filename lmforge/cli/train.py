@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lmforge.cli.common import err_console, out_console, print_json, state, workspace
@@ -88,6 +89,7 @@ def train(
     )
     config = run_plan.config
     if dry_run:
+        _warn_if_not_prepared(ws, config.data.name)
         from lmforge.train.plan import plan
 
         report = plan(config, world_size=nproc or int(os.environ.get("WORLD_SIZE", 1)))
@@ -126,6 +128,22 @@ def train(
             out_console.print(summary_table(result))
     if result.exit_code:
         raise typer.Exit(result.exit_code)
+
+
+def _warn_if_not_prepared(ws, name: str) -> None:
+    """A dry run needs no data, but says so when the real run would stop at the dataset."""
+    from lmforge.data.store import open_dataset
+    from lmforge.errors import NotFoundError
+
+    try:
+        open_dataset(ws, name)
+    except NotFoundError as exc:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {escape(exc.message)}; a dry run needs no data, but a run "
+            f"would stop here: {escape(exc.hint or '')}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _without_nproc(args: list[str]) -> list[str]:

@@ -216,9 +216,28 @@ def open_dataset(workspace: Workspace, name: str) -> PreparedDataset:
         listing = f"prepared: {', '.join(known)}" if known else "no dataset is prepared yet"
         raise NotFoundError(
             f"unknown dataset '{name}' in {workspace.datasets_dir} ({listing})",
-            f"prepare it with: lmforge data prepare {name}",
+            unknown_dataset_hint(name, known),
         )
     return PreparedDataset(name, path, _read_meta(path, name))
+
+
+def unknown_dataset_hint(name: str, prepared: list[str]) -> str:
+    """What to do about a dataset ``name`` that is not prepared: prepare it when ``data
+    prepare`` knows the name; else the closest prepared name (a typo: ``wikitext2``); else
+    the closest name ``data prepare`` knows; else how to prepare a corpus under that name."""
+    import difflib
+
+    from lmforge.data.wikitext import WIKITEXT_VARIANTS, canonical_wikitext_name
+
+    if canonical_wikitext_name(name) or "/" in name or Path(name).expanduser().exists():
+        return f"prepare it with: lmforge data prepare {name}"
+    close = difflib.get_close_matches(name, prepared, n=1, cutoff=0.75)
+    if close:
+        return f"did you mean '{close[0]}'? `lmforge data list` shows the prepared datasets"
+    known = difflib.get_close_matches(name.lower(), list(WIKITEXT_VARIANTS), n=1, cutoff=0.75)
+    if known:
+        return f"did you mean '{known[0]}'? Prepare it with: lmforge data prepare {known[0]}"
+    return f"prepare a corpus under this name with: lmforge data prepare FILE-OR-HUB-ID --as {name}"
 
 
 def list_datasets(workspace: Workspace, errors: list[tuple[str, str]] | None = None) -> list[PreparedDataset]:

@@ -9,7 +9,9 @@ tokenizer identity, training config), so an import gets it all back.
 
 Either way the directory is built beside ``--out`` and renamed into place
 (``fileio.staged_dir``): a failure never leaves half an export or damages what
-``--out`` held.
+``--out`` held. ``--force`` replaces only a previous export (a directory holding
+nothing but the files an export writes), never the workspace, a directory above it,
+a home directory or a directory with other files.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import torch
 from lmforge import __version__
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.errors import LmforgeError, UsageError
-from lmforge.fileio import staged_dir, write_json
+from lmforge.fileio import is_disk_full, staged_dir, write_json
 from lmforge.interop.hf_config import HF_CONFIG, hf_config
-from lmforge.interop.hf_tokenizer import hf_tokenizer_files
+from lmforge.interop.hf_tokenizer import MERGES_TXT, VOCAB_JSON, hf_tokenizer_files
 from lmforge.interop.hf_weights import HF_SAFETENSORS, to_hf_state_dict
 from lmforge.units import now_iso
 
@@ -72,22 +74,78 @@ def export_checkpoint(
     ckpt = Path(checkpoint)
     read_meta(ckpt)  # a damaged checkpoint fails here, before --out is looked at
     out = Path(out).expanduser().absolute()
-    _check_out(out, ckpt, force)
-    # --out was checked above (empty, or --force): whatever it holds now is replaced
+    _check_out(out, ckpt, force, workspace)
+    # --out was checked above (empty, or a previous export and --force): it is replaced
     with staged_dir(out, replace=True) as tmp:
-        model, config, meta = load_model(ckpt, device="cpu")
-        state_dict = model_state(model)  # without the tied head and any padded vocabulary rows
-        if format == "hf":
-            notes = _export_hf(state_dict, config, meta, ckpt, tmp, workspace)
-        else:
-            notes = _export_safetensors(state_dict, meta, ckpt, tmp)
+        try:
+            model, config, meta = load_model(ckpt, device="cpu")
+            state_dict = model_state(model)  # without the tied head and any padded vocabulary rows
+            if format == "hf":
+                notes = _export_hf(state_dict, config, meta, ckpt, tmp, workspace)
+            else:
+                notes = _export_safetensors(state_dict, meta, ckpt, tmp)
+        except Exception as exc:
+            # judged here, before staged_dir deletes what the failed write took
+            if isinstance(exc, LmforgeError) or not is_disk_full(exc, tmp):
+                raise
+            raise LmforgeError(
+                f"the disk is full: could not export to {out}",
+                "free some space and export again; --out was left as it was",
+            ) from exc
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
     return ExportResult(out, format, files, notes)
 
 
-def _check_out(out: Path, ckpt: Path, force: bool) -> None:
+def _export_file_names() -> frozenset[str]:
+    """Every name an export of either format writes (a directory holding only these, with
+    the weights, is a previous export that ``--force`` may replace)."""
+    from lmforge.checkpoint.store import META_FILE, MODEL_FILE
+
+    tokenizer = {VOCAB_JSON, MERGES_TXT, "tokenizer_config.json", "special_tokens_map.json"}
+    return frozenset(
+        {HF_CONFIG, HF_SAFETENSORS, GENERATION_CONFIG, LMFORGE_JSON, META_FILE, MODEL_FILE, *tokenizer}
+    )
+
+
+def _home_dirs() -> set[Path]:
+    homes = {Path.home()}
+    try:
+        import pwd  # every user's home, not only ours (absent on Windows)
+
+        homes |= {Path(u.pw_dir) for u in pwd.getpwall() if u.pw_dir not in ("", "/")}
+    except (ImportError, OSError):
+        pass
+    return {h.resolve() for h in homes}
+
+
+def _not_replaceable(out: Path, workspace: Workspace | None) -> str | None:
+    """Why ``--force`` must not replace the existing, non-empty directory ``out``, or None
+    when it is a previous export."""
+    from lmforge.workspace import Workspace
+
+    resolved = out.resolve()
+    ws = (workspace or Workspace.resolve()).root.resolve()
+    if ws.is_relative_to(resolved):
+        return (
+            f"it is the lmforge workspace {ws}" if ws == resolved else f"it holds the lmforge workspace {ws}"
+        )
+    for home in _home_dirs():
+        if home.is_relative_to(resolved):
+            return "it is a home directory" if home == resolved else f"it holds the home directory {home}"
+    known = _export_file_names()
+    others = sorted(p.name for p in out.iterdir() if p.name not in known or p.is_symlink() or not p.is_file())
+    if others:
+        shown = ", ".join(others[:5]) + (f" (+{len(others) - 5} more)" if len(others) > 5 else "")
+        return f"it holds files that are not from an export: {shown}"
+    if not (out / HF_SAFETENSORS).is_file():
+        return "it holds no exported model.safetensors"
+    return None
+
+
+def _check_out(out: Path, ckpt: Path, force: bool, workspace: Workspace | None = None) -> None:
     """Refuse an ``out`` that is a file, that is or holds the checkpoint being exported
-    (replacing it would delete the source), or that is not empty without ``force``."""
+    (replacing it would delete the source), or that is not empty without ``force``; with
+    ``force``, one that is not a previous export (``_not_replaceable``)."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a directory", "pass a directory path")
     source = ckpt.resolve()
@@ -95,10 +153,17 @@ def _check_out(out: Path, ckpt: Path, force: bool) -> None:
         raise UsageError(
             f"--out {out} would replace the checkpoint it is exported from", "pick another --out"
         )
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UsageError(
-            f"--out {out} is not empty", "pass --force to replace it, or pick an empty directory"
-        )
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UsageError(
+                f"--out {out} is not empty", "pass --force to replace it, or pick an empty directory"
+            )
+        why = _not_replaceable(out, workspace)
+        if why:
+            raise UsageError(
+                f"--out {out} is not a previous export, so --force will not replace it: {why}",
+                "pick an empty or new directory for --out",
+            )
 
 
 def write_hf_dir(
@@ -202,16 +267,16 @@ def _export_safetensors(
 ) -> list[str]:
     from safetensors.torch import save_file
 
-    from lmforge.checkpoint.store import META_FILE, MODEL_FILE
+    from lmforge.checkpoint.store import META_FILE, MODEL_FILE, file_records
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     small = {"config": json.dumps(meta.get("config")), "tokenizer": json.dumps(meta.get("tokenizer"))}
     save_file(tensors, str(out_dir / MODEL_FILE), metadata={"format": "pt", **small})
     new_meta = {
-        **{k: v for k, v in meta.items() if k != "files"},
+        **{k: v for k, v in meta.items() if k not in ("files", "sha256")},
         "kind": "light",
         "exported_from": _source_info(meta, ckpt),
-        "files": {MODEL_FILE: (out_dir / MODEL_FILE).stat().st_size},
+        **file_records(out_dir),  # the sizes and digests of this export's own weights
     }
     write_json(out_dir / META_FILE, new_meta)
     return []

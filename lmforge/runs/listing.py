@@ -7,19 +7,21 @@ evaluation) and ``checkpoints/``. Everything here only reads those files,
 except :func:`remove_run`.
 
 Status. ``run.json`` says ``running``, ``finished``, ``interrupted`` (Ctrl-C or
-SIGTERM: a full checkpoint was saved) or ``failed``. A run whose ``run.json``
+SIGTERM: a full checkpoint was saved), ``aborted`` (a second Ctrl-C: stopped at once,
+nothing saved) or ``failed``. A run whose ``run.json``
 still says ``running`` but whose process is gone (killed with SIGKILL, by the
 OOM killer, or a machine reset, so nothing could record the end) is reported
 as ``stale``: it can be resumed from its last full checkpoint like an
-interrupted run. The pid is only checked when the run was started on this
-host (``run.json``'s ``host``, when the trainer records it); a run started
-elsewhere keeps the status it recorded.
+interrupted run. Alive means the trainer still holds its lock on the run
+directory (``RunDir.lock_file``, an ``flock`` the kernel drops when the process
+dies; runs older than the lock: its pid is alive). This is only checked when the
+run was started on this host (``run.json``'s ``host``, when the trainer records
+it); a run started elsewhere keeps the status it recorded.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -27,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import NotFoundError, UsageError
-from lmforge.fileio import pid_alive
+from lmforge.fileio import lock_held, pid_alive, remove_dir
 from lmforge.runs.metrics import Metrics, finite, read_metrics, summarize_metrics
 from lmforge.runs.record import RunRecord, read_config
 from lmforge.units import perplexity
 from lmforge.workspace import RunDir, Workspace
 
-STATUSES = ("running", "finished", "interrupted", "failed", "stale", "unknown")
+STATUSES = ("running", "finished", "interrupted", "aborted", "failed", "stale", "unknown")
 
 
 @dataclass
@@ -88,7 +90,7 @@ def run_info(run_dir: str | os.PathLike, metrics: Metrics | None = None) -> RunI
     recorded = record.get("status") if isinstance(record.get("status"), str) else None
     pid = record.get("pid") if isinstance(record.get("pid"), int) else None
     status = recorded if recorded in STATUSES else "unknown"
-    if recorded == "running" and not _alive_here(pid, record.get("host")):
+    if recorded == "running" and not _alive(run, pid, record.get("host")):
         status = "stale"
 
     # run.json is rewritten at evaluations and checkpoints only; the metrics
@@ -189,7 +191,8 @@ def remove_run(workspace: Workspace, run_dir: str | os.PathLike, *, force: bool 
     info = run_info(resolved)
     check_removable(info, force=force)
     size = info.size_bytes
-    shutil.rmtree(resolved)
+    # renamed away first: a live trainer (--force) sees its directory vanish at once and stops
+    remove_dir(resolved)
     return size
 
 
@@ -206,10 +209,13 @@ def dir_size(path: Path) -> int:
     return total
 
 
-def _alive_here(pid: int | None, host: Any) -> bool:
+def _alive(run: RunDir, pid: int | None, host: Any) -> bool:
     if isinstance(host, str) and host and host != socket.gethostname():
-        return True  # started on another machine: its pid means nothing here, trust run.json
-    return pid_alive(pid)
+        return True  # started on another machine: its pid and lock mean nothing here, trust run.json
+    # the trainer's flock on the lock file: the kernel drops it when the trainer dies, however
+    # it dies, whereas its pid may be reused by another process; runs from before the lock: pid
+    held = lock_held(run.lock_file)
+    return pid_alive(pid) if held is None else held
 
 
 def _max_int(*values: Any) -> int | None:

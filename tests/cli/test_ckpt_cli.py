@@ -200,8 +200,13 @@ def test_export_refuses_non_empty_out_and_bad_format(cli, two_runs, tmp_path):
     assert r.exit_code == 2 and not (tmp_path / "x").exists()
     r = cli("ckpt", "export", "nope:best", "--out", str(tmp_path / "y"))
     assert r.exit_code == 2 and "unknown checkpoint" in r.stderr
+    r = cli("ckpt", "export", "best", "--out", str(out), "--force")  # --force replaces a previous export only
+    assert r.exit_code == 2 and "not a previous export" in r.stderr and "keep.txt" in r.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    assert cli("ckpt", "export", "best", "--out", str(out)).exit_code == 0
     r = cli("ckpt", "export", "best", "--out", str(out), "--force")
-    assert r.exit_code == 0 and not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert r.exit_code == 0 and (out / "config.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "ws"]  # no temporary directories left
 
 

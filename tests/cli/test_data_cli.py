@@ -110,7 +110,7 @@ def test_errors_are_one_line_with_exit_codes(cli, wikitext_dir, tmp_path, worksp
             assert needle in result.stderr, (needle, result.stderr)
         return result
 
-    check(["data", "info", "nope"], 2, "unknown dataset 'nope'", "lmforge data prepare nope")
+    check(["data", "info", "nope"], 2, "unknown dataset 'nope'", "data prepare FILE-OR-HUB-ID --as nope")
     check(["data", "prepare", "nonsense"], 2, "unknown dataset 'nonsense'")
     check(
         ["data", "prepare", "wikitext-2", "--source", str(src), "--tokenizer", "nope"], 2, "unknown tokenizer"
