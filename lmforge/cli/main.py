@@ -15,6 +15,7 @@ from lmforge.cli import generate as generate_cmd
 from lmforge.cli import info as info_cmd
 from lmforge.cli import runs as runs_cli
 from lmforge.cli import train as train_cmd
+from lmforge.cli.argv import ClickUsageError, hoist_root_options, render_usage_error
 from lmforge.cli.common import AppState, err_console
 from lmforge.errors import LmforgeError
 
@@ -24,6 +25,15 @@ class ErrorRenderingGroup(TyperGroup):
     rendered message and its exit code, so that the console script and
     ``CliRunner`` behave the same."""
 
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_root_options(self, ctx, args))
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except ClickUsageError as exc:
+            _usage_error(exc)
+
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
@@ -31,6 +41,17 @@ class ErrorRenderingGroup(TyperGroup):
             verbose = isinstance(ctx.obj, AppState) and ctx.obj.verbose
             render_error(exc, traceback=verbose)
             raise typer.Exit(exc.exit_code) from None
+        except ClickUsageError as exc:
+            _usage_error(exc)
+
+
+def _usage_error(exc: Exception):
+    """A mistake in the command line: one line and a hint like every other error, exit 2.
+    A group called without a command still shows its help (Click's NoArgsIsHelpError)."""
+    if type(exc).__name__ == "NoArgsIsHelpError":
+        raise exc
+    render_usage_error(exc)
+    raise typer.Exit(2) from None
 
 
 app = typer.Typer(
@@ -69,7 +90,7 @@ def root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="More output; tracebacks on errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only results and errors."),
     version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
     ),
 ) -> None:
     ctx.obj = AppState(workspace_path=workspace, verbose=verbose, quiet=quiet)
