@@ -3,6 +3,8 @@
     python benchmarks/train_throughput.py                          # CPU: tiny and micro, fp32
     python benchmarks/train_throughput.py --preset gpt2 --device cuda --dtype bf16 --compile on
         # GPT-2 small on one GPU: batch 16 x 1024 tokens, grad-accum 4 (the CUDA defaults)
+    python benchmarks/train_throughput.py --matrix              # CPU: every dtype x compile choice
+        # tiny shape, batch 8 x 256, vs the plain loop in fp32 eager; plus lmforge's own defaults
 
 Both contenders train the same ``GPT`` (same shapes, same init) on the same
 generated token file (uint16, GPT-2's vocabulary), with AdamW (fused on CUDA),
@@ -15,7 +17,11 @@ vocabulary padding (on CUDA: 50257 -> 50304 rows, as nanoGPT pads; loss over the
   the timed window);
 - ``plain``: the nanoGPT training loop (``get_batch`` from an ``np.memmap`` at
   random offsets, pinned + non_blocking on CUDA, ``loss.item()`` only at logging
-  steps).
+  steps, and nanoGPT's loss: the full logits, then ``F.cross_entropy``).
+
+``--matrix`` (the CPU question of which precision and compile choice pay): the plain loop
+in fp32 eager as the baseline, lmforge in fp32/bf16 x eager/compiled, and lmforge with
+its defaults (``--dtype auto --compile auto``, as a long run would resolve them).
 
 Tokens/s are timed between the end of the warm-up steps and the last step (both
 loops synchronize there). Each measurement runs in a fresh subprocess (peak
@@ -103,24 +109,29 @@ def run_lmforge(args, ws: Path) -> dict:
     )
     config.data.name, config.data.stride, config.data.sampling = "bench", args.block_size, "random"
     t = config.train
-    t.steps, t.batch_size, t.grad_accum = args.warmup + args.steps, args.batch_size, args.grad_accum
+    # a long nominal run (compile=auto decides as it would for a real one), stopped after the timed steps
+    last = args.warmup + args.steps
+    t.steps, t.batch_size, t.grad_accum = 10**6, args.batch_size, args.grad_accum
     t.device, t.dtype, t.compile, t.threads = args.device, args.dtype, args.compile, args.threads
     t.eval_interval = 10**9
     config.optim.warmup_steps = 10
     config.checkpoint.light_interval = config.checkpoint.full_interval = 0
     config.logging.wandb, config.logging.sample_tokens = "disabled", 0
-    config.logging.log_interval = args.warmup  # logs (and syncs) at the end of warm-up and at the end
+    config.logging.log_interval = math.gcd(
+        args.warmup, last
+    )  # logs (and syncs) at the end of warm-up and at the end
     marks: dict[int, float] = {}
 
     class Clock(Reporter):
         def step(self, stats):
             marks[stats.step] = time.perf_counter()
+            if stats.step == last:
+                manager.request_stop()
 
     manager = TrainingManager(config, ws, reporter=Clock())
     # keep the end-of-run evaluation and checkpoint out of the picture (they come after the last mark)
     manager.evaluate = lambda: float("nan")
     manager.train()
-    last = args.warmup + args.steps
     seconds = marks[last] - marks[args.warmup]
     tps = args.steps * config.tokens_per_step / seconds
     return {
@@ -142,6 +153,7 @@ def run_plain(args, ws: Path) -> dict:
 
     import numpy as np
     import torch
+    import torch.nn.functional as F
 
     from lmforge.config import ModelConfig
     from lmforge.device import peak_flops, resolve_device, resolve_dtype
@@ -199,7 +211,8 @@ def run_plain(args, ws: Path) -> dict:
             g["lr"] = lr_at(it)
         for _ in range(args.grad_accum):
             with ctx:
-                _, loss = train_model(x, y)
+                logits, _ = train_model(x)  # nanoGPT: the full logits, then the loss
+                loss = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1)
                 loss = loss / args.grad_accum
             x, y = get_batch()  # prefetch while the GPU works
             scaler.scale(loss).backward()
@@ -246,10 +259,21 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument(
+        "--matrix",
+        action="store_true",
+        help="CPU: plain fp32 eager vs lmforge in fp32/bf16 x eager/compiled and its defaults "
+        "(tiny, batch 8 x 256 unless given)",
+    )
     p.add_argument("--worker", choices=["lmforge", "plain"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--workspace", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.matrix:
+        args.configs = "tiny" if args.configs == "micro,tiny" else args.configs
+        args.batch_size = args.batch_size or 8
+        args.block_size = args.block_size or 256
+        args.warmup = args.warmup or 3  # compilation happens in the first (untimed) steps
     cuda = args.device.startswith("cuda") or (args.device == "auto" and _cuda_available())
     defaults = {"batch_size": (16, 4), "block_size": (1024, 128), "grad_accum": (4, 1), "steps": (20, 10),
                 "warmup": (5, 3)}  # fmt: skip
@@ -289,18 +313,18 @@ def main(argv=None) -> None:
             "--threads", str(args.threads), "--workspace", str(ws),
         ]  # fmt: skip
         for config in args.configs.split(","):
-            runs: dict[str, list[dict]] = {"plain": [], "lmforge": []}
+            runs: dict[str, list[dict]] = {name: [] for name, _, _ in contenders(args)}
             for _ in range(args.repeats):
-                for impl in ("plain", "lmforge"):  # alternate, so load changes hit both alike
+                for name, impl, choice in contenders(args):  # alternate, so load changes hit all alike
                     shutil_rm(ws / "runs")
                     out = subprocess.run(
-                        [sys.executable, __file__, "--worker", impl, "--config", config, *forwarded],
+                        [sys.executable, __file__, "--worker", impl, "--config", config, *forwarded, *choice],
                         capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"},
                     )  # fmt: skip
                     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
                     if out.returncode or not line:
-                        sys.exit(f"{impl} {config} failed:\n{out.stderr[-3000:]}")
-                    runs[impl].append(json.loads(line[0][7:]))
+                        sys.exit(f"{name} {config} failed:\n{out.stderr[-3000:]}")
+                    runs[name].append(json.loads(line[0][7:]))
             for impl, results in runs.items():
                 mfus = [r["mfu"] for r in results if r["mfu"] is not None]
                 rows.append(
@@ -325,7 +349,7 @@ def main(argv=None) -> None:
         "| vs plain | MFU | peak memory |"
     )
     print("| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    plain = {r["config"]: r["tokens_per_sec"] for r in rows if r["impl"] == "plain"}
+    plain = {r["config"]: r["tokens_per_sec"] for r in rows if r["impl"].startswith("plain")}
     for r in rows:
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         ratio = r["tokens_per_sec"] / plain[r["config"]]
@@ -335,6 +359,19 @@ def main(argv=None) -> None:
             f"| {r['tokens_per_step']:,} | {r['tokens_per_sec']:,.0f} | {ratio:.2f}x "
             f"| {mfu} | {r['peak_memory_mb']:,.0f} MB |"
         )
+
+
+def contenders(args) -> list[tuple[str, str, list[str]]]:
+    """``(row name, worker, extra options)``: the plain loop first (the baseline of "vs plain")."""
+    if not args.matrix:
+        return [("plain", "plain", []), ("lmforge", "lmforge", [])]
+    rows = [("plain fp32 eager", "plain", ["--dtype", "fp32", "--compile", "off"])]
+    for dtype in ("fp32", "bf16"):
+        for compile_ in ("off", "on"):
+            rows.append((f"lmforge {dtype} {'compiled' if compile_ == 'on' else 'eager'}", "lmforge",
+                         ["--dtype", dtype, "--compile", compile_]))  # fmt: skip
+    rows.append(("lmforge defaults (auto, auto)", "lmforge", ["--dtype", "auto", "--compile", "auto"]))
+    return rows
 
 
 def shutil_rm(path: Path) -> None:
