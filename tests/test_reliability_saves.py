@@ -4,11 +4,13 @@ disk, a kill part-way through pruning. Each test names the defect of issue 13 it
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -225,7 +227,6 @@ def test_a_full_disk_while_rewriting_metrics_leaves_no_temporary_file(tmp_path, 
 
 
 def _tiny_tmpfs(path: Path, size: str) -> bool:
-    path.mkdir()
     try:
         done = subprocess.run(
             ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
@@ -235,12 +236,15 @@ def _tiny_tmpfs(path: Path, size: str) -> bool:
     return done.returncode == 0
 
 
-def test_a_really_full_disk_during_a_save_and_an_export(tmp_path, make_ckpt_run, workspace_dir):
+def test_a_really_full_disk_during_a_save_and_an_export(make_ckpt_run, workspace_dir):
     """On a real, tiny filesystem (skipped where mounting is not permitted)."""
     from lmforge.interop.hf_export import export_checkpoint
 
-    disk = tmp_path / "disk"
+    # not under tmp_path: pytest sessions running side by side rename old base directories
+    # away, and a moved mount point could no longer be unmounted by its path
+    disk = Path(tempfile.mkdtemp(prefix="lmforge-full-disk-"))
     if not _tiny_tmpfs(disk, "64k"):
+        disk.rmdir()
         pytest.skip("cannot mount a tmpfs here (needs root); the monkeypatched tests cover the mapping")
     try:
         with pytest.raises(CheckpointError, match="the disk is full"):
@@ -254,7 +258,9 @@ def test_a_really_full_disk_during_a_save_and_an_export(tmp_path, make_ckpt_run,
             export_checkpoint(run / "checkpoints" / "step-10", disk / "out", "safetensors")
         assert [p.name for p in disk.iterdir()] == ["filler"]
     finally:
-        subprocess.run(["umount", str(disk)], check=False)
+        gc.collect()  # the failed torch.save's file object, kept alive by the traceback
+        subprocess.run(["umount", "-l", str(disk)], check=False)  # lazy: detached even while busy
+        disk.rmdir()
 
 
 # ----------------------------------------------------------------------------- SIGKILL during saves
