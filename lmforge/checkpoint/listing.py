@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.checkpoint.store import read_meta
+from lmforge.checkpoint.meta import read_meta
 from lmforge.errors import CheckpointError
 from lmforge.fileio import TMP_PREFIX, restore_set_aside
 from lmforge.workspace import RunDir

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.checkpoint.listing import CheckpointInfo, list_checkpoints
-from lmforge.checkpoint.store import META_FILE
+from lmforge.checkpoint.meta import META_FILE
 from lmforge.errors import UsageError
 from lmforge.fileio import TMP_PREFIX, remove_dir, set_aside_target
 from lmforge.workspace import RunDir, Workspace
