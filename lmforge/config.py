@@ -212,7 +212,9 @@ class TrainingConfig:
     seed's setup: GPT-2 small (124M) on WikiText-103."""
 
     preset: str = doc(
-        "Model preset (see PRESETS): gpt2, gpt2-medium, gpt2-large, gpt2-xl, tiny.", default="gpt2"
+        "Model size: gpt2 (124M parameters), gpt2-medium (350M), gpt2-large (774M), gpt2-xl "
+        "(1558M) or tiny (16M, for a CPU).",
+        default="gpt2",
     )
     run: str | None = doc(
         "Run name (generated as <preset>-<data>-<yyyymmdd-hhmmss> when not given).", default=None

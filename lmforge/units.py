@@ -51,6 +51,11 @@ def format_count(n: float | None) -> str:
     return f"{n:.0f}" if float(n).is_integer() or abs(n) >= 10 else f"{n:.3g}"
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``1 directory``, ``2 directories``: the count with the word that agrees with it."""
+    return f"{n:,} {word if n == 1 else words or word + 's'}"
+
+
 def format_bytes(n: int | None) -> str:
     """``512 B``, ``1.5 KiB`` ... ``3.2 GiB``; ``-`` when unknown."""
     if n is None:

@@ -14,7 +14,7 @@ from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, prin
 from lmforge.cli.complete import checkpoint_argument, run_argument
 from lmforge.cli.format import fmt_loss, fmt_time
 from lmforge.errors import LmforgeError
-from lmforge.units import format_bytes, format_count
+from lmforge.units import format_bytes, format_count, plural
 
 app = typer.Typer(
     help="List, inspect, prune, export and import checkpoints.\n\n"
@@ -82,7 +82,7 @@ def list_cmd(
         table.add_row(*([] if one_run else [escape(c.run)]), *row)
     out_console.print(table)
     total = format_bytes(sum(c.size_bytes for c in checkpoints))
-    info(ctx, f"{len(checkpoints)} checkpoints, {total} in all.")
+    info(ctx, f"{plural(len(checkpoints), 'checkpoint')}, {total} in all.")
 
 
 # ----------------------------------------------------------------------------- show
@@ -211,14 +211,15 @@ def prune_cmd(
         elif not doomed:
             info(ctx, "Nothing to prune.")
         else:
-            info(ctx, f"Dry run: would delete {len(doomed)} directories and free {format_bytes(freed)}.")
+            info(ctx, f"Dry run: would delete {_dirs(len(doomed))} and free {format_bytes(freed)}.")
         return
     if not yes:
         from lmforge.cli.common import confirm_deletion
 
         confirm_deletion(
-            f"Delete {len(doomed)} directories ({format_bytes(freed)})?",
-            refusal=f"not deleting {len(doomed)} checkpoint directories without confirmation "
+            f"Delete {_dirs(len(doomed))} ({format_bytes(freed)})?",
+            refusal=f"not deleting {plural(len(doomed), 'checkpoint directory', 'checkpoint directories')} "
+            "without confirmation "
             "(no terminal to ask on)",
             hint="pass --yes to delete, or --dry-run to only look",
         )
@@ -228,9 +229,13 @@ def prune_cmd(
     if as_json:
         print_json(report)
     else:
-        info(ctx, f"Deleted {len(result.deleted)} directories, freed {format_bytes(result.freed_bytes)}.")
+        info(ctx, f"Deleted {_dirs(len(result.deleted))}, freed {format_bytes(result.freed_bytes)}.")
     if result.failed:
-        raise LmforgeError(f"could not delete {len(result.failed)} directories: {'; '.join(result.failed)}")
+        raise LmforgeError(f"could not delete {_dirs(len(result.failed))}: {'; '.join(result.failed)}")
+
+
+def _dirs(n: int) -> str:
+    return plural(n, "directory", "directories")
 
 
 def _print_plan(plans, dry_run: bool) -> None:

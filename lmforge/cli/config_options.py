@@ -9,8 +9,10 @@ from collections.abc import Callable
 from typing import Any, get_type_hints
 
 import typer
+from rich.markup import escape
 
 from lmforge.config import ConfigField, config_fields
+from lmforge.errors import UsageError
 
 PANELS = {
     "model": "Model",
@@ -26,22 +28,70 @@ def _param_name(f: ConfigField) -> str:
     return "cfg__" + "__".join(f.path)
 
 
-def _parameter(f: ConfigField) -> inspect.Parameter:
-    decls = [f"--{f.flag}/--no-{f.flag}"] if f.type is bool else [f"--{f.flag}"]
-    default_text = (
-        "none" if f.default is None else str(f.default).lower() if f.type is bool else str(f.default)
-    )
+def _negative_name(f: ConfigField) -> str:
+    return "cfgno__" + "__".join(f.path)
+
+
+def _show(value: Any, is_bool: bool) -> str:
+    if value is None:
+        return "none"
+    if is_bool:
+        return "on" if value else "off"
+    return str(value)
+
+
+@functools.cache
+def _preset_configs() -> dict[str, Any]:
+    from lmforge.config import PRESETS, resolve_config
+
+    return {name: resolve_config(preset=name) for name in PRESETS}
+
+
+def _default_text(f: ConfigField) -> str:
+    """The default as a run gets it: GPT-2's (the default preset), and the other presets'
+    values where they differ (``tiny`` brings its own size and training settings)."""
+    if f.path == ("preset",):
+        return _show(f.default, False)
+    values = {}
+    for name, config in _preset_configs().items():
+        value = config
+        for part in f.path:
+            value = getattr(value, part)
+        values[name] = value
+    base = values.get("gpt2", f.default)
+    others = {name: v for name, v in values.items() if v != base}
+    text = _show(base, f.type is bool)
+    if len(others) > 2:
+        return f"{text} (gpt2), set by --preset"
+    return "; ".join([text, *(f"{name}: {_show(v, f.type is bool)}" for name, v in others.items())])
+
+
+def _parameters(f: ConfigField) -> list[inspect.Parameter]:
+    """The option for ``f``; a boolean also gets a hidden ``--no-FLAG`` (shown in the help
+    text rather than in a column of its own, which squeezed every panel at 80 columns)."""
+    panel = PANELS.get(f.path[0], "Run") if len(f.path) > 1 else "Run"
+    help_text = f.help + (f" (--no-{f.flag}: off)" if f.type is bool else "")
     option = typer.Option(
         None,
-        *decls,
-        help=f.help,
-        show_default=default_text,
-        rich_help_panel=PANELS.get(f.path[0], "Run") if len(f.path) > 1 else "Run",
+        f"--{f.flag}",
+        help=f"{help_text} {escape(f'[default: {_default_text(f)}]')}",
+        show_default=False,
+        rich_help_panel=panel,
     )
-    annotation = f.type if f.type is not bool else bool | None
-    return inspect.Parameter(
-        _param_name(f), inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation
-    )
+    annotation = bool | None if f.type is bool else f.type
+    params = [
+        inspect.Parameter(
+            _param_name(f), inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation
+        )
+    ]
+    if f.type is bool:
+        negative = typer.Option(None, f"--no-{f.flag}", hidden=True, rich_help_panel=panel)
+        params.append(
+            inspect.Parameter(
+                _negative_name(f), inspect.Parameter.KEYWORD_ONLY, default=negative, annotation=bool | None
+            )
+        )
+    return params
 
 
 def with_config_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -57,13 +107,17 @@ def with_config_options(func: Callable[..., Any]) -> Callable[..., Any]:
         for p in inspect.signature(func).parameters.values()
         if p.name != "overrides"
     ]
-    extra = [_parameter(f) for f in fields]
+    extra = [p for f in fields for p in _parameters(f)]
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         overrides = {}
         for f in fields:
             value = kwargs.pop(_param_name(f), None)
+            if f.type is bool and kwargs.pop(_negative_name(f), None):
+                if value:
+                    raise UsageError(f"--{f.flag} and --no-{f.flag} both given", "keep one of them")
+                value = False
             if value is not None:
                 overrides[f.path] = value
         return func(*args, overrides=overrides, **kwargs)

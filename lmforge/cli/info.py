@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lmforge import __version__
@@ -34,9 +35,23 @@ def info(
         print_json(facts)
         return
     table = Table(show_header=False, box=None)
-    for key, value in facts.items():
-        table.add_row(f"[bold]{key}[/bold]", str(value))
+    for key, value in _rows(facts):
+        table.add_row(f"[bold]{escape(key)}[/bold]", escape(value))
     out_console.print(table)
+
+
+def _rows(facts: dict) -> list[tuple[str, str]]:
+    """The facts as a person reads them: words for keys, yes/no, one row per tokenizer."""
+    rows = []
+    for key, value in facts.items():
+        label = key.replace("_", " ")
+        if isinstance(value, dict):
+            rows += [(f"{label.rstrip('s')} {name}", str(v)) for name, v in value.items()]
+        elif isinstance(value, bool):
+            rows.append((label, "yes" if value else "no"))
+        else:
+            rows.append((label, "-" if value is None else str(value)))
+    return rows
 
 
 def _tokenizer_status(ws) -> dict[str, str]:

@@ -17,6 +17,7 @@ from lmforge.cli import runs as runs_cli
 from lmforge.cli import train as train_cmd
 from lmforge.cli.argv import ClickUsageError, hoist_root_options, render_usage_error
 from lmforge.cli.common import AppState, err_console
+from lmforge.cli.help_style import polish
 from lmforge.errors import LmforgeError
 
 
@@ -29,6 +30,8 @@ class ErrorRenderingGroup(TyperGroup):
         return super().parse_args(ctx, hoist_root_options(self, ctx, args))
 
     def make_context(self, info_name, args, parent=None, **extra):
+        if parent is None:
+            polish(self)
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except ClickUsageError as exc:
