@@ -44,7 +44,7 @@ class _Speed(ProgressColumn):
             return Text("")
         mbs = task.completed / elapsed / 1e6
         toks = task.fields.get("tokens", 0) / elapsed
-        return Text(f"{mbs:5.1f} MB/s {toks / 1e6:5.2f}M tok/s", style="cyan")
+        return Text(f"{mbs:5.1f} MB/s {toks / 1e6:5.2f}M tok/s", style="cyan", no_wrap=True)
 
 
 class _Size(ProgressColumn):
@@ -60,7 +60,7 @@ class RichPrepareProgress:
         self.ctx = ctx
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=16),  # the whole line fits 80 columns
             _Size(),
             _Speed(),
             TextColumn("ETA"),
@@ -94,9 +94,9 @@ class RichPrepareProgress:
         self.progress.update(self.task, total=task.completed)
         seconds = max(time.perf_counter() - self.started, 1e-9)
         self.progress.console.print(
-            f"{split}: {stats['tokens']:,} tokens, {stats['documents']:,} documents, "
+            f"{split}: {stats['tokens']:,} tokens, {stats['documents']:,} docs, "
             f"{_mb(stats['bytes'])} in {seconds:.1f} s ({stats['bytes'] / seconds / 1e6:.1f} MB/s, "
-            f"{stats['tokens'] / seconds / 1e6:.2f} M tokens/s)",
+            f"{stats['tokens'] / seconds / 1e6:.2f}M tok/s)",
             highlight=False,
         )
 

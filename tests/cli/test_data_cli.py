@@ -28,7 +28,7 @@ def test_prepare_list_info(cli, wikitext_dir, workspace_dir):
     result = cli("data", "prepare", "wikitext-2", "--source", str(src), "--tokenizer", "bytes")
     assert result.exit_code == 0, result.stderr
     assert "Prepared wikitext-2" in result.stderr
-    assert "train:" in result.stderr and "M tokens/s" in result.stderr  # the plain per-split line
+    assert "train:" in result.stderr and "M tok/s)" in result.stderr  # the plain per-split line
     assert "validation" in result.stdout  # the result table
     assert (workspace_dir / "datasets" / "wikitext-2" / "meta.json").is_file()
 
