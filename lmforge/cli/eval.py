@@ -1,4 +1,5 @@
-"""``lmforge eval``: perplexity, word-level perplexity and bits per byte of checkpoints."""
+"""``lmforge eval``: perplexity, word-level perplexity and bits per byte of checkpoints under the
+``stream`` or ``harness`` protocol, and lm-eval-harness tasks (``--tasks``)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,29 @@ def eval_command(
         "(default: block_size / 2; = block size for non-overlapping windows).",
         show_default=False,
     ),
-    batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
+    protocol: str = typer.Option(
+        None,
+        "--protocol",
+        help="stream: sliding windows over the token stream; harness: lm-eval-harness's wikitext task "
+        "(per document, detokenized, disjoint windows). Default: stream, none with --tasks.",
+        show_default=False,
+    ),
+    tasks: str = typer.Option(
+        None,
+        "--tasks",
+        help='Comma-separated lm-eval-harness tasks (needs pip install "lmforge[eval]").',
+        show_default=False,
+    ),
+    tasks_dir: str = typer.Option(
+        None, "--tasks-dir", help="A folder of your own lm-eval task YAMLs.", show_default=False
+    ),
+    limit: int = typer.Option(
+        None, "--limit", help="Score only the first N examples of each task.", show_default=False
+    ),
+    num_fewshot: int = typer.Option(
+        None, "--num-fewshot", help="Few-shot examples per task (default: its own).", show_default=False
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows (or task requests) per forward pass."),
     max_tokens: int = typer.Option(
         None,
         "--max-tokens",
@@ -71,13 +94,30 @@ def eval_command(
 
       [bold]lmforge eval best --stride 1024 --max-tokens 100000[/bold]   (quick, no overlap)
 
-      [bold]torchrun --nproc_per_node 8 -m lmforge eval best[/bold]
+      [bold]lmforge eval best --protocol harness --split test[/bold]   (lm-eval-harness's WikiText numbers)
+
+      [bold]lmforge eval best --tasks hellaswag,arc_easy --limit 200[/bold]
+
+      [bold]lmforge eval best --tasks my_task --tasks-dir ./tasks[/bold]   (task YAMLs over local files)
+
+      [bold]torchrun --nproc_per_node 8 -m lmforge eval best[/bold]   (tasks run on rank 0)
     """
     from lmforge import distributed
     from lmforge.device import resolve_device
     from lmforge.errors import UsageError
-    from lmforge.eval.evaluate import evaluate_checkpoint
+    from lmforge.eval.evaluate import check_protocol, evaluate_checkpoint
+    from lmforge.eval.tasks import check_task_options, evaluate_tasks_checkpoint, parse_tasks, require_lm_eval
 
+    task_names = parse_tasks(tasks) if tasks is not None else []
+    if task_names:
+        check_task_options(limit, num_fewshot, tasks_dir)
+        require_lm_eval()  # at once, before any checkpoint is loaded
+    elif limit is not None or num_fewshot is not None or tasks_dir is not None:
+        raise UsageError("--limit, --num-fewshot and --tasks-dir apply to --tasks", "e.g. --tasks hellaswag")
+    if protocol is None and not task_names:
+        protocol = "stream"
+    if protocol is not None:
+        check_protocol(protocol, block_size=block_size, stride=stride, max_tokens=max_tokens)
     splits = [s.strip() for s in split.split(",") if s.strip()]
     if not splits:
         raise UsageError(f"--split names no split: {split!r}", "e.g. --split validation,test")
@@ -88,12 +128,13 @@ def eval_command(
     rows = []
     try:
         with _progress(quiet) as progress:
-            for spec in checkpoints:
+            for spec in checkpoints if protocol is not None else []:
                 rows += evaluate_checkpoint(
                     ws,
                     spec,
                     data=data,
                     splits=splits,
+                    protocol=protocol,
                     block_size=block_size,
                     stride=stride,
                     batch_size=batch_size,
@@ -107,11 +148,30 @@ def eval_command(
     finally:
         distributed.destroy()
     if not dist.is_main:
-        return
+        return  # harness tasks run on rank 0 alone, after the group is gone: no rank waits on another
+    task_rows = []
+    for spec in checkpoints if task_names else []:
+        found, saved = evaluate_tasks_checkpoint(
+            ws,
+            spec,
+            task_names,
+            tasks_dir=tasks_dir,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+        )
+        task_rows += found
+        if saved is not None and not as_json:
+            err_console.print(f"[dim]Saved[/dim] {saved}", highlight=False)
     if as_json:
-        print_json([row.to_dict() for row in rows])
+        print_json([row.to_dict() for row in rows] + [row.to_dict() for row in task_rows])
         return
-    _print_table(rows)
+    if rows:
+        _print_table(rows, protocol)
+    if task_rows:
+        _print_task_table(task_rows)
     notes = dict.fromkeys(row.note for row in rows if row.note)
     for note in notes:
         err_console.print(f"[dim]Note:[/dim] {note}", highlight=False)
@@ -161,8 +221,16 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
-def _print_table(rows) -> None:
-    table = Table(title="Evaluation")
+CAPTIONS = {
+    "stream": "protocol stream: sliding windows over the token stream; loss and ppl include the end-of-text "
+    "tokens between documents, word ppl and bits/byte do not",
+    "harness": "protocol harness: lm-eval-harness's wikitext task (per document, detokenized, disjoint "
+    "windows of the model's context)",
+}
+
+
+def _print_table(rows, protocol: str) -> None:
+    table = Table(title="Evaluation", caption=CAPTIONS[protocol])
     for name, justify in [
         ("checkpoint", "left"),
         ("split", "left"),
@@ -183,4 +251,22 @@ def _print_table(rows) -> None:
             _fmt(r.bpb, ".4f"),
             f"{r.tokens:,}",
         )
+    out_console.print(table)
+
+
+def _print_task_table(rows) -> None:
+    table = Table(title="lm-eval-harness tasks")
+    for name, justify in [
+        ("checkpoint", "left"),
+        ("task", "left"),
+        ("metric", "left"),
+        ("value", "right"),
+        ("stderr", "right"),
+        ("n", "right"),
+    ]:
+        table.add_column(name, justify=justify)
+    for r in rows:
+        metric = r.metric if r.filter == "none" else f"{r.metric} ({r.filter})"
+        n = "" if r.samples is None else f"{r.samples:,}"
+        table.add_row(r.checkpoint, r.task, metric, _fmt(r.value, ".4f"), _fmt(r.stderr, ".4f"), n)
     out_console.print(table)
