@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -12,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from lmforge import TrainingManager
+from lmforge.errors import ConfigError, LmforgeError, UsageError
 from lmforge.fileio import FileLock, lock_held
+from lmforge.observe.reporting import Reporter
 from lmforge.runs.listing import run_info
 from lmforge.workspace import RunDir
 
@@ -82,3 +86,102 @@ def test_a_held_lock_is_a_live_run_whatever_its_pid(tmp_path, holder):
     _running_record(run, pid=2**22 + 7)  # no such process
     holder(RunDir(run).lock_file)
     assert run_info(run).status == "running"
+
+
+# ----------------------------------------------------------------------------- the trainer holds it
+
+
+class _AtStep(Reporter):
+    """Runs ``action`` once when the loop reports step ``at``."""
+
+    def __init__(self, at, action):
+        self.at, self.action = at, action
+
+    def step(self, stats):
+        if stats.step == self.at:
+            self.action()
+
+
+def _interrupted_run(workspace, config):
+    """A run stopped at step 6 (a full checkpoint), ready to resume."""
+    stopper = _AtStep(6, lambda: manager.request_stop())
+    manager = TrainingManager(config, workspace, reporter=stopper)
+    assert manager.train().status == "interrupted"
+    return workspace / "runs" / config.run
+
+
+def test_a_second_resume_of_a_live_run_is_refused(train_workspace, tiny_train_config, holder):
+    run = _interrupted_run(train_workspace, tiny_train_config(steps=12, run="r", sample_tokens=0))
+    assert lock_held(RunDir(run).lock_file) is False  # released when the first trainer ended
+    # another trainer has the run, before its run.json says "running" (the race of two resumes)
+    holder(RunDir(run).lock_file)
+    metrics_before = RunDir(run).metrics_file.read_text()
+    second = TrainingManager(None, train_workspace, resume="r", reporter=Reporter())
+    with pytest.raises(UsageError, match="'r' is already being trained by another process"):
+        second.train()
+    assert RunDir(run).metrics_file.read_text() == metrics_before  # nothing written twice
+
+
+def test_the_cli_refuses_a_second_resume_in_one_line(train_workspace, tiny_train_config, holder, cli):
+    run = _interrupted_run(train_workspace, tiny_train_config(steps=12, run="r", sample_tokens=0))
+    holder(RunDir(run).lock_file)
+    r = cli("train", "--resume", "r")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "being trained" in errors[0]
+
+
+def test_runs_rm_force_on_a_live_run_stops_the_trainer(train_workspace, tiny_train_config):
+    """Decision: the trainer notices (``rm`` may run on another host or as another user, where
+    it could not stop the process), and stops before it writes anything that would bring the
+    directory back."""
+    from lmforge.runs.listing import remove_run
+    from lmforge.workspace import Workspace
+
+    ws = Workspace.resolve(train_workspace)
+    seen = {}
+
+    def remove_it():
+        seen["status"] = run_info(ws.run_dir("r")).status
+        remove_run(ws, ws.run_dir("r"), force=True)
+
+    manager = TrainingManager(
+        tiny_train_config(steps=12, run="r", sample_tokens=0), ws, reporter=_AtStep(3, remove_it)
+    )
+    with pytest.raises(LmforgeError, match="was removed while the run was training; stopping"):
+        manager.train()
+    assert seen["status"] == "running"  # the lock said so while it trained
+    assert not ws.run_dir("r").exists()  # not recreated by a later write or save
+    assert [p.name for p in ws.runs_dir.iterdir()] == []
+
+
+def test_a_resume_with_an_empty_config_says_so(train_workspace, tiny_train_config, cli):
+    run = _interrupted_run(train_workspace, tiny_train_config(steps=12, run="r", sample_tokens=0))
+    RunDir(run).config_file.write_text("")  # what a write cut short by a full disk used to leave
+    with pytest.raises(ConfigError, match=r"run 'r' cannot be resumed: its .*config.toml is empty") as info:
+        TrainingManager(None, train_workspace, resume="r", reporter=Reporter())
+    assert "meta.json holds the run's config" in info.value.hint
+    r = cli("train", "--resume", "r")
+    assert r.exit_code == 2 and "config.toml is empty" in r.stderr and "unknown dataset" not in r.stderr
+
+
+def test_a_full_disk_on_resume_keeps_config_toml(train_workspace, tiny_train_config, monkeypatch):
+    from lmforge import fileio
+
+    run = _interrupted_run(train_workspace, tiny_train_config(steps=12, run="r", sample_tokens=0))
+    config_before = RunDir(run).config_file.read_text()
+    real_open = open
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    resumed = TrainingManager(None, train_workspace, resume="r", reporter=Reporter())
+    monkeypatch.setattr(fileio, "open", open_on_a_full_disk, raising=False)
+    with pytest.raises(LmforgeError, match="the disk is full: could not write"):
+        resumed.train()
+    monkeypatch.undo()
+    assert RunDir(run).config_file.read_text() == config_before
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]
+    assert lock_held(RunDir(run).lock_file) is False  # released on the way out

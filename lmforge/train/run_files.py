@@ -16,6 +16,7 @@ from typing import Any
 
 from lmforge.config import TrainingConfig
 from lmforge.errors import LmforgeError, UsageError
+from lmforge.fileio import FileLock, is_disk_full
 from lmforge.runs.record import JsonlWriter, RunRecord, truncate_after
 from lmforge.train.state import Progress
 from lmforge.units import now_iso
@@ -35,6 +36,9 @@ class RunFiles:
         self._record: RunRecord | None = None
         self._metrics: JsonlWriter | None = None
         self._samples: JsonlWriter | None = None
+        # held from create()/lock() to close(): what tells `runs list` and a second
+        # `train --resume` that this run is alive (the kernel drops it if the process dies)
+        self._lock: FileLock | None = None
 
     def create(self) -> None:
         """The directory of a new run; one that appeared since the run was planned is refused."""
@@ -45,6 +49,31 @@ class RunFiles:
         except FileExistsError:
             name = self.run.name
             raise UsageError(f"run {name!r} already exists", f"continue it with --resume {name}") from None
+        self.lock()
+
+    def lock(self) -> None:
+        """Take the run's lock for the life of this process (until ``close``); refused when
+        another process holds it: two trainers in one run directory would write every step
+        and checkpoint twice."""
+        if not self.enabled or self._lock is not None:
+            return
+        lock = FileLock(self.run.lock_file)
+        if not lock.acquire():
+            name = self.run.name
+            raise UsageError(
+                f"run {name!r} is already being trained by another process (it holds {self.run.lock_file})",
+                "wait for it to finish or stop it (Ctrl-C saves a checkpoint), then resume",
+            )
+        self._lock = lock
+
+    def check_present(self) -> None:
+        """Stop when the run directory was removed (``runs rm --force``) or replaced while
+        training: writing on would recreate it without its config and records."""
+        if self._lock is not None and self._lock.file_removed():
+            raise LmforgeError(
+                f"the run directory {self.run.path} was removed while the run was training; stopping",
+                "nothing more is written there; start the run again (or restore the directory and resume)",
+            )
 
     def reopen(self) -> None:
         """A resumed run, back at ``progress.step``: the records of the steps after it go
@@ -53,9 +82,11 @@ class RunFiles:
             return
         from lmforge.checkpoint.listing import remove_stale_tmp
 
+        self.lock()  # before anything in the directory changes
         remove_stale_tmp(self.run.path)
         for file in (self.run.metrics_file, self.run.samples_file):
-            truncate_after(file, self.progress.step)
+            with self._disk_full_is_one_line(file):
+                truncate_after(file, self.progress.step)
 
     def stored_wandb_id(self) -> str | None:
         return RunRecord.read(self.run.path).get("wandb_id")
@@ -68,7 +99,8 @@ class RunFiles:
         from lmforge.fileio import write_text_atomic
         from lmforge.observe.wandb_logger import make_logger
 
-        write_text_atomic(self.run.config_file, config.to_toml())
+        with self._disk_full_is_one_line(self.run.config_file):
+            write_text_atomic(self.run.config_file, config.to_toml())  # never half a config.toml
         previous = RunRecord.read(self.run.path)
         p = self.progress
         self._record = RunRecord(
@@ -104,7 +136,20 @@ class RunFiles:
             "best_step": p.best_step,
         }
 
+    @contextlib.contextmanager
+    def _disk_full_is_one_line(self, path):
+        try:
+            yield
+        except OSError as exc:
+            if not is_disk_full(exc, path):
+                raise
+            raise LmforgeError(
+                f"the disk is full: could not write {path}; the file was left as it was",
+                "free some space and start again",
+            ) from exc
+
     def metric(self, record: dict[str, Any]) -> None:
+        self.check_present()
         if self._metrics is not None:
             self._metrics.write(record)
 
@@ -136,12 +181,14 @@ class RunFiles:
 
     def sample(self, prompt: str, text: str) -> None:
         step = self.progress.step
+        self.check_present()
         if self._samples is not None:
             self._samples.write({"step": step, "prompt": prompt, "text": text})
         self.logger.log_sample(step, prompt, text)
 
     def update(self, **fields: Any) -> None:
         """``run.json`` with the current progress and ``fields`` (status, ended_at ...)."""
+        self.check_present()
         if self._record is not None:
             self._record.update(**self._progress_fields(), **fields)
 
@@ -167,6 +214,9 @@ class RunFiles:
             if writer is not None:
                 writer.close()
         self._finish_logger(exit_code)
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _finish_logger(self, exit_code: int) -> None:
         from lmforge.observe.wandb_logger import NullLogger

@@ -275,7 +275,21 @@ def _saved_config(run_dir: Path) -> TrainingConfig:
             f"run {run_dir.name!r} has no {path.name}; it cannot be resumed",
             "start a new run, or --init-from one of its checkpoints",
         )
-    return TrainingConfig.from_toml(path)
+    from lmforge.config import load_toml
+
+    hint = (
+        f"every checkpoint's meta.json holds the run's config: restore {path.name} from it, or "
+        f"start a new run from its weights with `--init-from {run_dir.name}:latest`"
+    )
+    try:
+        data = load_toml(path)
+    except ConfigError as exc:
+        raise ConfigError(f"run {run_dir.name!r} cannot be resumed: {exc.message}", hint) from None
+    if not isinstance(data.get("data"), dict) or not data["data"].get("name"):
+        # an empty file (a write cut short) would otherwise resume with the defaults: another run
+        what = "is empty" if not data else "names no dataset ([data] name)"
+        raise ConfigError(f"run {run_dir.name!r} cannot be resumed: its {path} {what}", hint)
+    return TrainingConfig.from_dict(data, source=str(path))
 
 
 def resume_config(

@@ -16,7 +16,6 @@ and the run's own counters stay (so rollbacks stay bounded).
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ import torch.nn as nn
 
 from lmforge import distributed as dist
 from lmforge.checkpoint import store as ckpt
-from lmforge.checkpoint.listing import latest_full, list_checkpoints
-from lmforge.checkpoint.prune import prunable
+from lmforge.checkpoint.listing import latest_full
+from lmforge.checkpoint.prune import prune_keep_last
 from lmforge.config import OptimizerConfig
 from lmforge.train.recovery import BadSteps
 from lmforge.train.rng import get_rng_state, restore_rank_rng
@@ -158,8 +157,7 @@ class Checkpointer:
         meta = {"kind": kind, "run": self.run.name, "step": p.step, "tokens": p.tokens, "val_loss": val_loss}
         ckpt.save_checkpoint(path, weights, meta | self.meta, trainer_state)
         if kind != "best":
-            for old in prunable(list_checkpoints(self.run.path), self.keep_last):
-                shutil.rmtree(old.path, ignore_errors=True)
+            prune_keep_last(self.run.path, self.keep_last)  # renamed away first: never half a checkpoint
         return path
 
     def latest_full(self) -> Path | None:

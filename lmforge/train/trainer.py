@@ -404,6 +404,7 @@ class TrainingManager:
 
     def _save(self, kind: str) -> Path | None:
         """Save a checkpoint; called on every rank (at the same steps), written by rank 0."""
+        self.files.check_present()  # a removed run directory is not recreated by a save
         path = self.checkpoints.save(kind)
         if path is not None:
             self.reporter.checkpoint(kind, path, self.progress.step)
@@ -437,6 +438,7 @@ class TrainingManager:
         from lmforge.observe.wandb_logger import new_run_id
 
         if self.resume_dir is not None:
+            self.files.lock()  # a second trainer of this run stops here, before it loads anything
             latest = dist.broadcast_object(latest_full(self.run_dir))
             self._restore(latest.path)
             self.resumed_from_step = self.progress.step
