@@ -34,8 +34,12 @@ COMMANDS = [
 
 @pytest.fixture
 def narrow(monkeypatch):
+    import typer.rich_utils
+
     monkeypatch.setenv("TERMINAL_WIDTH", "80")
     monkeypatch.setenv("COLUMNS", "80")
+    # Typer reads TERMINAL_WIDTH once, when its help renderer is first imported
+    monkeypatch.setattr(typer.rich_utils, "MAX_WIDTH", 80)
 
 
 def _help(runner, args):
