@@ -67,6 +67,19 @@ class ModelConfig:
     dropout: float = doc("Dropout on embeddings, attention weights and residual branches.", default=0.1)
     bias: bool = doc("Biases in Linear and LayerNorm layers, as in GPT-2.", default=True)
     layer_norm_epsilon: float = doc("LayerNorm epsilon.", default=1e-5)
+    arch: Literal["gpt2", "modern"] = doc(
+        "gpt2 = GPT-2 exactly (LayerNorm, learned positions, GELU, tied head); modern = RMSNorm, "
+        "rotary, QK-norm, ReLU², no biases, untied zero-initialised head (see --recipe).",
+        default="gpt2",
+    )
+    n_kv_head: int = doc(
+        "Key/value heads for grouped-query attention (0 = --n-head); --arch modern only.", default=0
+    )
+    qk_norm: bool = doc("RMSNorm on each head's queries and keys (--arch modern only).", default=False)
+    logit_softcap: float = doc(
+        "Soft-cap the logits to (-c, c) with c * tanh(logits / c) (0 = off; --arch modern only).",
+        default=0.0,
+    )
     gradient_checkpointing: bool = doc(
         "Recompute block activations in backward to save memory.", default=False
     )
@@ -94,6 +107,38 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        _non_negative(self, "n_kv_head", "logit_softcap")
+        if self.n_kv_head and self.n_head % self.n_kv_head:
+            raise ConfigError(
+                f"--n-kv-head ({self.n_kv_head}) must divide --n-head ({self.n_head})",
+                "each key/value head serves the same number of query heads",
+            )
+        if self.arch == "gpt2":
+            modern_only = {
+                "--n-kv-head": self.n_kv_head not in (0, self.n_head),
+                "--qk-norm": self.qk_norm,
+                "--logit-softcap": self.logit_softcap > 0,
+            }
+            for flag, given in modern_only.items():
+                if given:
+                    raise ConfigError(f"{flag} needs --arch modern", "add --recipe modern (or --arch modern)")
+        elif self.bias:
+            raise ConfigError("--arch modern has no biases", "add --no-bias, or use --recipe modern")
+        if self.arch == "modern" and (self.n_embd // self.n_head) % 2:
+            raise ConfigError(
+                f"--arch modern needs an even head size, got {self.n_embd // self.n_head}",
+                "rotary embeddings turn pairs of dimensions; pick --n-embd / --n-head even",
+            )
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (``n_head`` unless grouped-query attention is on)."""
+        return self.n_kv_head or self.n_head
+
+    @property
+    def tied_head(self) -> bool:
+        """Whether the LM head is the token embedding (GPT-2) or its own matrix (modern)."""
+        return self.arch == "gpt2"
 
 
 @dataclass
@@ -103,24 +148,53 @@ class DataConfig:
     name: str = doc(
         "Prepared dataset to train on (see `lmforge data list`).", flag="data", default="wikitext-103"
     )
-    stride: int = doc("Step between the starts of consecutive training windows.", default=512)
+    stride: int = doc(
+        "Step between the starts of consecutive training windows (0 = auto: half the block size, "
+        "so every token is trained on; above the block size, tokens are skipped).",
+        default=0,
+    )
     sampling: Literal["sliding", "random"] = doc(
         "Windows at fixed strides ('sliding') or at random offsets ('random').", default="sliding"
     )
     num_workers: int = doc("DataLoader worker processes (0 = load in the main process).", default=0)
 
     def __post_init__(self) -> None:
-        _positive(self, "stride")
+        _non_negative(self, "stride")
         _non_negative(self, "num_workers")
 
 
 @dataclass
 class OptimizerConfig:
-    """AdamW and the learning-rate schedule (linear warmup, cosine decay to ``min_lr``)."""
+    """The optimizer (AdamW, or Muon for the block matrices with AdamW for the rest) and the
+    learning-rate schedule (linear warmup, then cosine decay or warmup-stable-decay to ``min_lr``)."""
 
-    lr: float = doc("Peak learning rate.", default=1.5e-4)
-    min_lr: float = doc("Learning rate at the end of the cosine decay.", default=1.5e-5)
+    optimizer: Literal["adamw", "muon"] = doc(
+        "adamw for every weight, or muon for the 2-D matrices inside the blocks (AdamW for the rest).",
+        default="adamw",
+    )
+    schedule: Literal["cosine", "wsd"] = doc(
+        "cosine = warmup then cosine decay; wsd = warmup, constant, linear decay over the last "
+        "--decay-fraction of the steps.",
+        default="cosine",
+    )
+    lr: float = doc(
+        "Peak learning rate (of the block matrices: Muon's with --optimizer muon).", default=1.5e-4
+    )
+    embed_lr: float = doc(
+        "Peak AdamW learning rate of the embeddings and vectors (norm gains, biases) (0 = --lr).",
+        default=0.0,
+    )
+    head_lr: float = doc("Peak AdamW learning rate of an untied LM head (0 = --lr).", default=0.0)
+    min_lr: float = doc(
+        "Learning rate at the end of the decay (the other groups' floors keep their ratio to --lr).",
+        default=1.5e-5,
+    )
     warmup_steps: int = doc("Linear warmup steps.", default=4000)
+    decay_fraction: float = doc("wsd: the fraction of --steps spent decaying to --min-lr.", default=0.2)
+    muon_momentum: float = doc("Muon momentum (Nesterov).", default=0.95)
+    muon_momentum_warmup: int = doc(
+        "Steps over which Muon's momentum rises linearly from 0.85 to --muon-momentum.", default=300
+    )
     weight_decay: float = doc(
         "AdamW weight decay on matrices (not biases, LayerNorm, embeddings).", default=0.01
     )
@@ -132,7 +206,14 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         _finite(self)
         _positive(self, "lr")
-        _non_negative(self, "min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eps")
+        _non_negative(
+            self, "min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eps", "embed_lr", "head_lr"
+        )
+        _non_negative(self, "muon_momentum_warmup")
+        if not 0.0 <= self.decay_fraction <= 1.0:
+            raise ConfigError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(f"--muon-momentum must be in [0, 1), got {self.muon_momentum}")
         if self.min_lr > self.lr:
             raise ConfigError(f"--min-lr ({self.min_lr}) must not exceed --lr ({self.lr})")
         for name in ("beta1", "beta2"):
@@ -216,6 +297,11 @@ class TrainingConfig:
         "(1558M) or tiny (16M, for a CPU).",
         default="gpt2",
     )
+    recipe: Literal["gpt2", "modern"] = doc(
+        "Architecture, optimizer and schedule defaults together (see RECIPES): gpt2 = GPT-2 with "
+        "AdamW and cosine; modern = --arch modern, Muon and warmup-stable-decay.",
+        default="gpt2",
+    )
     run: str | None = doc(
         "Run name (generated as <preset>-<data>-<yyyymmdd-hhmmss> when not given).", default=None
     )
@@ -230,6 +316,18 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}", f"choose one of: {', '.join(PRESETS)}")
+        if self.optim.optimizer == "muon" and self.train.strategy == "fsdp":
+            # Muon orthogonalises whole matrices; FSDP2 leaves each rank a shard of every one
+            raise ConfigError(
+                "--strategy fsdp cannot be used with --optimizer muon (Muon needs whole matrices)",
+                "use --strategy ddp, or --optimizer adamw",
+            )
+
+    @property
+    def window_stride(self) -> int:
+        """The training windows' stride: ``data.stride``, or half the block size when 0 (auto; the
+        seed's 512 for GPT-2's 1024)."""
+        return self.data.stride or max(1, self.model.block_size // 2)
 
     @property
     def tokens_per_step(self) -> int:
@@ -263,9 +361,64 @@ PRESETS: dict[str, ModelConfig] = {
 }
 
 
+# Training defaults that fit a preset, under a file's values and the options (defaults < preset
+# < file < options). GPT-2's sizes keep the seed's (the dataclass defaults); `tiny` gets the
+# settings of a CPU run that learns visibly in minutes: one micro-batch per step, a short warmup,
+# a higher lr for the small model, frequent quick evaluations.
+PRESET_TRAINING: dict[str, dict[tuple[str, ...], Any]] = {
+    "tiny": {
+        ("train", "steps"): 200,
+        ("train", "batch_size"): 4,
+        ("train", "grad_accum"): 1,
+        ("train", "eval_interval"): 50,
+        ("train", "eval_tokens"): 8192,
+        ("optim", "lr"): 1e-3,
+        ("optim", "min_lr"): 1e-4,
+        ("optim", "warmup_steps"): 20,
+    },
+}
+
+
 # What a preset decides: the size. Everything else (dropout, bias, vocabulary, padding,
 # gradient checkpointing) is the user's, so a preset never resets a value given in a file.
 PRESET_SIZE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size")
+
+
+# Recipes as code: what `--recipe` sets (architecture, optimizer, schedule), by config path. Every
+# recipe names the same fields, so switching recipe leaves none of the other's values behind;
+# `--preset` still chooses the size, and any single option beats the recipe (to ablate one lever).
+# The modern values start from modded-nanogpt (Muon lr 0.02-0.05, momentum 0.95 after a warmup)
+# and nanochat (AdamW: embeddings ~50x the head's lr, no weight decay), tuned on `tiny`
+# (README, "Recipes"; benchmarks/recipes.py).
+_RECIPE_MODERN: dict[tuple[str, ...], Any] = {
+    ("model", "arch"): "modern",
+    ("model", "bias"): False,
+    ("model", "qk_norm"): True,
+    ("model", "logit_softcap"): 15.0,
+    ("optim", "optimizer"): "muon",
+    ("optim", "schedule"): "wsd",
+    ("optim", "lr"): 0.02,
+    ("optim", "embed_lr"): 0.2,
+    ("optim", "head_lr"): 0.004,
+    ("optim", "min_lr"): 0.0,
+    ("optim", "weight_decay"): 0.0,
+}
+_DEFAULT_SECTIONS = {"model": ModelConfig(), "optim": OptimizerConfig()}
+RECIPES: dict[str, dict[tuple[str, ...], Any]] = {
+    "gpt2": {path: getattr(_DEFAULT_SECTIONS[path[0]], path[1]) for path in _RECIPE_MODERN},
+    "modern": _RECIPE_MODERN,
+}
+
+
+def _check_recipe(recipe: str) -> dict[tuple[str, ...], Any]:
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}", f"choose one of: {', '.join(RECIPES)}")
+    return RECIPES[recipe]
+
+
+def apply_recipe(config: TrainingConfig, recipe: str) -> TrainingConfig:
+    """Return ``config`` with the values of ``recipe`` (and ``recipe`` recorded)."""
+    return with_overrides(config, {("recipe",): recipe, **_check_recipe(recipe)})
 
 
 def _check_preset(preset: str) -> ModelConfig:
@@ -437,18 +590,31 @@ def resolve_config(
     preset: str | None = None,
     overrides: dict[tuple[str, ...], Any] | None = None,
 ) -> TrainingConfig:
-    """Layer the sources of a run's config: defaults < TOML file < preset < overrides.
+    """Layer the sources of a run's config: defaults < the preset's training defaults
+    (``PRESET_TRAINING``) < recipe < TOML file < preset < overrides.
 
     The preset (``--preset``, else the file's own ``preset`` key, else gpt2) gives the model
     values the file's start from; ``--preset`` then sets the size (layers, heads, width,
     context) over the file's, and never any other model value the file gave;
-    ``overrides`` (``{("optim", "lr"): 3e-4}``, from the other options) win.
+    ``overrides`` (``{("optim", "lr"): 3e-4}``, from the other options) win. The recipe works
+    like the preset: ``--recipe`` (``overrides[("recipe",)]``) beats the file's recipe values,
+    a file's own ``recipe`` key is the base its values go on top of.
     """
     data = load_toml(config_file) if config_file else {}
+    overrides = dict(overrides or {})
+    recipe = overrides.pop(("recipe",), None)
     file_preset = data.get("preset", "gpt2")
     # the preset's whole model (its dropout too) is the base the file's values go on top of
     base = preset or (file_preset if isinstance(file_preset, str) else "gpt2")
     config = dataclasses.replace(TrainingConfig(), preset=base, model=_check_preset(base))
+    if base in PRESET_TRAINING:
+        config = with_overrides(config, PRESET_TRAINING[base])  # under the recipe, file and options
+    # the gpt2 recipe's values are the base's own (its preset's lr, say), not the bare defaults
+    gpt2_values = {path: _get(config, path) for path in RECIPES["gpt2"]}
+    file_recipe = data.get("recipe", "gpt2")
+    base_recipe = recipe or (file_recipe if isinstance(file_recipe, str) else "gpt2")
+    if base_recipe != "gpt2":
+        config = apply_recipe(config, base_recipe)
     if data:
         merged = config.to_dict()
         for key, value in data.items():
@@ -461,6 +627,18 @@ def resolve_config(
         config = TrainingConfig.from_dict(merged, source=str(config_file))
     if preset:
         config = apply_preset(config, preset)  # --preset's size beats the file's
+    if recipe:
+        # --recipe beats the file's recipe values; applied with the options, so that an option
+        # the new recipe needs (--n-kv-head 0 back to GPT-2) is checked together with it
+        values = gpt2_values if recipe == "gpt2" else _check_recipe(recipe)
+        overrides = {("recipe",): recipe, **values, **overrides}
     if overrides:
         config = with_overrides(config, overrides)
     return config
+
+
+def _get(config: TrainingConfig, path: tuple[str, ...]) -> Any:
+    node: Any = config
+    for key in path:
+        node = getattr(node, key)
+    return node

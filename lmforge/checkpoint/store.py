@@ -26,7 +26,6 @@ Hashing reads every byte: ``LMFORGE_SKIP_CHECKSUMS=1`` skips it for huge files
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import uuid
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from lmforge.checkpoint.meta import FORMAT_VERSION, META_FILE, MODEL_FILE, TRAINER_FILE, read_meta
 from lmforge.config import TrainingConfig
 from lmforge.errors import CheckpointError, LmforgeError
 from lmforge.fileio import (
@@ -49,12 +49,9 @@ from lmforge.fileio import (
 )
 from lmforge.units import now_iso
 
-FORMAT_VERSION = 1
-MODEL_FILE = "model.safetensors"
-TRAINER_FILE = "trainer.pt"
-META_FILE = "meta.json"
-TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight
+TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight (GPT-2; not --arch modern)
 WTE_KEY = "transformer.wte.weight"
+VOCAB_KEYS = (WTE_KEY, "lm_head.weight")  # a row per token id (the head's only when untied)
 SKIP_CHECKSUMS_ENV = "LMFORGE_SKIP_CHECKSUMS"  # "1": load without hashing (sizes still checked)
 
 
@@ -62,28 +59,39 @@ SKIP_CHECKSUMS_ENV = "LMFORGE_SKIP_CHECKSUMS"  # "1": load without hashing (size
 
 
 def model_state(
-    model: nn.Module | dict[str, torch.Tensor], vocab_size: int | None = None
+    model: nn.Module | dict[str, torch.Tensor], vocab_size: int | None = None, tied: bool | None = None
 ) -> dict[str, torch.Tensor]:
     """The weights to store: fp32, contiguous, on the CPU, tied copies left out, and the token
-    embedding cut to the real ``vocab_size`` rows (a model padded for speed stores what an
-    unpadded one would). ``model`` may also be a (gathered, full) state dict."""
+    embedding (and an untied head) cut to the real ``vocab_size`` rows (a model padded for speed
+    stores what an unpadded one would). ``model`` may also be a (gathered, full) state dict;
+    ``tied`` (default: the model's ``config.tied_head``, else True) says whether its head is the
+    embedding."""
     if isinstance(model, nn.Module):
         vocab_size = vocab_size or getattr(getattr(model, "config", None), "vocab_size", None)
+        tied = _tied(model) if tied is None else tied
         model = model.state_dict()
-    state = {k: v.detach() for k, v in model.items() if k not in TIED_KEYS}
-    if vocab_size and WTE_KEY in state and state[WTE_KEY].size(0) > vocab_size:
-        state[WTE_KEY] = state[WTE_KEY][:vocab_size]
+    tied = True if tied is None else tied
+    state = {k: v.detach() for k, v in model.items() if not (tied and k in TIED_KEYS)}
+    for key in VOCAB_KEYS:
+        if vocab_size and key in state and state[key].size(0) > vocab_size:
+            state[key] = state[key][:vocab_size]
     return {k: v.to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
 def pad_vocab_rows(state: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
-    """``state`` with the token embedding padded with zero rows up to ``rows`` (a stored
-    checkpoint has the real rows; a model padded for speed has more)."""
-    wte = state.get(WTE_KEY)
-    if wte is None or wte.size(0) >= rows:
-        return state
-    pad = torch.zeros(rows - wte.size(0), *wte.shape[1:], dtype=wte.dtype, device=wte.device)
-    return {**state, WTE_KEY: torch.cat([wte, pad])}
+    """``state`` with the token embedding (and an untied head) padded with zero rows up to
+    ``rows`` (a stored checkpoint has the real rows; a model padded for speed has more)."""
+    out = dict(state)
+    for key in VOCAB_KEYS:
+        t = state.get(key)
+        if t is not None and t.size(0) < rows:
+            pad = torch.zeros(rows - t.size(0), *t.shape[1:], dtype=t.dtype, device=t.device)
+            out[key] = torch.cat([t, pad])
+    return out
+
+
+def _tied(model: nn.Module) -> bool:
+    return getattr(getattr(model, "config", None), "tied_head", True)
 
 
 def _model_rows(model: nn.Module) -> int:
@@ -115,7 +123,8 @@ def save_checkpoint(
     try:
         tmp.mkdir()
         vocab = ((meta.get("config") or {}).get("model") or {}).get("vocab_size")
-        save_file(model_state(model, vocab), str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        tied = ((meta.get("config") or {}).get("model") or {}).get("arch", "gpt2") == "gpt2"
+        save_file(model_state(model, vocab, tied=tied), str(tmp / MODEL_FILE), metadata={"format": "pt"})
         fsync_file(tmp / MODEL_FILE)
         if trainer_state is not None:
             torch.save(trainer_state, tmp / TRAINER_FILE)
@@ -164,31 +173,6 @@ def file_records(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """``meta.json`` of a complete checkpoint (CheckpointError if missing or corrupt)."""
-    path = Path(path)
-    meta_path = path / META_FILE
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not meta_path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} is incomplete (no {META_FILE}); it was never finished",
-            "use another checkpoint (`lmforge ckpt list`)",
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is corrupt: {exc}") from exc
-    if not isinstance(meta, dict) or "config" not in meta or "kind" not in meta:
-        raise CheckpointError(f"{meta_path} is not lmforge checkpoint metadata")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {meta['format_version']}, newer than this lmforge reads",
-            "upgrade lmforge",
-        )
-    return meta
 
 
 def _verify(verify: bool | None) -> bool:
@@ -252,7 +236,7 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | 
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatch
         raise CheckpointError(f"{where} does not fit the model: {exc}") from exc
-    missing = [k for k in missing if k not in TIED_KEYS]
+    missing = [k for k in missing if not (_tied(model) and k in TIED_KEYS)]
     if missing or unexpected:
         raise CheckpointError(
             f"{where} does not fit the model: missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
@@ -260,8 +244,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | 
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """``(model, config, meta)``: the GPT of a checkpoint in eval mode on ``device``."""
-    from lmforge.model.gpt import GPT
+    """``(model, config, meta)``: the model of a checkpoint in eval mode on ``device``."""
+    from lmforge.model import build_model
 
     path = Path(path)
     meta = read_meta(path)
@@ -272,18 +256,19 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     state = load_state_dict(path)
     # built on the meta device: no time spent on a random init that is overwritten at once
     with torch.device("meta"):
-        model = GPT(config.model)
+        model = build_model(config.model)
     state = pad_vocab_rows(state, _model_rows(model))
     try:
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{path / MODEL_FILE} does not fit its config: {exc}") from exc
-    missing = [k for k in missing if k not in TIED_KEYS]
+    missing = [k for k in missing if not (_tied(model) and k in TIED_KEYS)]
     if missing or unexpected:
         raise CheckpointError(
             f"{path / MODEL_FILE} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    model.lm_head.weight = model.transformer.wte.weight  # re-tie
+    if _tied(model):
+        model.lm_head.weight = model.transformer.wte.weight  # re-tie
     model.to(device)
     model.eval()
     return model, config, meta

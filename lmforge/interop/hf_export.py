@@ -183,10 +183,14 @@ def write_hf_dir(
     notes = []
     if tokenizer is not None:
         eot_token = tokenizer.eot_token
-    write_json(out_dir / HF_CONFIG, hf_config(model_config, eot_token))
-    save_file(
-        to_hf_state_dict(state_dict, model_config), str(out_dir / HF_SAFETENSORS), metadata={"format": "pt"}
-    )
+    if model_config.arch == "modern":  # NanoChatForCausalLM (lmforge.interop.nanochat)
+        from lmforge.interop.nanochat import nanochat_config, to_nanochat_state_dict
+
+        hf_json, tensors = nanochat_config(model_config, eot_token), to_nanochat_state_dict(state_dict)
+    else:
+        hf_json, tensors = hf_config(model_config, eot_token), to_hf_state_dict(state_dict, model_config)
+    write_json(out_dir / HF_CONFIG, hf_json)
+    save_file(tensors, str(out_dir / HF_SAFETENSORS), metadata={"format": "pt"})
     write_json(out_dir / GENERATION_CONFIG, {"bos_token_id": eot_token, "eos_token_id": eot_token})
     if tokenizer is not None:
         try:
@@ -244,7 +248,7 @@ def _export_hf(
     notes += write_hf_dir(
         state_dict, config.model, out_dir, tokenizer=tokenizer, eot_token=eot, lmforge_info=info
     )
-    if not config.model.bias:
+    if not config.model.bias and config.model.arch == "gpt2":
         notes.append("the model has no biases; HF GPT-2 needs them, so zero biases were written")
     return notes
 

@@ -141,7 +141,7 @@ def _name_from_dir(src: Path) -> str:
 def _read_hf_dir(
     src: Path, name: str, workspace: Workspace
 ) -> tuple[GPT, TrainingConfig, dict[str, Any], list[str]]:
-    from lmforge.model.gpt import GPT
+    from lmforge.model import build_model
 
     try:
         hf = json.loads((src / HF_CONFIG).read_text(encoding="utf-8"))
@@ -149,8 +149,14 @@ def _read_hf_dir(
         raise ConfigError(f"{src / HF_CONFIG} is not valid JSON ({exc})") from None
     if not isinstance(hf, dict):
         raise ConfigError(f"{src / HF_CONFIG} is not a JSON object")
-    model_config = model_config_from_hf(hf, source=str(src / HF_CONFIG))
-    state_dict = from_hf_state_dict(load_hf_weights(src), model_config, source=str(src))
+    if hf.get("model_type") == "nanochat":  # the modern architecture (lmforge.interop.nanochat)
+        from lmforge.interop.nanochat import from_nanochat_state_dict, model_config_from_nanochat
+
+        model_config = model_config_from_nanochat(hf, source=str(src / HF_CONFIG))
+        state_dict = from_nanochat_state_dict(load_hf_weights(src), model_config, source=str(src))
+    else:
+        model_config = model_config_from_hf(hf, source=str(src / HF_CONFIG))
+        state_dict = from_hf_state_dict(load_hf_weights(src), model_config, source=str(src))
 
     info = _read_lmforge_json(src)
     identity, notes = _import_tokenizer(src, info, model_config.vocab_size, name, workspace)
@@ -166,10 +172,12 @@ def _read_hf_dir(
         config = dataclasses.replace(config, run=name)
 
     with torch.device("meta"):  # no random init of weights that are replaced at once
-        model = GPT(model_config)
-    state_dict["lm_head.weight"] = state_dict["transformer.wte.weight"]
+        model = build_model(model_config)
+    if model_config.tied_head:
+        state_dict["lm_head.weight"] = state_dict["transformer.wte.weight"]
     model.load_state_dict(state_dict, strict=True, assign=True)
-    model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced both: tie them again
+    if model_config.tied_head:
+        model.lm_head.weight = model.transformer.wte.weight  # assign=True replaced both: tie them again
     model.eval()
     return model, config, identity, notes
 
@@ -188,8 +196,10 @@ def _config_from_lmforge_json(
     dims = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "layer_norm_epsilon")
     if any(getattr(config.model, d) != getattr(model_config, d) for d in dims):
         return None
+    if model_config.arch != config.model.arch:
+        return None
     # HF GPT-2 always has biases (zeros for a bias-free export): keep them
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, bias=True))
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, bias=model_config.bias))
 
 
 def _read_lmforge_json(src: Path) -> dict[str, Any] | None:

@@ -1,9 +1,11 @@
-"""One pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+"""One pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); and what every
+architecture's forward shares (the context check, the run through the blocks)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
 from lmforge.model.attention import CausalSelfAttention
@@ -23,3 +25,28 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), kv_cache)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+
+def context_start(kv_cache: KVCache | None, new_tokens: int, block_size: int) -> int:
+    """The position of the first new token (after the cached ones); refuses a sequence longer
+    than the context."""
+    past = kv_cache.length if kv_cache is not None else 0
+    if past + new_tokens > block_size:
+        raise ValueError(f"sequence of {past + new_tokens} tokens is longer than the context of {block_size}")
+    return past
+
+
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, kv_cache: KVCache | None, recompute: bool
+) -> torch.Tensor:
+    """``x`` through every block; ``recompute`` (gradient checkpointing in training) keeps only
+    the blocks' inputs and recomputes their activations in backward. The cache advances once
+    every layer has stored the new positions."""
+    for block in blocks:
+        if recompute and kv_cache is None:
+            x = checkpoint(block, x, use_reentrant=False)
+        else:
+            x = block(x, kv_cache)
+    if kv_cache is not None:
+        kv_cache.advance(x.size(1))
+    return x

@@ -12,10 +12,9 @@ import math
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
-from lmforge.model.blocks import Block
+from lmforge.model.blocks import Block, context_start, run_blocks
 from lmforge.model.kv_cache import KVCache
 from lmforge.model.loss import linear_cross_entropy
 
@@ -89,20 +88,10 @@ class GPT(nn.Module):
         continue after the cached ones, and only the last position's logits are made.
         """
         B, T = idx.size()
-        past = kv_cache.length if kv_cache is not None else 0
-        if past + T > self.config.block_size:
-            raise ValueError(
-                f"sequence of {past + T} tokens is longer than the context of {self.config.block_size}"
-            )
+        past = context_start(kv_cache, T, self.config.block_size)
         pos = torch.arange(past, past + T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
-        for block in self.transformer.h:
-            if self.config.gradient_checkpointing and self.training and kv_cache is None:
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x, kv_cache)
-        if kv_cache is not None:
-            kv_cache.advance(T)
+        x = run_blocks(self.transformer.h, x, kv_cache, self.config.gradient_checkpointing and self.training)
         x = self.transformer.ln_f(x)
 
         V = self.config.vocab_size

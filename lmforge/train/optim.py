@@ -1,19 +1,33 @@
-"""AdamW with two parameter groups: weight decay on matrices only.
+"""The optimizer: AdamW for every weight, or Muon for the block matrices and AdamW for the rest.
 
-Decaying biases, LayerNorm gains and embeddings toward zero does not regularize
-anything useful and hurts (GPT-2/3, nanoGPT): only the weight matrices of the
-Linear layers are decayed. The tied LM head is the token embedding, so it is
-counted once, in the no-decay group.
+Weight decay goes on the matrices of the Linear layers only: decaying biases, norm gains and
+embeddings toward zero does not regularize anything useful and hurts (GPT-2/3, nanoGPT). The
+tied LM head is the token embedding, so it is counted once, with the embeddings.
+
+With ``--optimizer muon`` the 2-D weights inside the blocks are orthogonalised by Muon
+(``torch.optim.Muon``; modded-nanogpt, Jordan et al. 2024): it is built for hidden matrices
+only, so the embeddings, an untied head and the vectors (gains, biases) stay on AdamW.
+
+Each group has its own peak learning rate, as a ratio to ``--lr`` (``lr_scale``): the block
+matrices ``--lr``, the embeddings and vectors ``--embed-lr``, an untied head ``--head-lr``. The
+schedule gives the lr of ``--lr`` for each step, and every group follows it at its ratio.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from lmforge.config import OptimizerConfig
+from lmforge.errors import ConfigError
+
+# Muon's momentum starts here and rises to --muon-momentum over --muon-momentum-warmup steps
+# (modded-nanogpt: a high momentum at the start, with the weights far from any minimum, slows
+# the first steps down)
+MUON_MOMENTUM_START = 0.85
 
 
 @dataclass(frozen=True)
@@ -24,63 +38,166 @@ class ParamGroupCounts:
     decay_params: int
     no_decay_tensors: int
     no_decay_params: int
+    groups: tuple[tuple[str, int], ...] = ()  # (group name, parameters), in optimizer order
 
-    def to_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "groups"}
+        out["groups"] = dict(self.groups)
+        return out
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> tuple[list[dict[str, object]], ParamGroupCounts]:
-    """Split the trainable parameters into a decay group (weights of Linear layers)
-    and a no-decay group (biases, LayerNorm, embeddings)."""
-    decay_ids = {
-        id(m.weight) for m in model.modules() if isinstance(m, nn.Linear) and not _is_tied_head(model, m)
-    }
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+def _role(name: str, p: nn.Parameter, tied_head: bool) -> tuple[str, bool, str]:
+    """``(optimizer group role, decayed, lr field)`` of one parameter."""
+    if name.startswith("transformer.h.") and p.dim() == 2:
+        return "matrices", True, "lr"
+    if name == "lm_head.weight" and not tied_head:  # a tied head is yielded once, as wte
+        return "head", True, "head_lr"
+    return "embeddings and vectors", False, "embed_lr"
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, config: OptimizerConfig | None = None
+) -> tuple[list[dict[str, Any]], ParamGroupCounts]:
+    """The optimizer's parameter groups: Muon's block matrices (with ``--optimizer muon``),
+    then AdamW's decayed matrices and head, then the undecayed embeddings and vectors.
+
+    Each group dict carries ``name``, ``optimizer`` (adamw or muon), ``lr_field`` (the config
+    field of its peak lr) and ``lr_scale`` (that lr over ``--lr``) next to ``weight_decay``.
+    """
+    config = config or OptimizerConfig(weight_decay=weight_decay)
+    tied = getattr(getattr(model, "config", None), "tied_head", True)
+    groups: dict[tuple[str, bool, str], dict[str, Any]] = {}
     # named_parameters() yields a tied tensor once, so lm_head/wte is not counted twice
-    for _, p in model.named_parameters():
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if id(p) in decay_ids else no_decay).append(p)
+        role, decay, lr_field = _role(name, p, tied)
+        opt = "muon" if config.optimizer == "muon" and role == "matrices" else "adamw"
+        key = (opt, decay, lr_field)
+        if key not in groups:
+            groups[key] = {
+                "params": [],
+                "name": f"{opt} {role}",
+                "optimizer": opt,
+                "lr_field": lr_field,
+                "lr_scale": lr_scale(lr_field, config),
+                "weight_decay": weight_decay if decay else 0.0,
+            }
+        groups[key]["params"].append(p)
+    # muon first, then decayed before undecayed (the order of every checkpoint's groups)
+    ordered = [groups[k] for k in sorted(groups, key=lambda k: (k[0] != "muon", not k[1]))]
+    decayed = [g for g in ordered if g["lr_field"] != "embed_lr"]  # the vectors' field is never decayed
+    undecayed = [g for g in ordered if g["lr_field"] == "embed_lr"]
     counts = ParamGroupCounts(
-        decay_tensors=len(decay),
-        decay_params=sum(p.numel() for p in decay),
-        no_decay_tensors=len(no_decay),
-        no_decay_params=sum(p.numel() for p in no_decay),
+        decay_tensors=sum(len(g["params"]) for g in decayed),
+        decay_params=sum(p.numel() for g in decayed for p in g["params"]),
+        no_decay_tensors=sum(len(g["params"]) for g in undecayed),
+        no_decay_params=sum(p.numel() for g in undecayed for p in g["params"]),
+        groups=tuple((g["name"], sum(p.numel() for p in g["params"])) for g in ordered),
     )
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return groups, counts
+    return ordered, counts
 
 
-def _is_tied_head(model: nn.Module, module: nn.Linear) -> bool:
-    wte = getattr(getattr(model, "transformer", None), "wte", None)
-    return wte is not None and module.weight is wte.weight
+def lr_scale(lr_field: str, config: OptimizerConfig) -> float:
+    """A group's peak lr as a multiple of ``--lr`` (0 for --embed-lr/--head-lr means --lr)."""
+    lr = getattr(config, lr_field) or config.lr
+    return lr / config.lr
+
+
+class MuonAdamW:
+    """Muon and AdamW stepped as one optimizer: what ``TrainStep``, the fp16 loss scaler and
+    the checkpoints see (``param_groups``, ``step``, ``zero_grad``, ``state_dict``).
+
+    It counts its own updates, so Muon's momentum warmup is a function of the optimizer's
+    state and resumes exactly with it.
+    """
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer, config: OptimizerConfig):
+        self.muon, self.adamw = muon, adamw
+        self.momentum, self.momentum_warmup = config.muon_momentum, config.muon_momentum_warmup
+        self.updates = 0
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def current_momentum(self) -> float:
+        if self.momentum_warmup <= 0:
+            return self.momentum
+        frac = min(self.updates / self.momentum_warmup, 1.0)
+        return (1.0 - frac) * min(MUON_MOMENTUM_START, self.momentum) + frac * self.momentum
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:
+        for group in self.muon.param_groups:
+            group["momentum"] = self.current_momentum()
+        self.muon.step()
+        self.adamw.step()
+        self.updates += 1
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "muon" not in state:
+            raise ConfigError(
+                "this checkpoint's optimizer state is AdamW's, not Muon + AdamW",
+                "resume with the run's own --optimizer",
+            )
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+        self.updates = int(state["updates"])
+
+
+def _require_muon() -> type[torch.optim.Optimizer]:
+    muon = getattr(torch.optim, "Muon", None)
+    if muon is None:
+        raise ConfigError(
+            f"--optimizer muon needs torch.optim.Muon (PyTorch 2.9 or newer); this is {torch.__version__}",
+            "upgrade torch, or use --optimizer adamw",
+        )
+    return muon
 
 
 def build_optimizer(
     model: nn.Module, config: OptimizerConfig, device: torch.device
-) -> tuple[torch.optim.AdamW, ParamGroupCounts]:
-    """AdamW over ``param_groups``; the fused kernel on CUDA (one launch for all tensors)."""
-    groups, counts = param_groups(model, config.weight_decay)
-    optimizer = torch.optim.AdamW(
-        groups,
+) -> tuple[torch.optim.Optimizer | MuonAdamW, ParamGroupCounts]:
+    """AdamW over ``param_groups`` (the fused kernel on CUDA: one launch for all tensors), or
+    ``MuonAdamW`` with ``--optimizer muon``."""
+    groups, counts = param_groups(model, config.weight_decay, config)
+    adamw_groups = [g for g in groups if g["optimizer"] == "adamw"]
+    adamw = torch.optim.AdamW(
+        adamw_groups,
         lr=config.lr,
         betas=(config.beta1, config.beta2),
         eps=config.eps,
         fused=device.type == "cuda" or None,
     )
-    return optimizer, counts
+    if config.optimizer == "adamw":
+        return adamw, counts
+    muon = _require_muon()(
+        [g for g in groups if g["optimizer"] == "muon"], lr=config.lr, momentum=config.muon_momentum
+    )
+    return MuonAdamW(muon, adamw, config), counts
 
 
 def set_hyperparameters(
-    optimizer: torch.optim.Optimizer, config: OptimizerConfig, device: torch.device
+    optimizer: torch.optim.Optimizer | MuonAdamW, config: OptimizerConfig, device: torch.device
 ) -> None:
-    """Apply ``config``'s betas, eps and weight decay to an optimizer whose state was loaded
-    from a checkpoint: the saved hyperparameters come along with it, the current config's win
-    (a resumed run may change --weight-decay)."""
-    for group, decay in zip(optimizer.param_groups, (config.weight_decay, 0.0), strict=True):
-        group.update(betas=(config.beta1, config.beta2), eps=config.eps, weight_decay=decay)
-        group["fused"] = device.type == "cuda" or None
+    """Apply ``config``'s betas, eps, weight decay and lr ratios to an optimizer whose state was
+    loaded from a checkpoint: the saved hyperparameters come along with it, the current config's
+    win (a resumed run may change --weight-decay or --embed-lr)."""
+    for i, group in enumerate(optimizer.param_groups):
+        # checkpoints from before the per-group fields hold AdamW's [decayed matrices, the rest]
+        lr_field = group.setdefault("lr_field", "lr" if i == 0 else "embed_lr")
+        group["lr_scale"] = lr_scale(lr_field, config)
+        group["weight_decay"] = config.weight_decay if lr_field != "embed_lr" else 0.0
+        if group.get("optimizer", "adamw") == "adamw":
+            group.update(betas=(config.beta1, config.beta2), eps=config.eps)
+            group["fused"] = device.type == "cuda" or None
+    if isinstance(optimizer, MuonAdamW):
+        optimizer.momentum, optimizer.momentum_warmup = config.muon_momentum, config.muon_momentum_warmup

@@ -5,18 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from lmforge.config import TrainingConfig
-from lmforge.model.gpt import GPT
+from lmforge.model import build_model
 
 # fp32 master weights (4) + fp32 gradients (4) + AdamW's two fp32 moments (8)
 BYTES_PER_PARAM_TRAINING = 16
 
 
-def build_on_meta(config: TrainingConfig) -> GPT:
+def build_on_meta(config: TrainingConfig) -> nn.Module:
     """The model on the meta device: exact shapes and counts, no memory, no init cost."""
     with torch.device("meta"):
-        return GPT(config.model)
+        return build_model(config.model)
 
 
 def plan(config: TrainingConfig, world_size: int = 1) -> dict[str, Any]:
@@ -24,9 +25,9 @@ def plan(config: TrainingConfig, world_size: int = 1) -> dict[str, Any]:
     model = build_on_meta(config)
     n_total = model.get_num_params(non_embedding=False)
     # the real vocabulary's rows only: padded rows (--pad-vocab-multiple) are not parameters that learn
-    n_non_embedding = (
-        n_total - model.transformer.wpe.weight.numel() - config.model.vocab_size * config.model.n_embd
-    )
+    wpe = getattr(model.transformer, "wpe", None)  # the modern architecture has no position table
+    n_positions = wpe.weight.numel() if wpe is not None else 0
+    n_non_embedding = n_total - n_positions - config.model.vocab_size * config.model.n_embd
     tokens_per_step = config.tokens_per_step * world_size
     flops_per_token = model.flops_per_token()
     weights = 4 * n_total

@@ -84,6 +84,7 @@ class TrainingState:
     rank: int
     world_size: int
     seed: int
+    loaded_schedule: dict[str, Any] | None = None  # the schedule a loaded checkpoint was saved with
 
     def state_dict(self) -> dict[str, Any]:
         """Called on every rank (collectives: the FSDP optimizer shards and the RNG states are
@@ -106,6 +107,7 @@ class TrainingState:
         """Put ``state`` back (all of it on ``resume``; see the module docstring for a rollback)
         and return the number of processes that saved it."""
         dist.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.loaded_schedule = state.get("schedule")  # the saved one: did --steps change its past?
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.progress.step, self.progress.tokens = int(state["step"]), int(state["tokens"])
@@ -173,7 +175,8 @@ class Checkpointer:
         weights = ckpt.load_state_dict(path)
         if self.sharded:
             full = ckpt.pad_vocab_rows(weights, self.padded_vocab)
-            full["lm_head.weight"] = full[ckpt.WTE_KEY]  # tied: the same tensor in the model
+            if model.config.tied_head:
+                full["lm_head.weight"] = full[ckpt.WTE_KEY]  # tied: the same tensor in the model
             dist.load_full_model_state(model, full)
         else:
             ckpt.load_weights(model, weights, where=path)

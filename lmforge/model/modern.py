@@ -1,0 +1,227 @@
+"""The modern architecture (``--arch modern``), top to bottom: the 2025 levers on GPT-2's skeleton.
+
+What changes from ``gpt.py`` and why (modded-nanogpt's records, nanochat):
+
+- no learned positions: rotary embeddings turn q and k by their position, so attention
+  scores depend on relative offsets and the KV cache stores already-turned keys;
+- RMSNorm without a learnable gain, after the embedding, before each sub-block and at the
+  end (a gain in front of a linear layer is redundant with that layer's weights);
+- QK-norm: RMSNorm on each head's q and k after the rotation (Hugging Face's
+  ``NanoChatAttention`` order), so attention logits stay bounded by ``sqrt(head_dim)``;
+- ReLU² in the MLP; no biases anywhere;
+- an untied LM head, and output projections that start at zero (each block starts as the
+  identity; the head starts predicting uniformly);
+- a tanh soft-cap on the logits (``c * tanh(logits / c)``), against runaway logits;
+- optional grouped-query attention: ``n_kv_head`` key/value heads shared by the query heads.
+
+Parameter names follow nanochat (``transformer.h.0.attn.c_q.weight``); ``lmforge.interop.nanochat``
+maps them to Hugging Face's ``NanoChatForCausalLM``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.config import ModelConfig
+from lmforge.model.blocks import context_start, run_blocks
+from lmforge.model.kv_cache import KVCache
+from lmforge.model.loss import linear_cross_entropy
+
+ROPE_THETA = 10_000.0  # the rotary base of RoFormer, Llama 2 and NanoChatConfig's default
+
+
+def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension, without a gain; in fp32 under autocast, as Hugging Face
+    computes it (the mean of squares of bf16 values loses precision)."""
+    return F.rms_norm(x.float(), (x.size(-1),), eps=eps).type_as(x)
+
+
+class Rotary:
+    """cos/sin tables of the rotary embedding for every position up to ``block_size``.
+
+    Layout as in NanoChat (and Hugging Face's ``rotate_half``): a head's first half of
+    dimensions pairs with its second half, ``(x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin)``.
+    The tables are derived from the config, never stored: made on first use on each device
+    (a model built on the meta device and loaded with ``assign=True`` has no buffers to move).
+    """
+
+    def __init__(self, head_dim: int, block_size: int) -> None:
+        self.head_dim, self.block_size = head_dim, block_size
+        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._tables:
+            d = self.head_dim
+            inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+            pos = torch.arange(self.block_size, dtype=torch.float32, device=device)
+            freqs = torch.outer(pos, inv_freq)  # (block_size, hs / 2)
+            self._tables[device] = (freqs.cos(), freqs.sin())
+        return self._tables[device]
+
+    def __call__(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """``x`` (B, nh, T, hs) at positions ``start .. start + T - 1``, turned."""
+        cos, sin = self._table(x.device)
+        T = x.size(2)
+        cos, sin = cos[start : start + T].to(x.dtype), sin[start : start + T].to(x.dtype)  # (T, hs / 2)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class ModernAttention(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: Rotary, layer_idx: int = 0) -> None:
+        super().__init__()
+        self.n_head, self.n_kv_head = config.n_head, config.kv_heads
+        self.head_dim = config.n_embd // config.n_head
+        self.layer_idx = layer_idx
+        self.qk_norm = config.qk_norm
+        self.eps = config.layer_norm_epsilon
+        self.dropout = config.dropout
+        self.rotary = rotary  # one for all layers
+        kv = self.n_kv_head * self.head_dim
+        self.c_q = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.c_k = nn.Linear(config.n_embd, kv, bias=False)
+        self.c_v = nn.Linear(config.n_embd, kv, bias=False)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        B, T, C = x.size()
+        hs = self.head_dim
+        q = self.c_q(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = self.c_k(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = self.c_v(x).view(B, T, self.n_kv_head, hs).transpose(1, 2)  # (B, nkv, T, hs)
+
+        past = kv_cache.length if kv_cache is not None else 0
+        q, k = self.rotary(q, past), self.rotary(k, past)
+        if self.qk_norm:
+            q, k = rms_norm(q, self.eps), rms_norm(k, self.eps)
+        if kv_cache is not None:
+            k, v = kv_cache.append(self.layer_idx, k, v)  # (B, nkv, past + T, hs)
+
+        dropout_p = self.dropout if self.training else 0.0
+        gqa = self.n_kv_head != self.n_head
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+        elif T == 1:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
+        else:
+            # new tokens after a cached prefix: the bottom-right-aligned causal mask (see attention.py)
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class ReluSquaredMLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=False)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.relu(self.c_fc(x)).square()))  # (B, T, 4C) inside
+
+
+class ModernBlock(nn.Module):
+    def __init__(self, config: ModelConfig, rotary: Rotary, layer_idx: int = 0) -> None:
+        super().__init__()
+        self.eps = config.layer_norm_epsilon
+        self.attn = ModernAttention(config, rotary, layer_idx)
+        self.mlp = ReluSquaredMLP(config)
+
+    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(rms_norm(x, self.eps), kv_cache)
+        x = x + self.mlp(rms_norm(x, self.eps))
+        return x
+
+
+class ModernGPT(nn.Module):
+    """The same interface as ``GPT`` (forward, ``new_kv_cache``, ``get_num_params``,
+    ``flops_per_token``), so training, evaluation and generation use either."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.rotary = Rotary(config.n_embd // config.n_head, config.block_size)
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([ModernBlock(config, self.rotary, i) for i in range(config.n_layer)]),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
+        if not self.transformer.wte.weight.is_meta:
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """nanochat's initialisation: embeddings normal(0, 1) (they are normalised at once),
+        input projections with std 1/sqrt(fan_in) (shrunk for wide-in-narrow-out matrices),
+        and zero for every output projection and the head, so each block starts as the
+        identity and the first prediction is uniform."""
+        V = self.config.vocab_size
+        wte = self.transformer.wte.weight
+        nn.init.normal_(wte[:V], mean=0.0, std=1.0)
+        wte[V:].zero_()  # padded rows start (and stay) at 0
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight") or name == "lm_head.weight":
+                nn.init.zeros_(p)
+            elif p.dim() == 2 and p is not wte:
+                fan_out, fan_in = p.shape
+                nn.init.normal_(p, mean=0.0, std=min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in))
+
+    def get_num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count without the padded rows. There are no position embeddings, so
+        ``non_embedding`` changes nothing (``GPT`` leaves its position embeddings out there)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - 2 * (self.config.padded_vocab_size - self.config.vocab_size) * self.config.n_embd
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """As ``GPT.forward``: logits (B, T, vocab), or with ``targets`` the mean loss."""
+        context_start(kv_cache, idx.size(1), self.config.block_size)
+        eps = self.config.layer_norm_epsilon
+        x = self.transformer.drop(rms_norm(self.transformer.wte(idx), eps))  # (B, T, C)
+        x = run_blocks(self.transformer.h, x, kv_cache, self.config.gradient_checkpointing and self.training)
+        x = rms_norm(x, eps)
+
+        V, cap = self.config.vocab_size, self.config.logit_softcap
+        if targets is not None:
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets, V, softcap=cap)
+        if kv_cache is not None:
+            x = x[:, [-1], :]  # (B, 1, C)
+        logits = self.lm_head(x)[..., :V]
+        if cap:
+            logits = cap * torch.tanh(logits / cap)
+        return logits.contiguous(), None
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        c = self.config
+        p = self.transformer.wte.weight
+        return KVCache(
+            c.n_layer,
+            batch_size,
+            c.kv_heads,
+            max_len or c.block_size,
+            c.n_embd // c.n_head,
+            p.device,
+            p.dtype,
+        )
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token: 6N for the matmuls (the embedding lookup is none; the
+        untied head is) plus attention's scores and values (PaLM appendix B)."""
+        c = self.config
+        t = seq_len or c.block_size
+        n_matmul = self.get_num_params() - c.vocab_size * c.n_embd
+        return 6 * n_matmul + 12 * c.n_layer * c.n_embd * t
