@@ -148,14 +148,18 @@ class DataConfig:
     name: str = doc(
         "Prepared dataset to train on (see `lmforge data list`).", flag="data", default="wikitext-103"
     )
-    stride: int = doc("Step between the starts of consecutive training windows.", default=512)
+    stride: int = doc(
+        "Step between the starts of consecutive training windows (0 = auto: half the block size, "
+        "so every token is trained on; above the block size, tokens are skipped).",
+        default=0,
+    )
     sampling: Literal["sliding", "random"] = doc(
         "Windows at fixed strides ('sliding') or at random offsets ('random').", default="sliding"
     )
     num_workers: int = doc("DataLoader worker processes (0 = load in the main process).", default=0)
 
     def __post_init__(self) -> None:
-        _positive(self, "stride")
+        _non_negative(self, "stride")
         _non_negative(self, "num_workers")
 
 
@@ -320,6 +324,12 @@ class TrainingConfig:
             )
 
     @property
+    def window_stride(self) -> int:
+        """The training windows' stride: ``data.stride``, or half the block size when 0 (auto; the
+        seed's 512 for GPT-2's 1024)."""
+        return self.data.stride or max(1, self.model.block_size // 2)
+
+    @property
     def tokens_per_step(self) -> int:
         """Tokens per optimizer step on one process."""
         return self.train.batch_size * self.train.grad_accum * self.model.block_size
@@ -348,6 +358,24 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         n_layer=4, n_head=4, n_embd=256, block_size=256, dropout=0.0
     ),  # 16M, mostly embeddings
+}
+
+
+# Training defaults that fit a preset, under a file's values and the options (defaults < preset
+# < file < options). GPT-2's sizes keep the seed's (the dataclass defaults); `tiny` gets the
+# settings of a CPU run that learns visibly in minutes: one micro-batch per step, a short warmup,
+# a higher lr for the small model, frequent quick evaluations.
+PRESET_TRAINING: dict[str, dict[tuple[str, ...], Any]] = {
+    "tiny": {
+        ("train", "steps"): 200,
+        ("train", "batch_size"): 4,
+        ("train", "grad_accum"): 1,
+        ("train", "eval_interval"): 50,
+        ("train", "eval_tokens"): 8192,
+        ("optim", "lr"): 1e-3,
+        ("optim", "min_lr"): 1e-4,
+        ("optim", "warmup_steps"): 20,
+    },
 }
 
 
@@ -562,7 +590,8 @@ def resolve_config(
     preset: str | None = None,
     overrides: dict[tuple[str, ...], Any] | None = None,
 ) -> TrainingConfig:
-    """Layer the sources of a run's config: defaults < recipe < TOML file < preset < overrides.
+    """Layer the sources of a run's config: defaults < the preset's training defaults
+    (``PRESET_TRAINING``) < recipe < TOML file < preset < overrides.
 
     The preset (``--preset``, else the file's own ``preset`` key, else gpt2) gives the model
     values the file's start from; ``--preset`` then sets the size (layers, heads, width,
@@ -578,6 +607,8 @@ def resolve_config(
     # the preset's whole model (its dropout too) is the base the file's values go on top of
     base = preset or (file_preset if isinstance(file_preset, str) else "gpt2")
     config = dataclasses.replace(TrainingConfig(), preset=base, model=_check_preset(base))
+    if base in PRESET_TRAINING:
+        config = with_overrides(config, PRESET_TRAINING[base])  # under the recipe, file and options
     # the gpt2 recipe's values are the base's own (its preset's lr, say), not the bare defaults
     gpt2_values = {path: _get(config, path) for path in RECIPES["gpt2"]}
     file_recipe = data.get("recipe", "gpt2")

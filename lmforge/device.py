@@ -133,6 +133,35 @@ def measure_bf16_speedup(size: int = 256, repeats: int = 5) -> float:
     return best(torch.float32) / max(best(torch.bfloat16), 1e-9)
 
 
+def measure_matmul_flops(device: torch.device, dtype: str = "fp32", repeats: int = 5) -> float:
+    """FLOP/s of a square matmul on ``device`` in ``dtype`` (best of ``repeats``), in tens of
+    milliseconds: 512 wide on a CPU, 4096 on a GPU (large enough to reach its tensor cores)."""
+    import time
+
+    size = 512 if device.type == "cpu" else 4096
+    dt = TORCH_DTYPES[dtype]
+    # a generator of its own: drawing from the global one would change a run's (or a resumed
+    # run's) dropout masks and data order from what they were without the measurement
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, generator=g).to(dt)
+    b = torch.randn(size, size, device=device, generator=g).to(dt)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # kernels are asynchronous: time them, not their launch
+
+    for _ in range(2):  # warm-up: thread pool start, kernel selection, page faults
+        a @ b
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        times.append(time.perf_counter() - t0)
+    return 2 * size**3 / max(min(times), 1e-9)
+
+
 def _read_cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text()

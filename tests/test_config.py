@@ -16,7 +16,8 @@ def test_defaults_are_the_seeds():
     c = TrainingConfig()
     assert (c.train.batch_size, c.train.grad_accum, c.optim.lr) == (4, 8, 1.5e-4)
     assert (c.optim.warmup_steps, c.train.steps, c.optim.weight_decay) == (4000, 300_000, 0.01)
-    assert (c.optim.max_grad_norm, c.model.block_size, c.data.stride) == (1.0, 1024, 512)
+    assert (c.optim.max_grad_norm, c.model.block_size, c.window_stride) == (1.0, 1024, 512)
+    assert c.data.stride == 0  # auto: half the block size
     assert (c.checkpoint.light_interval, c.checkpoint.full_interval, c.train.dtype) == (2000, 10_000, "auto")
     assert c.model == PRESETS["gpt2"]
     assert c.tokens_per_step == 4 * 8 * 1024

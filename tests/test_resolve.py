@@ -96,7 +96,7 @@ def test_unknown_names_list_what_exists(ws):
     assert "step-100" in info.value.hint and "step-200" in info.value.hint
     with pytest.raises(NotFoundError, match="no best checkpoint yet"):
         resolve_checkpoint(ws, "no-best:best")
-    with pytest.raises(NotFoundError, match="has no complete checkpoints yet"):
+    with pytest.raises(NotFoundError, match="has no complete checkpoints"):
         resolve_checkpoint(ws, "just-started")
     with pytest.raises(NotFoundError, match="does not exist"):
         resolve_checkpoint(ws, "/no/such/dir")

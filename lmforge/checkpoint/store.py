@@ -26,7 +26,6 @@ Hashing reads every byte: ``LMFORGE_SKIP_CHECKSUMS=1`` skips it for huge files
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import uuid
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from lmforge.checkpoint.meta import FORMAT_VERSION, META_FILE, MODEL_FILE, TRAINER_FILE, read_meta
 from lmforge.config import TrainingConfig
 from lmforge.errors import CheckpointError, LmforgeError
 from lmforge.fileio import (
@@ -49,10 +49,6 @@ from lmforge.fileio import (
 )
 from lmforge.units import now_iso
 
-FORMAT_VERSION = 1
-MODEL_FILE = "model.safetensors"
-TRAINER_FILE = "trainer.pt"
-META_FILE = "meta.json"
 TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight (GPT-2; not --arch modern)
 WTE_KEY = "transformer.wte.weight"
 VOCAB_KEYS = (WTE_KEY, "lm_head.weight")  # a row per token id (the head's only when untied)
@@ -177,31 +173,6 @@ def file_records(directory: Path) -> dict[str, dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def read_meta(path: str | os.PathLike) -> dict[str, Any]:
-    """``meta.json`` of a complete checkpoint (CheckpointError if missing or corrupt)."""
-    path = Path(path)
-    meta_path = path / META_FILE
-    if not path.is_dir():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    if not meta_path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} is incomplete (no {META_FILE}); it was never finished",
-            "use another checkpoint (`lmforge ckpt list`)",
-        )
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{meta_path} is corrupt: {exc}") from exc
-    if not isinstance(meta, dict) or "config" not in meta or "kind" not in meta:
-        raise CheckpointError(f"{meta_path} is not lmforge checkpoint metadata")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {path} has format version {meta['format_version']}, newer than this lmforge reads",
-            "upgrade lmforge",
-        )
-    return meta
 
 
 def _verify(verify: bool | None) -> bool:

@@ -15,6 +15,7 @@ STATUS_STYLE = {
     "running": "cyan",
     "finished": "green",
     "interrupted": "yellow",
+    "aborted": "red",
     "stale": "magenta",
     "failed": "red",
     "unknown": "dim",

@@ -50,9 +50,10 @@ def train(
     """Train a GPT-2-style model on a prepared dataset.
 
     Ctrl-C or SIGTERM finishes the current step, saves a full checkpoint and exits
-    (130 / 143); continue with --resume. Progress goes to stderr (a live view on a
-    terminal, plain lines otherwise), the summary to stdout; metrics, samples and
-    checkpoints to runs/<run>/ in the workspace.
+    (130 / 143); continue with --resume. A second Ctrl-C aborts at once without
+    saving. Progress goes to stderr (a live view on a terminal, plain lines otherwise),
+    the summary to stdout; metrics, samples and checkpoints to runs/<run>/ in the
+    workspace.
 
     Several GPUs: --nproc N (or torchrun --nproc_per_node N -m lmforge -- train ...), with
     --strategy ddp (default) or fsdp; --batch-size is per process. Checkpoints load on
@@ -62,7 +63,7 @@ def train(
 
       [bold]lmforge train --steps 300000[/bold]   (GPT-2 small on WikiText-103)
 
-      [bold]lmforge train --preset tiny --data wikitext-2 --steps 2000[/bold]   (a CPU run)
+      [bold]lmforge train --preset tiny --data wikitext-2[/bold]   (a CPU run: 200 steps, minutes)
 
       [bold]lmforge train --resume latest --steps 4000[/bold]   (continue the newest run, for longer)
 
@@ -89,6 +90,8 @@ def train(
     )
     config = run_plan.config
     if dry_run:
+        for message in run_plan.warnings:  # a run reports them as it starts
+            err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
         _warn_if_not_prepared(ws, config.data.name)
         from lmforge.train.plan import plan
 
@@ -118,7 +121,19 @@ def train(
             rank=group.rank,
             world_size=group.world_size,
         )
-        result = manager.train()
+        try:
+            result = manager.train()
+        except KeyboardInterrupt as exc:  # a second Ctrl-C: nothing saved, run.json says aborted
+            if group.is_main:
+                from lmforge.train.setup import next_step_hint
+
+                err_console.print(
+                    f"[bold red]Aborted:[/bold red] run {manager.run_name} stopped without saving; "
+                    f"{next_step_hint(manager.run_dir)}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
     if group.is_main:
         if as_json:
             print_json(result.to_dict())
@@ -176,7 +191,7 @@ def _print_plan(report: dict[str, Any]) -> None:
     table = Table(title="Plan", show_header=False)
     p, m = report["parameters"], report["memory_bytes"]
     rows = [
-        ("parameters", f"{p['total']:,}"),
+        ("parameters (total)", f"{p['total']:,}"),
         ("without position embeddings", f"{p['without_position_embeddings']:,}"),
         ("non-embedding", f"{p['non_embedding']:,}"),
         ("tokens per optimizer step", f"{report['tokens_per_step']:,}"),

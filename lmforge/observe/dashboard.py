@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,21 +48,41 @@ def format_eval_line(e: EvalStats) -> str:
     )
 
 
+# A log never goes longer than this without a line while steps are being trained.
+HEARTBEAT_S = 60.0
+
+
 class PlainReporter(Reporter):
-    """Plain lines on a stream (stderr by default). ``quiet``: warnings only."""
+    """Plain lines on a stream (stderr by default). ``quiet``: warnings only.
+
+    Between logging steps it stays silent, except within the first step (one line per
+    micro-batch) and, when steps are slow, a line after a micro-batch once a minute."""
 
     def __init__(self, stream: IO[str] | None = None, quiet: bool = False) -> None:
         self.stream = stream
         self.quiet = quiet
+        self._started = self._last_line = time.monotonic()
+        self._first_step: int | None = None
 
     def _write(self, line: str) -> None:
         stream = self.stream or sys.stderr
         stream.write(line + "\n")
         stream.flush()
+        self._last_line = time.monotonic()
 
     def start(self, info: dict[str, Any]) -> None:
+        self._started = time.monotonic()
         if not self.quiet:
             self._write(describe_start(info))
+
+    def micro_batch(self, step: int, total_steps: int, done: int, of: int) -> None:
+        if self._first_step is None:
+            self._first_step = step
+        first = step == self._first_step and of > 1
+        if self.quiet or not (first or time.monotonic() - self._last_line >= HEARTBEAT_S):
+            return
+        elapsed = format_duration(time.monotonic() - self._started)
+        self._write(f"step {step}/{total_steps} | micro-batch {done}/{of} done | {elapsed}")
 
     def step(self, stats: StepStats) -> None:
         if not self.quiet:
@@ -86,7 +107,7 @@ class PlainReporter(Reporter):
 def describe_start(info: dict[str, Any]) -> str:
     parts = [
         f"run {info['run']} ({info['run_dir']})",
-        f"{info['parameters']:,} parameters",
+        f"{info['parameters']:,} parameters (total)",
         f"{info['device']} {info['dtype']}" + (" compiled" if info.get("compile") else ""),
         f"{info['tokens_per_step']:,} tokens/step",
     ]
@@ -101,7 +122,7 @@ def describe_start(info: dict[str, Any]) -> str:
             f"\nprecision {info['dtype']} ({info.get('dtype_reason', '')}) | "
             f"compile {compiled} ({info.get('compile_reason', '')})"
         )
-    return line
+    return line + (f"\n{info['estimate']}" if info.get("estimate") else "")
 
 
 class RichReporter(Reporter):
@@ -118,21 +139,27 @@ class RichReporter(Reporter):
 
     def start(self, info: dict[str, Any]) -> None:
         from rich.live import Live
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         self._info = info
         self.console.print(describe_start(info), highlight=False)
+        # the one clock of the view, in the format of the eta beside it and of `lmforge runs`
         self._progress = Progress(
             TextColumn("[bold]train[/bold]"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("steps"),
-            TimeElapsedColumn(),
+            TextColumn("steps{task.fields[micro]}"),
+            _elapsed_column(),
             TextColumn("eta {task.fields[eta]}"),
             console=self.console,
         )
+        estimate = info.get("estimate_s")
         self._task = self._progress.add_task(
-            "train", total=info["total_steps"], completed=info.get("resumed_from_step") or 0, eta="n/a"
+            "train",
+            total=info["total_steps"],
+            completed=info.get("resumed_from_step") or 0,
+            eta=f"~{duration_or_na(estimate)} (estimate)" if estimate is not None else "n/a",
+            micro="",
         )
         self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
         self._live.start()
@@ -162,9 +189,7 @@ class RichReporter(Reporter):
             "best val",
             f"{e.best_val_loss:.4f} (step {e.best_step})" if e else na,
         )
-        table.add_row(
-            "tokens", f"{s.tokens:,}" if s else na, "elapsed", duration_or_na(s.elapsed_s) if s else na
-        )
+        table.add_row("tokens", f"{s.tokens:,}" if s else na)
         return Group(self._progress, table)
 
     def _refresh(self) -> None:
@@ -176,6 +201,13 @@ class RichReporter(Reporter):
         if self._progress is not None:
             self._progress.update(self._task, completed=stats.step, eta=duration_or_na(stats.eta_s))
         self._refresh()
+
+    def micro_batch(self, step: int, total_steps: int, done: int, of: int) -> None:
+        if self._progress is None:
+            return
+        # the bar moves at every step; within a step of several micro-batches, their count shows
+        micro = f" (step {step}: micro-batch {done}/{of})" if of > 1 and done < of else ""
+        self._progress.update(self._task, completed=step - 1 + done / of, micro=micro)
 
     def evaluation(self, stats: EvalStats) -> None:
         self._eval = stats
@@ -206,6 +238,17 @@ class RichReporter(Reporter):
         if self._live is not None:
             self._live.stop()
             self._live = None
+
+
+def _elapsed_column():
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Elapsed(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(duration_or_na(task.elapsed))
+
+    return Elapsed()
 
 
 def summary_rows(result: TrainResult) -> list[tuple[str, str]]:

@@ -48,7 +48,7 @@ class TrainResult:
 
     run: str
     run_dir: Path
-    status: str  # "finished" | "interrupted"
+    status: str  # "finished" | "interrupted" (a full checkpoint saved)
     stop_reason: str  # "steps" | "early_stopping" | "signal"
     step: int
     total_steps: int
@@ -85,6 +85,10 @@ class Reporter:
 
     def step(self, stats: StepStats) -> None:
         """At every logging step."""
+
+    def micro_batch(self, step: int, total_steps: int, done: int, of: int) -> None:
+        """After each micro-batch of optimizer step ``step`` (``done`` of ``of``): progress between
+        logging steps, and within a step that takes minutes."""
 
     def evaluation(self, stats: EvalStats) -> None:
         """After each validation."""

@@ -12,7 +12,7 @@ from typing import Any
 from lmforge.errors import UsageError
 from lmforge.runs.listing import RunInfo, run_info
 from lmforge.runs.metrics import Metrics, read_metrics, summarize_metrics
-from lmforge.runs.record import read_config
+from lmforge.runs.record import RunRecord, read_config
 from lmforge.workspace import RunDir, Workspace
 
 COMPARE_DIR = ".compare"  # under runs/, hidden so that it is never listed as a run
@@ -43,15 +43,27 @@ def changes_from_defaults(run_dir: str | os.PathLike) -> list[ConfigChange]:
     preset = data.get("preset")
     base = resolve_config(preset=preset if preset in PRESETS else None).to_dict()
     defaults = _flatten(base)
+    auto = _auto_values(Path(run_dir))
     changes = []
     for key, value in _flatten(data).items():
         if key == "run":
             continue
         if key not in defaults:
             changes.append(ConfigChange(key, value, None))
-        elif defaults[key] != value:
+        elif defaults[key] != value and value not in auto.get(key, ()):
             changes.append(ConfigChange(key, value, defaults[key]))
     return changes
+
+
+def _auto_values(run_dir: Path) -> dict[str, tuple[Any, ...]]:
+    """What the "auto" defaults that the trainer resolves before writing ``config.toml`` become:
+    those values are the default, not a change the user made. The vocabulary padding follows
+    the device the run recorded (either choice for runs that recorded none)."""
+    from lmforge.train.setup import CUDA_VOCAB_MULTIPLE
+
+    device = str(RunRecord.read(run_dir).get("device_type") or "")
+    pads = (CUDA_VOCAB_MULTIPLE,) if device == "cuda" else (1,) if device else (1, CUDA_VOCAB_MULTIPLE)
+    return {"model.pad_vocab_multiple": pads}
 
 
 def compare_configs(run_dirs: list[Path]) -> dict[str, list[Any]]:

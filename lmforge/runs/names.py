@@ -95,10 +95,13 @@ def _pick(run_dir: Path, which: str, spec: str) -> Path:
     checkpoints = _checkpoints(run_dir)
     run = run_dir.name
     if not checkpoints:
-        raise NotFoundError(
-            f"run '{run}' has no complete checkpoints yet",
-            "wait for its first checkpoint, or name another run (lmforge ckpt list)",
-        )
+        from lmforge.runs.listing import run_info
+
+        if run_info(run_dir).status == "running":
+            hint = "wait for its first checkpoint, or name another run (lmforge ckpt list)"
+        else:  # none will come: waiting is a dead end
+            hint = "it stopped before its first checkpoint: start the run again, or name another run"
+        raise NotFoundError(f"run '{run}' has no complete checkpoints", hint)
     names = [c.name for c in checkpoints]
     if which == "latest":
         return _latest(checkpoints).path

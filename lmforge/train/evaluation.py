@@ -68,7 +68,7 @@ class Evaluation:
                 self.model,
                 self.val_tokens,
                 block_size=block,
-                stride=min(c.data.stride, block),
+                stride=min(c.window_stride, block),
                 batch_size=c.train.batch_size,
                 max_tokens=c.train.eval_tokens or None,
                 device=self.device,

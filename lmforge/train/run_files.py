@@ -199,13 +199,14 @@ class RunFiles:
 
     def failed(self, exc: BaseException) -> None:
         """Record why the run ended early; never raises (the original error is what matters)."""
-        interrupted = isinstance(exc, KeyboardInterrupt)
+        # a second Ctrl-C: stopped without the full checkpoint that "interrupted" promises
+        aborted = isinstance(exc, KeyboardInterrupt)
         message = exc.message if isinstance(exc, LmforgeError) else f"{type(exc).__name__}: {exc}"
         with contextlib.suppress(Exception):
             self.update(
-                status="interrupted" if interrupted else "failed",
+                status="aborted" if aborted else "failed",
                 ended_at=now_iso(),
-                error=None if interrupted else message,
+                error=None if aborted else message,
             )
         self._finish_logger(exit_code=1)
 

@@ -86,24 +86,29 @@ class TrainStep:
         lr: float,
         layer_norms: bool = False,
         stop_signal: int | None = None,
+        on_micro_batch: Callable[[int, int], None] | None = None,
     ) -> StepOutcome:
         """Forward/backward over ``batches``, clip, and update unless the loss or gradient is
-        not finite. ``stop_signal``: one this rank received, shared with the others."""
+        not finite. ``stop_signal``: one this rank received, shared with the others.
+        ``on_micro_batch(done, of)``: after each micro-batch's backward (no host sync), so a
+        step that takes minutes still shows progress."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # each group at its ratio to --lr (train.optim)
         try:
-            loss_sum = self._forward_backward(batches)
+            loss_sum = self._forward_backward(batches, on_micro_batch)
         except Exception as exc:  # torch.compile's errors have no common base class
             fallback, self.eager_fallback = self.eager_fallback, None
             if fallback is None:
                 raise
             self.optimizer.zero_grad(set_to_none=True)  # a failed pass may have left gradients
             self.train_model = fallback(exc)
-            loss_sum = self._forward_backward(batches)
+            loss_sum = self._forward_backward(batches, on_micro_batch)
         self.eager_fallback = None
         return self._finish(loss_sum, layer_norms, stop_signal)
 
-    def _forward_backward(self, batches: list[Batch]) -> torch.Tensor:
+    def _forward_backward(
+        self, batches: list[Batch], on_micro_batch: Callable[[int, int], None] | None
+    ) -> torch.Tensor:
         model, n = self.train_model, len(batches)
         loss_sum = torch.zeros((), device=self.device)
         for i, (x, y) in enumerate(batches):
@@ -114,6 +119,8 @@ class TrainStep:
             loss = loss / n  # the mean over all micro-batches, as one big batch would give
             loss_sum += loss.detach()
             self.scaler.scale(loss).backward()
+            if on_micro_batch is not None:
+                on_micro_batch(i + 1, n)
         return loss_sum
 
     def _finish(self, loss_sum: torch.Tensor, layer_norms: bool, stop_signal: int | None) -> StepOutcome:
