@@ -185,3 +185,50 @@ def test_a_full_disk_on_resume_keeps_config_toml(train_workspace, tiny_train_con
     assert RunDir(run).config_file.read_text() == config_before
     assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]
     assert lock_held(RunDir(run).lock_file) is False  # released on the way out
+
+
+class _Warnings(Reporter):
+    def __init__(self):
+        self.messages = []
+
+    def warning(self, message):
+        self.messages.append(message)
+
+
+def test_a_replaced_tokenizer_is_warned_about(train_workspace, tiny_train_config):
+    """Item 10: the dataset's tokenizer wins over the config's; a tokenizer the user chose
+    (not the default) that gives way says so. The default giving way does not."""
+    from lmforge.config import with_overrides
+
+    default = _Warnings()
+    TrainingManager(
+        tiny_train_config(steps=1, run="a", sample_tokens=0), train_workspace, reporter=default
+    ).train()
+    assert not [m for m in default.messages if "tokenizer" in m]
+
+    chosen = with_overrides(
+        tiny_train_config(steps=1, run="b", sample_tokens=0), {("tokenizer",): "gpt2-custom"}
+    )
+    told = _Warnings()
+    manager = TrainingManager(chosen, train_workspace, reporter=told)
+    manager.train()
+    assert manager.config.tokenizer == "bytes"
+    assert [m for m in told.messages if "tokenizer" in m] == [
+        "tokenizer 'gpt2-custom' of the config replaced by dataset 'wikitext-2''s 'bytes' "
+        "(and the vocabulary 50257 -> 257): a run uses its data's tokenizer"
+    ]
+
+
+def test_run_files_are_written_through_fileio(monkeypatch, tmp_path):
+    """Item 10: config.toml and the rewritten metrics.jsonl go through fileio's atomic
+    writes (temporary name, fsync, rename)."""
+    from lmforge import fileio
+    from lmforge.runs.record import truncate_after
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 1}\n{"step": 2}\n')
+    assert truncate_after(metrics, 1) == 1
+    assert metrics.read_text() == '{"step": 1}\n' and synced
