@@ -72,6 +72,7 @@ class RunPlan:
     resume_dir: Path | None = None  # continue this run from its newest full checkpoint
     init_from: Path | None = None  # start a new run from this checkpoint's weights
     init_meta: dict[str, Any] | None = None  # that checkpoint's meta.json
+    warnings: list[str] = dataclasses.field(default_factory=list)  # lmforge.train.fit's, to show
 
 
 def plan_run(
@@ -109,14 +110,14 @@ def plan_run(
             config = resume_config(run_dir, overrides, preset)
         else:
             config = check_resumed_config(run_dir, config)
-        return RunPlan(_private_copy(config), resume_dir=run_dir)
+        return _fitted(RunPlan(_private_copy(config), resume_dir=run_dir))
 
     given = config is not None
     if config is None:
         config = resolve_config(config_file, preset, overrides)
     if init_from is None:
-        return RunPlan(_private_copy(config))
-    from lmforge.checkpoint.store import read_meta
+        return _fitted(RunPlan(_private_copy(config)))
+    from lmforge.checkpoint.meta import read_meta
 
     path = find_checkpoint(workspace, init_from)
     meta = read_meta(path)
@@ -130,7 +131,7 @@ def plan_run(
     else:
         chosen = {**overrides, ("preset",): preset} if preset else overrides
     config = init_config(config, meta, chosen, where=f"checkpoint {path}")
-    return RunPlan(_private_copy(config), init_from=path, init_meta=meta)
+    return _fitted(RunPlan(_private_copy(config), init_from=path, init_meta=meta))
 
 
 def start_run(workspace: Workspace, plan: RunPlan, dataset: Any) -> RunPlan:
@@ -161,6 +162,14 @@ def start_run(workspace: Workspace, plan: RunPlan, dataset: Any) -> RunPlan:
         config.run = config.run or generate_run_name(workspace, config)
         check_new_run(workspace, config.run)
     return dataclasses.replace(plan, config=config)
+
+
+def _fitted(plan: RunPlan) -> RunPlan:
+    """``plan`` with ``lmforge.train.fit``'s adjustments and warnings."""
+    from lmforge.train.fit import fit_to_run
+
+    config, warnings = fit_to_run(plan.config, resumed=plan.resume_dir is not None)
+    return dataclasses.replace(plan, config=config, warnings=warnings)
 
 
 def _private_copy(config: TrainingConfig) -> TrainingConfig:
@@ -330,15 +339,30 @@ def check_resume_point(run_dir: Path, steps: int) -> None:
     latest = latest_full(run_dir)
     if latest is None:
         raise UsageError(
-            f"run {run_dir.name!r} has no full checkpoint to resume from",
-            "it stopped before its first full checkpoint; start a new run (--init-from "
-            f"{run_dir.name}:latest uses its newest weights)",
+            f"run {run_dir.name!r} has no full checkpoint to resume from", next_step_hint(run_dir)
         )
     if latest.step >= steps:
         raise UsageError(
             f"run {run_dir.name!r} is already at step {latest.step} of {steps}",
             f"raise --steps above {latest.step} to train further",
         )
+
+
+def next_step_hint(run_dir: Path) -> str:
+    """How to go on with a stopped run, by what it has on disk: resume from a full checkpoint,
+    start a new run from the weights of another checkpoint, or start again."""
+    from lmforge.checkpoint.listing import latest_full, list_checkpoints
+
+    name = run_dir.name
+    full = latest_full(run_dir)
+    if full is not None:
+        return f"continue it from step {full.step} with `lmforge train --resume {name}`"
+    if list_checkpoints(run_dir):
+        return (
+            "it has no full checkpoint (no optimizer state) to resume; start a new run from its "
+            f"newest weights with `lmforge train --init-from {name}:latest`"
+        )
+    return "it stopped before its first checkpoint: nothing to go on from; start the run again"
 
 
 # ----------------------------------------------------------------------------- init-from, vocabulary

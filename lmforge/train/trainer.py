@@ -120,6 +120,7 @@ class TrainingManager:
         config = self.config = plan.config
         self.resume_dir, self.init_from = plan.resume_dir, plan.init_from
         self._replaced = replaced_by_data(checked.config, plan.config, self.dataset.name)
+        self.plan_warnings = list(plan.warnings)
         self.run_name = config.run
         self.run_dir = self.resume_dir or ws.run_dir(config.run)
         self.tokenizer_identity = dict(self.dataset.tokenizer_identity)
@@ -144,7 +145,7 @@ class TrainingManager:
         train_set = make_dataset(
             self.dataset.tokens("train"),
             block,
-            config.data.stride,
+            config.window_stride,
             config.data.sampling,
             t.seed,
             split="train",
@@ -239,6 +240,7 @@ class TrainingManager:
         self.resumed_from_step: int | None = None
         self._stop_signal: int | None = None
         self._agreed_stop: int | None = None  # several processes: the signal all ranks stop on
+        self._estimate = None  # lmforge.train.estimate.TimeEstimate, made at the start of train()
         self._layer_norms_wanted = False
         self._tokenizer = None
         self._last_loss: float | None = None
@@ -282,7 +284,7 @@ class TrainingManager:
 
     def train(self) -> TrainResult:
         """Train to ``config.train.steps`` (or an interruption, or early stopping)."""
-        with stop_on_signals(self.request_stop, lambda: self._stop_signal is not None):
+        with stop_on_signals(self.request_stop, lambda: self._stop_signal is not None, self._announce_signal):
             try:
                 self._open_run()
                 result = self._loop()
@@ -304,6 +306,10 @@ class TrainingManager:
         self.reporter.start(self._start_info())
         for message in self._replaced:
             self.reporter.warning(message)
+        for message in self.plan_warnings:
+            self.reporter.warning(message)
+        if self._estimate is not None and self._estimate.advice(cfg.preset):
+            self.reporter.warning(self._estimate.advice(cfg.preset))
         self.meter.reset()
 
         while p.step < total:
@@ -312,7 +318,13 @@ class TrainingManager:
             layer_norms = (
                 will_log and self._layer_norms_wanted and (p.step + 1) % (log_every * LAYER_NORM_EVERY) == 0
             )
-            out = self.train_step(self.next_batches(), lr, layer_norms, self._stop_signal)
+            out = self.train_step(
+                self.next_batches(),
+                lr,
+                layer_norms,
+                self._stop_signal,
+                on_micro_batch=lambda done, of: self.reporter.micro_batch(p.step + 1, total, done, of),
+            )
             self._agreed_stop = out.stop_signal
             if out.status != "ok":
                 if self.recovery.step_skipped(out, p.step, p.tokens):
@@ -458,18 +470,27 @@ class TrainingManager:
             self.files.create()
         p = self.progress
         p.wandb_id = p.wandb_id or self.files.stored_wandb_id() or new_run_id()
-        record = {"dataset": self.dataset.name, "tokenizer": self.tokenizer_identity}
+        # device_type: what pad_vocab_multiple = 0 ("auto") became (`runs show` compares with it)
+        record = {
+            "dataset": self.dataset.name,
+            "tokenizer": self.tokenizer_identity,
+            "device_type": self.device.type,
+        }
         self.files.open(self.config, record, on_warning=self.reporter.warning)
         # per-layer gradient norms (for W&B) are a collective under FSDP: all ranks must agree
         self._layer_norms_wanted = dist.broadcast_object(self.files.logger.wants_layer_norms)
 
     def _start_info(self) -> dict[str, Any]:
         multi = f" x{self.world_size} ({self.strategy})" if self.world_size > 1 else ""
+        self._estimate = self._estimate_time() if self.is_main else None
         return {
             "run": self.run_name,
             "run_dir": str(self.run_dir),
             "dataset": self.dataset.name,
-            "parameters": self.model.get_num_params(),
+            # the total, as `ckpt show` and `train --dry-run` count it (padded rows left out)
+            "parameters": self.model.get_num_params(non_embedding=False),
+            "estimate": self._estimate.describe() if self._estimate else None,
+            "estimate_s": self._estimate.seconds if self._estimate else None,
             "param_groups": self.param_counts.to_dict(),
             "device": str(self.device) + multi,
             "world_size": self.world_size,
@@ -485,6 +506,20 @@ class TrainingManager:
             "wandb": self.files.logger.mode,
         }
 
+    def _estimate_time(self):
+        """The time of the steps still to train, from FLOPs and a quick speed measurement."""
+        from lmforge.device import measure_matmul_flops
+        from lmforge.train.estimate import estimate_time
+
+        c = self.config
+        flops_per_step = self.model.flops_per_token(c.model.block_size) * c.tokens_per_step
+        return estimate_time(
+            flops_per_step,
+            c.train.steps - self.progress.step,
+            self.device.type,
+            lambda: measure_matmul_flops(self.device, self.dtype),
+        )
+
     def _compile_failed(self, exc: Exception) -> torch.nn.Module:
         """The first compiled step raised: warn once and train the plain module from now on."""
         first = (str(exc).strip().splitlines() or [""])[0][:200]
@@ -494,6 +529,18 @@ class TrainingManager:
         )
         self.compiled, self.compile_reason = False, f"compilation failed: {type(exc).__name__}"
         return self.model
+
+    def _announce_signal(self, signum: int, first: bool) -> None:
+        """Said the moment a signal arrives (from the signal watcher's thread), not after the step."""
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if first:
+            again = "Ctrl-C" if signum == signal.SIGINT else name
+            self.reporter.warning(
+                f"{name}: stopping after this step (a full checkpoint will be saved) — {again} again "
+                "to abort without saving"
+            )
+        else:
+            self.reporter.warning(f"{name} again: aborting now, without saving a checkpoint")
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Ask the loop to stop after the current step, as Ctrl-C does (for callers and tests)."""
