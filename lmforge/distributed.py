@@ -168,8 +168,9 @@ def on_main(fn: Callable[[], T]) -> T:
 
 
 def apply_compile(model: nn.Module, whole: bool = True) -> nn.Module:
-    """``torch.compile``: the whole model (one graph: the fastest, used for one process and
-    DDP), or each block in place (the FSDP2 way: the hooks between blocks stay in eager)."""
+    """``torch.compile``: the whole model (one graph: the fastest, used for one process; for DDP
+    pass the DDP module, whose graph DDPOptimizer splits at the gradient buckets), or each block
+    in place (the FSDP2 way: the hooks between blocks stay in eager)."""
     if whole:
         return torch.compile(model)
     for block in model.transformer.h:
@@ -223,6 +224,7 @@ def set_grad_sync(model: nn.Module, enabled: bool) -> None:
     micro-batch of gradient accumulation, so the gradients travel once per optimizer step."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    model = getattr(model, "_orig_mod", model)  # torch.compile(DDP(...))
     if isinstance(model, DDP):
         model.require_backward_grad_sync = enabled  # what DDP.no_sync() toggles (nanoGPT does this)
     elif is_fsdp(model):
@@ -288,11 +290,13 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return unwrap(model).state_dict()
 
 
-def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a full state dict (every rank passes the whole of it) into a sharded model."""
+def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor], from_rank0: bool = False) -> None:
+    """Load a full state dict into a sharded model: every rank passes the whole of it, or with
+    ``from_rank0`` rank 0 alone does (the others pass ``{}``) and each tensor is broadcast in
+    turn, so no other rank holds all of it at once."""
     from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-    set_model_state_dict(model, state, options=_full_options())
+    set_model_state_dict(model, state, options=_full_options(broadcast_from_rank0=from_rank0))
 
 
 def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
@@ -324,20 +328,33 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 def load_full_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    """Load an ``optimizer.state_dict()`` saved by any strategy (every rank passes all of it)."""
+    """Load an ``optimizer.state_dict()`` saved by any strategy. Without FSDP every rank passes
+    all of it; under FSDP rank 0 alone does (the others pass ``{}``: see ``without_optimizer``)
+    and each rank keeps its shard of what rank 0 broadcasts, tensor by tensor."""
     if not is_fsdp(model):
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    names = _param_names(model, optimizer)
-    by_name = {
-        "state": {names[int(i)]: s for i, s in state["state"].items()},
-        "param_groups": [
-            {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
-        ],
-    }
-    set_optimizer_state_dict(model, optimizer, by_name, options=_full_options())
+    by_name: dict[str, Any] = {}
+    if state:
+        names = _param_names(model, optimizer)
+        by_name = {
+            "state": {names[int(i)]: s for i, s in state["state"].items()},
+            "param_groups": [
+                {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
+            ],
+        }
+    set_optimizer_state_dict(model, optimizer, by_name, options=_full_options(broadcast_from_rank0=True))
+
+
+def without_optimizer(state: dict[str, Any] | None) -> dict[str, Any]:
+    """A full ``trainer.pt`` state read by rank 0 alone (``None`` elsewhere), on every rank: all
+    but the optimizer state is sent to the others (small: step, RNG, data position), who get an
+    empty ``optimizer`` for ``load_full_optimizer_state`` to fill from rank 0."""
+    rest = {k: v for k, v in state.items() if k != "optimizer"} if state is not None else None
+    rest = broadcast_object(rest)
+    return state if state is not None else {**rest, "optimizer": {}}
 
 
 # ----------------------------------------------------------------------------- the --nproc launcher

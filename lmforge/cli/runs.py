@@ -210,6 +210,7 @@ def compare_cmd(
     ),
     as_json: bool = JSON_OPTION,
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip the PNG."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
 ) -> None:
     """Runs side by side: one table and one loss plot.
 
@@ -224,8 +225,11 @@ def compare_cmd(
 
       [bold]lmforge runs compare RUN_A RUN_B RUN_C --out lr-sweep.png[/bold]
     """
+    from lmforge.errors import UsageError
     from lmforge.runs.compare import compare_runs
 
+    if out is not None and not no_plot and (out.exists() or out.is_symlink()) and not force:
+        raise UsageError(f"--out {out} already exists", "pass --force to replace it, or choose another --out")
     comparison = compare_runs(workspace(ctx), runs, plot=not no_plot, out=out)
     if as_json:
         print_json(comparison.to_dict())

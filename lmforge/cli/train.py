@@ -84,6 +84,9 @@ def train(
 
     overrides = dict(overrides or {})
     preset = overrides.pop(("preset",), None)
+    run_name = overrides.get(("run",))
+    if isinstance(run_name, str) and not run_name.strip():  # the config reads "" as "not given"
+        raise UsageError(f"--run {run_name!r} is empty", "name the run, or leave --run out to get a name")
     ws = workspace(ctx)
     run_plan = plan_run(
         ws, config_file=config_file, preset=preset, overrides=overrides, resume=resume, init_from=init_from
@@ -199,6 +202,8 @@ def _print_plan(report: dict[str, Any]) -> None:
         ("FLOPs per token", f"{report['flops_per_token']:.3e}"),
         ("FLOPs per step", f"{report['flops_per_step']:.3e}"),
         ("memory: weights + grads + AdamW", f"{m['total'] / 2**30:.2f} GiB"),
+        ("memory: activations (a micro-batch)", f"{m['activations'] / 2**30:.2f} GiB"),
+        ("memory: training step (per process)", f"{m['step'] / 2**30:.2f} GiB"),
     ]
     for key, value in rows:
         table.add_row(key, value)

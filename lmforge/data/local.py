@@ -92,6 +92,12 @@ def text_source(path: Path, separator: str | None) -> Source:
     """A local ``.txt`` file or folder. A folder may hold ``train.txt``,
     ``validation.txt`` (or ``valid``/``val``), ``test.txt``, or subfolders with those
     names; otherwise all its ``.txt`` files (recursively, sorted) are the train split."""
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        # /dev/zero would never end and a FIFO blocks until someone writes to it
+        raise DataError(
+            f"{path} is not a regular file or a folder (a device, FIFO or socket)",
+            "give a text file, or a folder of text files",
+        )
     if path.is_file():
         by_split = {"train": [path]}
     else:

@@ -31,6 +31,7 @@ def plan(config: TrainingConfig, world_size: int = 1) -> dict[str, Any]:
     tokens_per_step = config.tokens_per_step * world_size
     flops_per_token = model.flops_per_token()
     weights = 4 * n_total
+    step = _step_memory(config, world_size, model)
     return {
         "config": config.to_dict(),
         "parameters": {
@@ -47,5 +48,23 @@ def plan(config: TrainingConfig, world_size: int = 1) -> dict[str, Any]:
             "gradients": 4 * n_total,
             "optimizer": 8 * n_total,
             "total": BYTES_PER_PARAM_TRAINING * n_total,
+            # one training step of one process (what `train` checks against free memory)
+            "activations": step.activations,
+            "loss": step.loss,
+            "step": step.total,
         },
     }
+
+
+def _step_memory(config: TrainingConfig, world_size: int, model: nn.Module):
+    """The training step's ``memory.MemoryEstimate`` on the device the run would take, at its
+    dtype (fp32 for ``auto``: the larger activations, so the dry run never says less)."""
+    from lmforge.train.memory import estimate
+
+    t = config.train
+    device_type = t.device.split(":")[0]
+    if device_type == "auto":
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = t.dtype if t.dtype in ("bf16", "fp16") else "fp32"
+    sharded = t.strategy == "fsdp" and world_size > 1
+    return estimate(config, dtype, world_size, sharded, device_type, model=model)

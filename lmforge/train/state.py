@@ -172,15 +172,22 @@ class Checkpointer:
         from lmforge.train.optim import set_hyperparameters
 
         model = self.state.model
-        weights = ckpt.load_state_dict(path)
         if self.sharded:
-            full = ckpt.pad_vocab_rows(weights, self.padded_vocab)
-            if model.config.tied_head:
+            # rank 0 alone reads the files; each rank keeps its shards of what it broadcasts, so no
+            # other rank holds the whole of the weights or the optimizer state at any time
+            read: dict[str, Any] = {}  # filled on rank 0; a refusal there is raised on every rank
+            dist.on_main(
+                lambda: read.update(weights=ckpt.load_state_dict(path), trainer=ckpt.load_trainer_state(path))
+            )
+            full = ckpt.pad_vocab_rows(read["weights"], self.padded_vocab) if read else {}
+            if read and model.config.tied_head:
                 full["lm_head.weight"] = full[ckpt.WTE_KEY]  # tied: the same tensor in the model
-            dist.load_full_model_state(model, full)
+            dist.load_full_model_state(model, full, from_rank0=True)
+            trainer_state = dist.without_optimizer(read.get("trainer"))
         else:
-            ckpt.load_weights(model, weights, where=path)
-        saved_world = self.state.load_state_dict(ckpt.load_trainer_state(path), resume=resume)
+            ckpt.load_weights(model, ckpt.load_state_dict(path), where=path)
+            trainer_state = ckpt.load_trainer_state(path)
+        saved_world = self.state.load_state_dict(trainer_state, resume=resume)
         set_hyperparameters(self.state.optimizer, self.optim, self.device)
         self.last_full_step = self.state.progress.step
         return saved_world

@@ -173,21 +173,3 @@ def layer_grad_norms(model: nn.Module, sharded: bool = False) -> dict[str, torch
     if sharded:
         dist.all_reduce_sum(squares)
     return dict(zip(groups, squares.sqrt(), strict=True))
-
-
-def parallelize(
-    model: nn.Module, strategy: str, *, compiled: bool, dtype: str, device: torch.device
-) -> nn.Module:
-    """The module the training steps run: ``model`` compiled, wrapped in DDP, or sharded in
-    place with FSDP2 (before the optimizer sees its parameters). ``model`` stays the ``GPT``
-    that evaluation, samples and checkpoints use (sharing its parameters; no "_orig_mod." or
-    "module." prefixes)."""
-    if strategy == "fsdp":
-        if compiled:
-            dist.apply_compile(model, whole=False)
-        bf16 = torch.bfloat16 if dtype == "bf16" else None
-        return dist.apply_fsdp(model, mixed_precision=bf16)
-    wrapped = dist.apply_compile(model) if compiled else model
-    if strategy == "ddp":
-        wrapped = dist.apply_ddp(wrapped, device)
-    return wrapped

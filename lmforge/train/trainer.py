@@ -31,7 +31,6 @@ from typing import Any
 import torch
 
 from lmforge import distributed as dist
-from lmforge.checkpoint import store as ckpt
 from lmforge.checkpoint.listing import latest_full
 from lmforge.config import TrainingConfig
 from lmforge.errors import UsageError
@@ -50,7 +49,7 @@ from lmforge.train.setup import (
 )
 from lmforge.train.signals import stop_on_signals
 from lmforge.train.state import Checkpointer, Progress, TrainingState
-from lmforge.train.step import StepOutcome, TrainStep, parallelize
+from lmforge.train.step import StepOutcome, TrainStep
 from lmforge.workspace import RunDir, Workspace
 
 # Per-layer gradient norms go to W&B at this multiple of the log interval.
@@ -86,8 +85,9 @@ class TrainingManager:
         from lmforge.data.dataset import TrainLoader, make_dataset
         from lmforge.data.store import open_dataset
         from lmforge.device import TORCH_DTYPES, peak_flops, resolve_compile
-        from lmforge.model import build_model
+        from lmforge.train.memory import check_fits
         from lmforge.train.optim import build_optimizer
+        from lmforge.train.parallel import build_train_model
         from lmforge.train.rng import derive_seed, seed_everything
         from lmforge.train.schedule import build_schedule
 
@@ -160,19 +160,25 @@ class TrainingManager:
             pin_memory=self.device.type == "cuda",
         )
 
-        # --- model and optimizer
+        # --- model and optimizer: refused before anything is allocated when a step cannot fit
+        sharded = self.strategy == "fsdp"
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))  # sharing the RAM
+        ranks = {"world_size": self.world_size, "sharded": sharded, "local_processes": local}
+        check_fits(config, self.device, self.dtype, **ranks)
+        self.compiled, self.compile_reason = resolve_compile(t.compile, self.device, self.dtype, t.steps)
         seed_everything(t.seed)  # the same initial weights on every rank
-        self.model = build_model(config.model)
-        if self.init_from is not None:
-            ckpt.load_weights(self.model, ckpt.load_state_dict(self.init_from), where=self.init_from)
-        self.model.to(self.device)
+        self.model, train_model = build_train_model(
+            config.model,
+            strategy=self.strategy,
+            device=self.device,
+            compiled=self.compiled,
+            dtype=self.dtype,
+            rank=self.rank,
+            init_from=self.init_from,
+        )
         if self.rank > 0:
             # dropout masks of their own; rank 0 goes on as a single process would
             seed_everything(derive_seed(t.seed, 0, self.rank))
-        self.compiled, self.compile_reason = resolve_compile(t.compile, self.device, self.dtype, t.steps)
-        train_model = parallelize(
-            self.model, self.strategy, compiled=self.compiled, dtype=self.dtype, device=self.device
-        )
         self.optimizer, self.param_counts = build_optimizer(self.model, config.optim, self.device)
         self.train_step = TrainStep(
             self.model,

@@ -122,6 +122,16 @@ def test_compare_json_and_out(cli, three_runs, tmp_path):
     assert data["plot"] == str(out) and out.is_file()
 
 
+def test_compare_out_replaces_an_existing_file_only_with_force(cli, three_runs, tmp_path):
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"not a plot of these runs")
+    result = cli("runs", "compare", "tiny-done", "tiny-stopped", "--out", str(out))
+    assert result.exit_code == 2 and "already exists" in result.stderr and "--force" in result.stderr
+    assert out.read_bytes() == b"not a plot of these runs"
+    assert cli("runs", "compare", "tiny-done", "tiny-stopped", "--out", str(out), "--force").exit_code == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
 def test_compare_needs_two_different_runs(cli, three_runs):
     assert cli("runs", "compare", "tiny-done").exit_code == 2
     result = cli("runs", "compare", "tiny-done", "tiny-done")

@@ -1,0 +1,146 @@
+"""Placing the model for several processes (``lmforge.train.parallel``), on 2 gloo ranks
+started here: FSDP builds the full model on rank 0 only and gives the weights of one process;
+a full optimizer state read by rank 0 alone reaches every shard; DDP is compiled around the
+DDP module and trains exactly as the eager one does.
+
+Each check runs inside both ranks (``torch.multiprocessing.spawn`` raises when one fails).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed
+import torch.multiprocessing as mp
+
+from lmforge.config import ModelConfig, OptimizerConfig
+
+pytestmark = pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available in this torch build",
+)
+
+CFG = ModelConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+CPU = torch.device("cpu")
+
+
+def _batches(seed: int, n: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randint(0, 64, (2, 16), generator=g), torch.randint(0, 64, (2, 16), generator=g))
+        for _ in range(n)
+    ]
+
+
+def _fsdp_rank(rank: int) -> None:
+    from lmforge import distributed as dist
+    from lmforge.model.gpt import GPT
+    from lmforge.train.optim import build_optimizer
+    from lmforge.train.parallel import build_train_model, initial_model
+    from lmforge.train.step import TrainStep
+
+    inits = []
+    real_init = GPT.init_weights
+    GPT.init_weights = lambda self: (inits.append(1), real_init(self))[1]
+    torch.manual_seed(0)
+    model, train_model = build_train_model(
+        CFG, strategy="fsdp", device=CPU, compiled=False, dtype="fp32", rank=rank
+    )
+    GPT.init_weights = real_init
+    # rank 0 alone drew the full model; the others allocated their shards only
+    assert len(inits) == (1 if rank == 0 else 0), inits
+    full = dist.full_model_state(model)
+    if rank == 0:
+        torch.manual_seed(0)
+        reference = initial_model(CFG).state_dict()
+        assert full.keys() == reference.keys()
+        for key, value in reference.items():
+            assert torch.equal(full[key], value), key
+
+    optimizer, _ = build_optimizer(model, OptimizerConfig(), CPU)
+    step = TrainStep(
+        model,
+        optimizer,
+        torch.amp.GradScaler("cpu", enabled=False),
+        train_model=train_model,
+        world_size=2,
+        sharded=True,
+    )
+    for seed in (1, 2):
+        assert step(_batches(seed + rank), lr=1e-2).status == "ok"
+    saved = dist.full_optimizer_state(model, optimizer)  # gathered to rank 0
+    # a resume: rank 0 reads trainer.pt, the others get all but the optimizer state from it
+    state = dist.without_optimizer({"optimizer": saved, "step": 2} if rank == 0 else None)
+    assert state["step"] == 2 and (state["optimizer"] != {}) == (rank == 0)
+    fresh, _ = build_optimizer(model, OptimizerConfig(), CPU)
+    dist.load_full_optimizer_state(model, fresh, state["optimizer"])
+    old, new = optimizer.state_dict()["state"], fresh.state_dict()["state"]
+    assert old.keys() == new.keys()
+    for i in old:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(dist.local_tensor(old[i][name]), dist.local_tensor(new[i][name])), (i, name)
+
+
+def _ddp_rank(rank: int) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from lmforge.train.optim import build_optimizer
+    from lmforge.train.parallel import build_train_model
+    from lmforge.train.step import TrainStep
+
+    real_compile = torch.compile
+    # the graph capture and DDPOptimizer's bucket split, without inductor's C++ build (minutes here)
+    torch.compile = lambda m, **kw: real_compile(m, backend="aot_eager")
+    results = []
+    try:
+        for compiled in (False, True):
+            torch.manual_seed(0)
+            model, train_model = build_train_model(
+                CFG, strategy="ddp", device=CPU, compiled=compiled, dtype="fp32", rank=rank
+            )
+            if compiled:  # compiled around DDP, not DDP around a compiled module
+                assert isinstance(train_model._orig_mod, DDP) and train_model._orig_mod.module is model
+            else:
+                assert isinstance(train_model, DDP)
+            optimizer, _ = build_optimizer(model, OptimizerConfig(), CPU)
+            step = TrainStep(
+                model,
+                optimizer,
+                torch.amp.GradScaler("cpu", enabled=False),
+                train_model=train_model,
+                world_size=2,
+            )
+            losses = [step(_batches(seed + rank), lr=1e-2).loss.item() for seed in (1, 2, 3)]
+            results.append((losses, [p.detach().clone() for p in model.parameters()]))
+    finally:
+        torch.compile = real_compile
+    (eager_losses, eager_params), (compiled_losses, compiled_params) = results
+    assert compiled_losses == pytest.approx(eager_losses, abs=1e-5)
+    for a, b in zip(eager_params, compiled_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _rank_main(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        _fsdp_rank(rank)
+        _ddp_rank(rank)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_fsdp_placement_optimizer_broadcast_and_compiled_ddp_on_two_ranks():
+    # one pair of processes for all the checks: starting one costs seconds of imports
+    pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6")
+    mp.spawn(_rank_main, args=(_free_port(),), nprocs=2, join=True)
