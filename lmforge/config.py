@@ -496,8 +496,16 @@ def load_toml(path: str | Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist", "check the --config path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory", "pass the path of a .toml file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start})", "a TOML file must be UTF-8 text"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
 
 
 def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> Any:

@@ -14,6 +14,12 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def is_count(value: object) -> bool:
+    """``value`` is a step, token or byte count as the state files hold it: an int >= 0 (not a
+    bool, which JSON readers would otherwise take for one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def perplexity(loss: float | None) -> float | None:
     """``exp(loss)``; ``inf`` where that overflows (a diverged run), ``None`` without a loss."""
     if loss is None:

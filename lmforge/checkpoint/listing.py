@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.checkpoint.meta import read_meta
+from lmforge.checkpoint.meta import META_FILE, read_meta
 from lmforge.errors import CheckpointError
 from lmforge.fileio import TMP_PREFIX, restore_set_aside
 from lmforge.workspace import RunDir
@@ -39,9 +39,11 @@ class CheckpointInfo:
         return d
 
 
-def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
+def list_checkpoints(run_dir: str | os.PathLike, warnings: list[str] | None = None) -> list[CheckpointInfo]:
     """The complete checkpoints of a run, sorted by step (``best`` after a periodic one of the
-    same step). Incomplete and temporary directories are skipped."""
+    same step). Incomplete and temporary directories are skipped; one whose ``meta.json`` is
+    there but unreadable is skipped too, and said in ``warnings`` (when given): it is not a
+    checkpoint to use, but a person should learn it was passed over."""
     run_dir = Path(run_dir)
     root = RunDir(run_dir).checkpoints_dir
     if not root.is_dir():
@@ -52,7 +54,9 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
             continue
         try:
             meta = read_meta(d)
-        except CheckpointError:
+        except CheckpointError as exc:
+            if warnings is not None and (d / META_FILE).is_file():
+                warnings.append(f"skipped {exc}")
             continue
         out.append(
             CheckpointInfo(
@@ -60,8 +64,8 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
                 run=meta.get("run") or run_dir.name,
                 name=d.name,
                 kind=meta["kind"],
-                step=int(meta.get("step", 0)),
-                tokens=int(meta.get("tokens", 0)),
+                step=meta.get("step", 0),
+                tokens=meta.get("tokens", 0),
                 val_loss=meta.get("val_loss"),
                 size_bytes=sum(f.stat().st_size for f in d.iterdir() if f.is_file()),
                 created_at=meta.get("created_at", ""),
@@ -71,9 +75,10 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[CheckpointInfo]:
     return out
 
 
-def latest_full(run_dir: str | os.PathLike) -> CheckpointInfo | None:
-    """The newest full checkpoint of a run (what ``--resume`` continues from)."""
-    fulls = [c for c in list_checkpoints(run_dir) if c.kind == "full"]
+def latest_full(run_dir: str | os.PathLike, warnings: list[str] | None = None) -> CheckpointInfo | None:
+    """The newest full checkpoint of a run (what ``--resume`` continues from); the damaged
+    checkpoints passed over are said in ``warnings``."""
+    fulls = [c for c in list_checkpoints(run_dir, warnings) if c.kind == "full"]
     return fulls[-1] if fulls else None
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import CheckpointError
+from lmforge.units import is_count
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -37,9 +38,40 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path} is corrupt: {exc}") from exc
     if not isinstance(meta, dict) or "config" not in meta or "kind" not in meta:
         raise CheckpointError(f"{meta_path} is not lmforge checkpoint metadata")
+    _check_schema(meta, meta_path)
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} has format version {meta['format_version']}, newer than this lmforge reads",
             "upgrade lmforge",
         )
     return meta
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# field -> (check, what it must be, required); what listing, resume and loading read of meta.json
+_SCHEMA = {
+    "kind": (lambda v: isinstance(v, str), "a string", True),
+    "config": (lambda v: isinstance(v, dict), "a table", True),
+    "format_version": (is_count, "a count (an integer >= 0)", False),
+    "step": (is_count, "a count (an integer >= 0)", False),
+    "tokens": (is_count, "a count (an integer >= 0)", False),
+    "val_loss": (lambda v: v is None or _is_number(v), "a number or null", False),
+    "run": (lambda v: v is None or isinstance(v, str), "a string", False),
+    "created_at": (lambda v: v is None or isinstance(v, str), "a string", False),
+    "files": (lambda v: isinstance(v, dict) and all(is_count(n) for n in v.values()), "name -> bytes", False),
+    "sha256": (lambda v: isinstance(v, dict), "name -> digest", False),
+}
+
+
+def _check_schema(meta: dict[str, Any], meta_path: Path) -> None:
+    """Refuse a ``meta.json`` whose fields have the wrong types (hand-edited or damaged): the
+    one bad file is named, instead of a TypeError deep in a listing or a resume."""
+    for key, (ok, what, required) in _SCHEMA.items():
+        if key in meta and not ok(meta[key]) or (required and key not in meta):
+            raise CheckpointError(
+                f"{meta_path} is damaged: {key!r} must be {what}, got {f'{meta.get(key)!r}'[:60]}",
+                "use another checkpoint (`lmforge ckpt list`), or delete this one",
+            )

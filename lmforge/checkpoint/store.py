@@ -47,11 +47,13 @@ from lmforge.fileio import (
     is_disk_full,
     write_json_atomic,
 )
-from lmforge.units import now_iso
+from lmforge.units import is_count, now_iso
 
 TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight (GPT-2; not --arch modern)
 WTE_KEY = "transformer.wte.weight"
 VOCAB_KEYS = (WTE_KEY, "lm_head.weight")  # a row per token id (the head's only when untied)
+# what a resume reads of trainer.pt without a default (and "rng" or "rng_per_rank")
+TRAINER_KEYS = ("optimizer", "step", "tokens", "loader")
 SKIP_CHECKSUMS_ENV = "LMFORGE_SKIP_CHECKSUMS"  # "1": load without hashing (sizes still checked)
 
 
@@ -295,4 +297,20 @@ def load_trainer_state(path: str | os.PathLike, *, verify: bool | None = None) -
         ) from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{file} does not hold lmforge training state")
+    return state
+
+
+def check_trainer_state(state: dict[str, Any], file: str | os.PathLike) -> dict[str, Any]:
+    """``state`` (read from ``trainer.pt`` at ``file``) when it holds what a resume reads:
+    a damaged or hand-made file is named here rather than a KeyError halfway through loading."""
+    missing = [k for k in TRAINER_KEYS if k not in state]
+    if "rng" not in state and not state.get("rng_per_rank"):
+        missing.append("rng")
+    bad = [k for k in ("step", "tokens") if k in state and not is_count(state[k])]
+    if missing or bad:
+        what = f"lacks {', '.join(missing)}" if missing else f"has a non-integer {', '.join(bad)}"
+        raise CheckpointError(
+            f"{file} is damaged: it {what}",
+            "resume from another full checkpoint (`lmforge ckpt list`), or delete this one",
+        )
     return state

@@ -52,7 +52,10 @@ def list_cmd(
 
     ws = workspace(ctx)
     run_dirs = selected_runs(ws, run)
-    checkpoints = checkpoints_of(run_dirs)
+    warnings: list[str] = []
+    checkpoints = checkpoints_of(run_dirs, warnings)
+    for warning in warnings:  # one damaged checkpoint is named; the others are still listed
+        err_console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if as_json:
         print_json([c.to_dict() for c in checkpoints])
         return

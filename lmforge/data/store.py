@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lmforge.errors import DataError, NotFoundError, UsageError
+from lmforge.units import is_count
 from lmforge.workspace import Workspace
 
 META_FILE = "meta.json"
@@ -179,12 +180,31 @@ class PreparedDataset:
         }
 
 
+def _splits_ok(splits: object) -> bool:
+    return isinstance(splits, dict) and all(
+        isinstance(s, dict) and is_count(s.get("tokens")) and isinstance(s.get("file", ""), str)
+        for s in splits.values()
+    )
+
+
+# (key, check, what it must be): what opening, listing and training read of meta.json
+_META_SCHEMA = (
+    ("tokenizer", lambda v: isinstance(v, dict), "a table"),
+    ("vocab_size", lambda v: is_count(v) and v > 0, "a positive integer"),
+    ("eot_token", is_count, "a token id"),
+    ("dtype", lambda v: isinstance(v, str), "a string"),
+    ("splits", _splits_ok, "split -> {tokens, file}"),
+)
+
+
 def _read_meta(path: Path, name: str) -> dict:
     meta_path = path / META_FILE
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {meta_path}: {exc}", _fix_hint(name)) from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path} is not a JSON object", _fix_hint(name))
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(
@@ -194,6 +214,10 @@ def _read_meta(path: Path, name: str) -> dict:
     for key in ("tokenizer", "vocab_size", "eot_token", "dtype", "splits"):
         if key not in meta:
             raise DataError(f"{meta_path} lacks '{key}'", _fix_hint(name))
+    for key, ok, what in _META_SCHEMA:
+        if not ok(meta[key]):
+            got = f"{meta[key]!r}"[:60]
+            raise DataError(f"{meta_path} is damaged: {key!r} must be {what}, got {got}", _fix_hint(name))
     if meta["dtype"] not in _DTYPES:
         raise DataError(f"{meta_path} has unknown dtype {meta['dtype']!r}", _fix_hint(name))
     if meta["vocab_size"] > np.iinfo(_DTYPES[meta["dtype"]]).max + 1:

@@ -32,9 +32,10 @@ def selected_runs(workspace: Workspace, run: str | None, *, default: str | None 
     return [workspace.run_dir(name) for name in runs_by_start(workspace)]
 
 
-def checkpoints_of(run_dirs: list[Path]) -> list[CheckpointInfo]:
-    """The complete checkpoints of these runs, run by run, each sorted by step."""
-    return [c for d in run_dirs for c in list_checkpoints(d)]
+def checkpoints_of(run_dirs: list[Path], warnings: list[str] | None = None) -> list[CheckpointInfo]:
+    """The complete checkpoints of these runs, run by run, each sorted by step (a damaged one
+    is left out and said in ``warnings``)."""
+    return [c for d in run_dirs for c in list_checkpoints(d, warnings)]
 
 
 def checkpoint_details(path: Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmforge.units import perplexity
+from lmforge.units import is_count, perplexity
 
 
 @dataclass
@@ -53,7 +53,7 @@ def read_metrics(path: str | os.PathLike) -> Metrics:
             except (json.JSONDecodeError, UnicodeDecodeError):
                 metrics.skipped_lines += 1
                 continue
-            if not isinstance(record, dict):
+            if not isinstance(record, dict) or not _counts_ok(record):
                 metrics.skipped_lines += 1
                 continue
             kind = record.get("kind")
@@ -64,6 +64,12 @@ def read_metrics(path: str | os.PathLike) -> Metrics:
             elif kind == "bad_step":
                 metrics.bad_steps.append(record)
     return metrics
+
+
+def _counts_ok(record: dict[str, Any]) -> bool:
+    # step and tokens are summed and compared as integers; a line with others is damaged
+    tokens = record.get("tokens")
+    return ("step" not in record or is_count(record["step"])) and (tokens is None or is_count(tokens))
 
 
 def summarize_metrics(metrics: Metrics) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 
 from lmforge.errors import ConfigError
 from lmforge.fileio import write_json_atomic, write_text_atomic
-from lmforge.units import now_iso
+from lmforge.units import is_count, now_iso
 from lmforge.workspace import RunDir
 
 
@@ -59,19 +59,46 @@ def truncate_after(path: Path, step: int) -> int:
     if not path.is_file():
         return 0
     kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    # read as bytes: a crash may cut a line inside a multi-byte character (ensure_ascii=False)
+    for raw in path.read_bytes().splitlines():
         try:
-            record_step = json.loads(line).get("step", 0)
-        except (json.JSONDecodeError, AttributeError):
-            dropped += 1  # a line cut short by a crash
+            line = raw.decode("utf-8")
+            record = json.loads(line)
+        except ValueError:  # bad UTF-8 or JSON: a line cut short by a crash
+            dropped += 1
             continue
-        if record_step > step:
+        record_step = record.get("step", 0) if isinstance(record, dict) else None
+        if not is_count(record_step) or record_step > step:
             dropped += 1
         else:
             kept.append(line)
     if dropped:
         write_text_atomic(path, "".join(line + "\n" for line in kept))
     return dropped
+
+
+# run.json's fields that readers use, and the types they may have (null is always allowed)
+RUN_FIELDS: dict[str, tuple[type, ...]] = {
+    "name": (str,),
+    "status": (str,),
+    "started_at": (str,),
+    "ended_at": (str,),
+    "step": (int,),
+    "total_steps": (int,),
+    "tokens": (int,),
+    "best_val_loss": (float, int),
+    "best_step": (int,),
+    "dataset": (str,),
+    "tokenizer": (dict,),
+    "wandb_id": (str,),
+    "pid": (int,),
+    "host": (str,),
+    "error": (str,),
+}
+
+
+def _has_type(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not isinstance(value, bool)
 
 
 class RunRecord:
@@ -116,6 +143,11 @@ class RunRecord:
         if not isinstance(data, dict):
             warnings.append(f"{path.name} is not a JSON object")
             return {}
+        for key, types in RUN_FIELDS.items():
+            if key in data and data[key] is not None and not _has_type(data[key], types):
+                # one hand-edited or damaged field is left out, not the whole record
+                warnings.append(f"{path.name}: ignored {key!r} = {data[key]!r} (not {types[0].__name__})")
+                del data[key]
         return data
 
     def update(self, **fields: Any) -> None:

@@ -336,10 +336,12 @@ def check_resume_point(run_dir: Path, steps: int) -> None:
     """A resumed run needs a full checkpoint, short of ``steps``."""
     from lmforge.checkpoint.listing import latest_full
 
-    latest = latest_full(run_dir)
+    skipped: list[str] = []
+    latest = latest_full(run_dir, skipped)
     if latest is None:
+        damaged = f" ({'; '.join(skipped)})" if skipped else ""
         raise UsageError(
-            f"run {run_dir.name!r} has no full checkpoint to resume from", next_step_hint(run_dir)
+            f"run {run_dir.name!r} has no full checkpoint to resume from{damaged}", next_step_hint(run_dir)
         )
     if latest.step >= steps:
         raise UsageError(

@@ -177,7 +177,7 @@ class Checkpointer:
             # other rank holds the whole of the weights or the optimizer state at any time
             read: dict[str, Any] = {}  # filled on rank 0; a refusal there is raised on every rank
             dist.on_main(
-                lambda: read.update(weights=ckpt.load_state_dict(path), trainer=ckpt.load_trainer_state(path))
+                lambda: read.update(weights=ckpt.load_state_dict(path), trainer=_trainer_state(path))
             )
             full = ckpt.pad_vocab_rows(read["weights"], self.padded_vocab) if read else {}
             if read and model.config.tied_head:
@@ -186,8 +186,12 @@ class Checkpointer:
             trainer_state = dist.without_optimizer(read.get("trainer"))
         else:
             ckpt.load_weights(model, ckpt.load_state_dict(path), where=path)
-            trainer_state = ckpt.load_trainer_state(path)
+            trainer_state = _trainer_state(path)
         saved_world = self.state.load_state_dict(trainer_state, resume=resume)
         set_hyperparameters(self.state.optimizer, self.optim, self.device)
         self.last_full_step = self.state.progress.step
         return saved_world
+
+
+def _trainer_state(path: Path) -> dict[str, Any]:
+    return ckpt.check_trainer_state(ckpt.load_trainer_state(path), path / ckpt.TRAINER_FILE)

@@ -465,7 +465,10 @@ class TrainingManager:
 
         if self.resume_dir is not None:
             self.files.lock()  # a second trainer of this run stops here, before it loads anything
-            latest = dist.broadcast_object(latest_full(self.run_dir))
+            skipped: list[str] = []
+            latest = dist.broadcast_object(latest_full(self.run_dir, skipped))
+            for warning in skipped:  # never go back to an older checkpoint without a word
+                self.reporter.warning(f"{warning}; resuming from {latest.path.name}")
             self._restore(latest.path)
             self.resumed_from_step = self.progress.step
             changed = self.schedule.resume_warning(self.state.loaded_schedule, self.progress.step)
