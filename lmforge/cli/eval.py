@@ -55,7 +55,7 @@ def eval_command(
     tasks: str = typer.Option(
         None,
         "--tasks",
-        help='Comma-separated lm-eval-harness tasks (needs pip install "lmforge[eval]").',
+        help='Comma-separated lm-eval-harness tasks (needs pip install "lmforge\\[eval]").',
         show_default=False,
     ),
     tasks_dir: str = typer.Option(

@@ -123,6 +123,7 @@ def score_pairs(
     device: torch.device | str | None = None,
     dtype: str = "fp32",
     progress: Progress | None = None,
+    greedy: bool = True,
 ) -> list[tuple[float, bool]]:
     """``(log-likelihood, greedy)`` of each continuation after its context.
 
@@ -131,6 +132,7 @@ def score_pairs(
     ``greedy`` is whether every continuation token is the model's argmax. Pairs are
     run longest first and right-padded within a batch: a causal model's outputs at
     the real positions do not see the padding. ``progress(n)``: n more tokens scored.
+    ``greedy=False`` skips the argmax (rolling windows need only the sums) and reports False.
     """
     inner = unwrap_model(model)
     context = inner.config.block_size
@@ -160,12 +162,16 @@ def score_pairs(
                 x, y = x.to(device), y.to(device)
                 logits, _ = model(x)  # (B, T, vocab)
                 logits = logits.float()
-                nll = F.cross_entropy(logits.transpose(1, 2), y, ignore_index=-1, reduction="none")  # (B, T)
+                V = logits.size(-1)
+                nll = F.cross_entropy(logits.view(-1, V), y.view(-1), ignore_index=-1, reduction="none")
                 scored = y >= 0
-                greedy = ((logits.argmax(-1) == y) | ~scored).all(-1)  # (B,)
-                ll = (-nll * scored).sum(-1).double()
+                ll = (-nll.view(y.shape) * scored).sum(-1).double()  # (B,)
+                if greedy:
+                    is_greedy = ((logits.argmax(-1) == y) | ~scored).all(-1)  # (B,)
+                else:
+                    is_greedy = torch.zeros(len(batch), dtype=torch.bool)
                 # .tolist(): one device-to-host sync per batch, for the per-request results
-                for (i, *_), value, g in zip(batch, ll.tolist(), greedy.tolist(), strict=True):
+                for (i, *_), value, g in zip(batch, ll.tolist(), is_greedy.tolist(), strict=True):
                     results[i] = (value, bool(g))
                 if progress is not None:
                     progress(int(sum(r[2] for r in batch)))
@@ -198,7 +204,9 @@ def rolling_loglikelihoods(
     if padding and windows:
         mine = mine + [(-1, windows[0][1])] * padding
     pairs = [pair for _, pair in mine]
-    scores = score_pairs(model, pairs, batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+    scores = score_pairs(
+        model, pairs, batch_size=batch_size, device=device, dtype=dtype, progress=progress, greedy=False
+    )
     if device is None:
         device = next(model.parameters()).device
     totals = torch.zeros(len(documents), dtype=torch.float64)
