@@ -82,7 +82,8 @@ class PlainReporter(Reporter):
         if self.quiet or not (first or time.monotonic() - self._last_line >= HEARTBEAT_S):
             return
         elapsed = format_duration(time.monotonic() - self._started)
-        self._write(f"step {step}/{total_steps} | micro-batch {done}/{of} done | {elapsed}")
+        part = f" | micro-batch {done}/{of}" if of > 1 else ""
+        self._write(f"step {step}/{total_steps}{part} done | {elapsed}")
 
     def step(self, stats: StepStats) -> None:
         if not self.quiet:
