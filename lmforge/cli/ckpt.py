@@ -150,10 +150,29 @@ def show_cmd(ctx: typer.Context, ckpt: str = checkpoint_argument(), as_json: boo
         )
         files.add_row(escape(f["name"]), format_bytes(f["bytes"]), f"{f['bytes']:,}{note}")
     out_console.print(files)
+    if details["evals"]:
+        evals = Table(title="Task evaluations (evals/)", title_justify="left")
+        for column in ("task", "metric", "value", "stderr", "file"):
+            evals.add_column(column, justify="right" if column in ("value", "stderr") else "left")
+        for record in details["evals"]:
+            for row in record["rows"]:
+                stderr = row.get("stderr")
+                evals.add_row(
+                    escape(str(row.get("task"))),
+                    escape(str(row.get("metric"))),
+                    _number(row.get("value")),
+                    _number(stderr) if isinstance(stderr, (int, float)) else "-",
+                    escape(record["file"]),
+                )
+        out_console.print(evals)
     from lmforge.config import dumps_toml
 
     out_console.print("[bold]Config[/bold]")
     out_console.print(dumps_toml(m["config"]), highlight=False, markup=False)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else escape(str(value))
 
 
 # ----------------------------------------------------------------------------- prune

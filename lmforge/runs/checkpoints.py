@@ -65,6 +65,8 @@ def checkpoint_details(path: Path) -> dict[str, Any]:
     run = RunDir(path.parent.parent)
     if run.metrics_file.is_file():
         metrics.update(train_metrics_at(read_metrics(run.metrics_file), meta.get("step")))
+    from lmforge.eval.tasks import saved_evals  # light: reads the JSON files of evals/
+
     return {
         "path": str(path),
         "meta": meta,
@@ -72,6 +74,7 @@ def checkpoint_details(path: Path) -> dict[str, Any]:
         "parameters": parameters,
         "files": files,
         "size_bytes": sum(f["bytes"] for f in files),
+        "evals": saved_evals(path),  # lmforge eval --tasks results saved beside the checkpoint
     }
 
 
