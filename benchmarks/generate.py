@@ -43,11 +43,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     args = parser.parse_args()
 
-    from lmforge.config import PRESETS
     from lmforge.data.tokenizer import bytes_tokenizer
     from lmforge.device import resolve_device
     from lmforge.eval.generate import generate
     from lmforge.model.gpt import GPT
+    from lmforge.presets import PRESETS
 
     if args.threads:
         torch.set_num_threads(args.threads)

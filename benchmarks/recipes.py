@@ -37,8 +37,8 @@ def run_one(
     workspace: Path, name: str, recipe: str, seed: int, steps: int, args, extra=None
 ) -> dict[str, Any]:
     from lmforge import TrainingManager
-    from lmforge.config import resolve_config
     from lmforge.observe.reporting import Reporter
+    from lmforge.presets import resolve_config
 
     overrides = {
         ("recipe",): recipe,

@@ -129,7 +129,7 @@ def fake_run(workspace_dir):
     import json
     import math
 
-    from lmforge.config import resolve_config
+    from lmforge.presets import resolve_config
 
     def build(
         name,
@@ -296,7 +296,8 @@ TINY_TRAIN = {
 @pytest.fixture
 def tiny_train_config():
     """``tiny_train_config(steps=40, dropout=0.1, ...)``: a TrainingConfig for a run of seconds."""
-    from lmforge.config import TrainingConfig, config_fields, resolve_config
+    from lmforge.config import TrainingConfig, config_fields
+    from lmforge.presets import resolve_config
 
     by_flag = {f.path[-1]: f.path for f in config_fields()}
 

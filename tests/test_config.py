@@ -2,14 +2,9 @@ import dataclasses
 
 import pytest
 
-from lmforge.config import (
-    PRESETS,
-    ModelConfig,
-    TrainingConfig,
-    config_fields,
-    resolve_config,
-)
+from lmforge.config import ModelConfig, TrainingConfig, config_fields
 from lmforge.errors import ConfigError
+from lmforge.presets import PRESETS, resolve_config
 
 
 def test_defaults_are_the_seeds():

@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import PRESETS, ModelConfig
+from lmforge.config import ModelConfig
 from lmforge.model.gpt import GPT
+from lmforge.presets import PRESETS
 
 EXPECTED_PARAMS = {  # (total, without position embeddings)
     "gpt2": (124_439_808, 123_653_376),

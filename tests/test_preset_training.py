@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from lmforge.config import PRESET_TRAINING, TrainingConfig, resolve_config
+from lmforge.config import TrainingConfig
+from lmforge.presets import PRESET_TRAINING, resolve_config
 from lmforge.train.fit import fit_to_run
 from lmforge.train.setup import FIXED_ON_RESUME, resume_config
 

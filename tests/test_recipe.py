@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from lmforge import TrainingManager
-from lmforge.config import RECIPES, TrainingConfig, resolve_config
+from lmforge.config import TrainingConfig
 from lmforge.errors import ConfigError
 from lmforge.observe.reporting import Reporter
+from lmforge.presets import RECIPES, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 # the modern recipe's own lrs (the tiny test settings' --lr 3e-3 is an AdamW lr)

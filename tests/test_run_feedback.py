@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lmforge.config import resolve_config
 from lmforge.observe.dashboard import RichReporter
 from lmforge.observe.reporting import StepStats
+from lmforge.presets import resolve_config
 from lmforge.train.estimate import estimate_time
 from lmforge.train.plan import plan
 from lmforge.train.setup import check_resume_point, next_step_hint

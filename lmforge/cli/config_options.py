@@ -42,7 +42,7 @@ def _show(value: Any, is_bool: bool) -> str:
 
 @functools.cache
 def _preset_configs() -> dict[str, Any]:
-    from lmforge.config import PRESETS, resolve_config
+    from lmforge.presets import PRESETS, resolve_config
 
     return {name: resolve_config(preset=name) for name in PRESETS}
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lmforge.config import PRESETS, ModelConfig
+from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
+from lmforge.presets import PRESETS
 
 HF_CONFIG = "config.json"
 

@@ -34,7 +34,8 @@ def changes_from_defaults(run_dir: str | os.PathLike) -> list[ConfigChange]:
     """The values of the run's ``config.toml`` that differ from
     ``resolve_config(preset=<its preset>)``, in file order. The run name is left
     out (every run has its own). A missing config file gives an empty list."""
-    from lmforge.config import PRESETS, load_toml, resolve_config
+    from lmforge.config import load_toml
+    from lmforge.presets import PRESETS, resolve_config
 
     path = RunDir(Path(run_dir)).config_file
     if not path.is_file():
@@ -69,7 +70,7 @@ def _auto_values(run_dir: Path) -> dict[str, tuple[Any, ...]]:
 def compare_configs(run_dirs: list[Path]) -> dict[str, list[Any]]:
     """The config keys whose values differ between runs: ``{"optim.lr": [3e-4, 6e-4]}``
     (``None`` where a run's config lacks the key). The run name is left out."""
-    from lmforge.config import resolve_config
+    from lmforge.presets import resolve_config
 
     defaults = _flatten(resolve_config().to_dict())
     flats = [_flatten(read_config(Path(run_dir))) for run_dir in run_dirs]

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import ModelConfig, TrainingConfig, apply_preset, resolve_config, with_overrides
+from lmforge.config import ModelConfig, TrainingConfig, with_overrides
 from lmforge.errors import ConfigError, UsageError
+from lmforge.presets import apply_preset, resolve_config
 from lmforge.workspace import RunDir, Workspace, is_valid_name
 
 RESERVED_NAMES = {"latest", "best"}
