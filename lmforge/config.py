@@ -298,8 +298,8 @@ class TrainingConfig:
         default="gpt2",
     )
     recipe: Literal["gpt2", "modern"] = doc(
-        "Architecture, optimizer and schedule defaults together (lmforge.presets.RECIPES): gpt2 = GPT-2 with "
-        "AdamW and cosine; modern = --arch modern, Muon and warmup-stable-decay.",
+        "Architecture, optimizer and schedule defaults together: gpt2 = GPT-2 with AdamW and "
+        "cosine; modern = --arch modern, Muon and warmup-stable-decay.",
         default="gpt2",
     )
     run: str | None = doc(
