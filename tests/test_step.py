@@ -41,10 +41,13 @@ def _assert_untouched(model, optimizer, snapshot):
     params, state = snapshot
     for before, p in zip(params, model.parameters(), strict=True):
         assert torch.equal(before, p)
-    assert optimizer.state.keys() == state.keys()
+    assert state.keys() <= optimizer.state.keys()
     for k, v in optimizer.state.items():
         for n, t in v.items():
-            assert torch.equal(state[k][n], t)
+            if k in state:
+                assert torch.equal(state[k][n], t)
+            else:  # the fused kernel makes its state on a skipped first step: a fresh one
+                assert not t.any(), n
     assert all(p.grad is None for p in model.parameters())
 
 

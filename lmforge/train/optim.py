@@ -153,6 +153,14 @@ class MuonAdamW:
         self.updates = int(state["updates"])
 
 
+def fused_adamw(device: torch.device) -> bool | None:
+    """Whether AdamW runs its fused kernel on ``device``: on CUDA one launch for every tensor,
+    and on the CPU one vectorised pass where the foreach path makes a temporary per operation
+    (tiny preset, 16M parameters on 2 cores: 8 ms a step against 58 ms). Elsewhere torch
+    chooses (None)."""
+    return True if device.type in ("cuda", "cpu") else None
+
+
 def _require_muon() -> type[torch.optim.Optimizer]:
     muon = getattr(torch.optim, "Muon", None)
     if muon is None:
@@ -166,7 +174,7 @@ def _require_muon() -> type[torch.optim.Optimizer]:
 def build_optimizer(
     model: nn.Module, config: OptimizerConfig, device: torch.device
 ) -> tuple[torch.optim.Optimizer | MuonAdamW, ParamGroupCounts]:
-    """AdamW over ``param_groups`` (the fused kernel on CUDA: one launch for all tensors), or
+    """AdamW over ``param_groups`` (the fused kernel: one pass over all tensors), or
     ``MuonAdamW`` with ``--optimizer muon``."""
     groups, counts = param_groups(model, config.weight_decay, config)
     adamw_groups = [g for g in groups if g["optimizer"] == "adamw"]
@@ -175,7 +183,7 @@ def build_optimizer(
         lr=config.lr,
         betas=(config.beta1, config.beta2),
         eps=config.eps,
-        fused=device.type == "cuda" or None,
+        fused=fused_adamw(device),
     )
     if config.optimizer == "adamw":
         return adamw, counts
@@ -198,6 +206,6 @@ def set_hyperparameters(
         group["weight_decay"] = config.weight_decay if lr_field != "embed_lr" else 0.0
         if group.get("optimizer", "adamw") == "adamw":
             group.update(betas=(config.beta1, config.beta2), eps=config.eps)
-            group["fused"] = device.type == "cuda" or None
+            group["fused"] = fused_adamw(device)
     if isinstance(optimizer, MuonAdamW):
         optimizer.momentum, optimizer.momentum_warmup = config.muon_momentum, config.muon_momentum_warmup
