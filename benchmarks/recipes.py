@@ -51,7 +51,8 @@ def run_one(
         ("train", "grad_accum"): 1,
         ("train", "seed"): seed,
         ("train", "device"): "cpu",
-        ("train", "dtype"): "fp32",
+        ("train", "dtype"): args.dtype,
+        ("train", "compile"): args.compile,
         ("train", "threads"): args.threads,
         ("train", "eval_interval"): max(1, steps // args.evals),
         ("train", "eval_tokens"): args.eval_tokens,
@@ -102,6 +103,22 @@ def mean_spread(values: list[float]) -> str:
     return f"{mean:.3f} ± {(max(values) - min(values)) / 2:.3f}"
 
 
+def tune(args, types, modern_extra, steps, stamp) -> None:
+    """The modern recipe's defaults, one key at a time: final validation loss per value."""
+    rows = []
+    for item in args.tune:
+        key, values = item.split("=", 1)
+        for value in values.split(","):
+            extra = {**modern_extra, tuple(key.split(".")): types[key](value)}
+            r = run_one(
+                args.workspace, f"tune-{key}-{value}-{stamp}", "modern", args.seeds[0], steps, args, extra
+            )
+            rows.append((key, value, r["evals"][-1][1], r["ms_per_step"]))
+    print("\n| key | value | final val loss | ms/step |\n|---|---|---|---|")
+    for key, value, loss, ms in rows:
+        print(f"| {key} | {value} | {loss:.3f} | {ms:.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workspace", type=Path, required=True)
@@ -114,6 +131,16 @@ def main() -> None:
     p.add_argument("--evals", type=int, default=20)
     p.add_argument("--eval-tokens", type=int, default=16_384)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--dtype", default="fp32", help="training precision of every run (fp32, bf16, auto)")
+    p.add_argument("--compile", default="off", help="torch.compile for every run (off, on, auto)")
+    p.add_argument(
+        "--tune",
+        nargs="+",
+        default=None,
+        metavar="KEY=V1,V2",
+        help="instead of the comparison: the modern recipe at each value of each key (one at a time, "
+        "the others at their defaults; seed 1, the full budget), e.g. optim.lr=0.01,0.02,0.04",
+    )
     p.add_argument("--modern", nargs="*", default=[], help="extra modern overrides: optim.lr=0.03 ...")
     p.add_argument("--json", type=Path, default=None, help="write every run's curve here")
     args = p.parse_args()
@@ -129,6 +156,9 @@ def main() -> None:
     tokens_per_step = args.block_size * args.batch_size
     steps = args.budget_tokens // tokens_per_step
     stamp = time.strftime("%H%M%S")
+    if args.tune:
+        tune(args, types, modern_extra, steps, stamp)
+        return
     runs: list[dict[str, Any]] = []
 
     sweep = {}

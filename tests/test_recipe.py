@@ -196,6 +196,21 @@ def test_trains_evaluates_generates_shows_exports_and_imports(train_workspace, t
     with torch.no_grad():
         assert torch.equal(back(idx)[0], ours)
 
+    # a gpt2 run next to the modern one: one plot, and the recipe's levers among the differences
+    classic = tiny_train_config(steps=8, eval_interval=4, sample_tokens=0, run="classic")
+    TrainingManager(classic, train_workspace, reporter=Reporter()).train()
+    plot = train_workspace / "recipes.png"
+    compared = cli("runs", "compare", "classic", "modern", "--out", str(plot), "--json")
+    assert compared.exit_code == 0, compared.stderr
+    data = json.loads(compared.stdout)
+    assert [r["name"] for r in data["runs"]] == ["classic", "modern"]
+    assert all(r["metrics"]["best_val_loss"] is not None for r in data["runs"])
+    differences = data["config_differences"]
+    assert differences["recipe"] == ["gpt2", "modern"] and differences["model.arch"] == ["gpt2", "modern"]
+    assert differences["optim.optimizer"] == ["adamw", "muon"]
+    assert differences["optim.schedule"] == ["cosine", "wsd"]
+    assert plot.is_file() and plot.stat().st_size > 10_000
+
 
 def test_export_refuses_a_lever_nanochat_cannot_hold():
     from lmforge.interop.nanochat import nanochat_config
