@@ -3,11 +3,14 @@
     python benchmarks/train_throughput.py                          # CPU: tiny and micro, fp32
     python benchmarks/train_throughput.py --preset gpt2 --device cuda --dtype bf16 --compile on
         # GPT-2 small on one GPU: batch 16 x 1024 tokens, grad-accum 4 (the CUDA defaults)
+    python benchmarks/train_throughput.py --recipes --batch-size 8 --dtype fp32 --compile off
+        # the modern recipe's step time against the gpt2 one's (tiny, batch 8 x 128)
     python benchmarks/train_throughput.py --matrix              # CPU: every dtype x compile choice
         # tiny shape, batch 8 x 256, vs the plain loop in fp32 eager; plus lmforge's own defaults
 
 Both contenders train the same ``GPT`` (same shapes, same init) on the same
-generated token file (uint16, GPT-2's vocabulary), with AdamW (fused on CUDA),
+generated token file (uint16, GPT-2's vocabulary), with AdamW (lmforge's fused on CUDA and
+the CPU, nanoGPT's fused on CUDA only),
 grad clipping, the same precision, the same ``torch.compile`` choice and the same
 vocabulary padding (on CUDA: 50257 -> 50304 rows, as nanoGPT pads; loss over the real 50257):
 
@@ -117,6 +120,10 @@ def run_lmforge(args, ws: Path) -> dict:
     config.optim.warmup_steps = 10
     config.checkpoint.light_interval = config.checkpoint.full_interval = 0
     config.logging.wandb, config.logging.sample_tokens = "disabled", 0
+    if args.recipe != "gpt2":
+        from lmforge.presets import apply_recipe
+
+        config = apply_recipe(config, args.recipe)
     config.logging.log_interval = math.gcd(
         args.warmup, last
     )  # logs (and syncs) at the end of warm-up and at the end
@@ -265,10 +272,18 @@ def parse(argv=None):
         help="CPU: plain fp32 eager vs lmforge in fp32/bf16 x eager/compiled and its defaults "
         "(tiny, batch 8 x 256 unless given)",
     )
+    p.add_argument(
+        "--recipes",
+        action="store_true",
+        help="lmforge's --recipe gpt2 against --recipe modern (same shape, dtype and compile choice)",
+    )
+    p.add_argument("--recipe", default="gpt2", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["lmforge", "plain"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--workspace", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.recipes:
+        args.configs = "tiny" if args.configs == "micro,tiny" else args.configs
     if args.matrix:
         args.configs = "tiny" if args.configs == "micro,tiny" else args.configs
         args.batch_size = args.batch_size or 8
@@ -346,10 +361,11 @@ def main(argv=None) -> None:
         return
     print(
         f"| config | impl | device | dtype | compile | tokens/step | tokens/s (median of {args.repeats}) "
-        "| vs plain | MFU | peak memory |"
+        f"| vs {'gpt2' if args.recipes else 'plain'} | MFU | peak memory |"
     )
     print("| --- | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
-    plain = {r["config"]: r["tokens_per_sec"] for r in rows if r["impl"].startswith("plain")}
+    first = contenders(args)[0][0]  # the baseline of "vs plain" (of "vs gpt2" with --recipes)
+    plain = {r["config"]: r["tokens_per_sec"] for r in rows if r["impl"] == first}
     for r in rows:
         mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         ratio = r["tokens_per_sec"] / plain[r["config"]]
@@ -363,6 +379,8 @@ def main(argv=None) -> None:
 
 def contenders(args) -> list[tuple[str, str, list[str]]]:
     """``(row name, worker, extra options)``: the plain loop first (the baseline of "vs plain")."""
+    if args.recipes:
+        return [(f"lmforge --recipe {r}", "lmforge", ["--recipe", r]) for r in ("gpt2", "modern")]
     if not args.matrix:
         return [("plain", "plain", []), ("lmforge", "lmforge", [])]
     rows = [("plain fp32 eager", "plain", ["--dtype", "fp32", "--compile", "off"])]

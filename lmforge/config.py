@@ -235,7 +235,8 @@ class TrainConfig:
         default="auto",
     )
     compile: Literal["auto", "on", "off"] = doc(
-        "torch.compile: auto = on for CUDA, off on CPU.", default="auto"
+        "torch.compile: auto = on for CUDA; on a CPU, on for bf16 runs of 200+ steps with a C++ compiler.",
+        default="auto",
     )
     eval_interval: int = doc("Evaluate on the validation split every N steps.", default=1000)
     eval_tokens: int = doc("Validation tokens per evaluation (0 = the whole split).", default=0)
