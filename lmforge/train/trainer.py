@@ -1,12 +1,12 @@
 """The training loop: ``TrainingManager(config).train()``.
 
-Set-up first: ``lmforge.train.setup`` decides what the run is (config, resumed run,
-initial checkpoint, name); then the data loader, the model (compiled, DDP-wrapped or
-FSDP-sharded), AdamW and the learning-rate schedule. Each iteration of the loop is one
-optimizer step (``lmforge.train.step``); around it come logging, periodic evaluation
-with a text sample, checkpoints (what they hold: ``lmforge.train.state``), bad steps
-and rollback (``lmforge.train.recovery``), and the run's files and W&B
-(``lmforge.train.run_files``). Progress goes to a ``Reporter``
+Set-up first: ``lmforge.train.setup`` decides what the run is (config, resumed run, initial
+checkpoint, name); ``lmforge.train.build`` makes its parts (data loader, model - compiled,
+DDP-wrapped or FSDP-sharded - with its optimizer and step, throughput meter, checkpointer).
+Each iteration of the loop is one optimizer step (``lmforge.train.step``); around it come
+logging, periodic evaluation with a text sample, checkpoints (what they hold:
+``lmforge.train.state``), bad steps and rollback (``lmforge.train.recovery``), and the run's
+files and W&B (``lmforge.train.run_files``). Progress goes to a ``Reporter``
 (``lmforge.observe.reporting``) that the caller chooses; the loop itself prints nothing.
 
 Multi-process (``torchrun``; see ``lmforge.distributed``): every rank builds the
@@ -33,12 +33,14 @@ import torch
 from lmforge import distributed as dist
 from lmforge.checkpoint.listing import latest_full
 from lmforge.config import TrainingConfig
+from lmforge.data.store import open_dataset
 from lmforge.errors import UsageError
 from lmforge.observe.reporting import Reporter, StepStats, TrainResult
-from lmforge.observe.throughput import ThroughputMeter
+from lmforge.train import build
 from lmforge.train.evaluation import Evaluation
 from lmforge.train.recovery import Recovery
 from lmforge.train.run_files import RunFiles
+from lmforge.train.schedule import build_schedule
 from lmforge.train.setup import (
     RunPlan,
     pad_vocab,
@@ -48,8 +50,8 @@ from lmforge.train.setup import (
     start_run,
 )
 from lmforge.train.signals import stop_on_signals
-from lmforge.train.state import Checkpointer, Progress, TrainingState
-from lmforge.train.step import StepOutcome, TrainStep
+from lmforge.train.state import Progress, TrainingState
+from lmforge.train.step import StepOutcome
 from lmforge.workspace import RunDir, Workspace
 
 # Per-layer gradient norms go to W&B at this multiple of the log interval.
@@ -82,15 +84,6 @@ class TrainingManager:
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        from lmforge.data.dataset import TrainLoader, make_dataset
-        from lmforge.data.store import open_dataset
-        from lmforge.device import TORCH_DTYPES, peak_flops, resolve_compile
-        from lmforge.train.memory import check_fits
-        from lmforge.train.optim import build_optimizer
-        from lmforge.train.parallel import build_train_model
-        from lmforge.train.rng import derive_seed, seed_everything
-        from lmforge.train.schedule import build_schedule
-
         if plan is not None and (config is not None or resume is not None or init_from is not None):
             raise TypeError("pass either plan, or config/resume/init_from")
         if reporter is None:
@@ -139,72 +132,29 @@ class TrainingManager:
         # fp16 needs loss scaling against underflowing gradients; bf16 has fp32's range and does not
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
 
-        # --- data loader
-        t = config.train
-        block = config.model.block_size
-        train_set = make_dataset(
-            self.dataset.tokens("train"),
-            block,
-            config.window_stride,
-            config.data.sampling,
-            t.seed,
-            split="train",
-        )
-        self.loader = TrainLoader(
-            train_set,
-            t.batch_size,
-            seed=t.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-            num_workers=config.data.num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-
-        # --- model and optimizer: refused before anything is allocated when a step cannot fit
-        sharded = self.strategy == "fsdp"
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))  # sharing the RAM
-        ranks = {"world_size": self.world_size, "sharded": sharded, "local_processes": local}
-        check_fits(config, self.device, self.dtype, **ranks)
-        self.compiled, self.compile_reason = resolve_compile(t.compile, self.device, self.dtype, t.steps)
-        seed_everything(t.seed)  # the same initial weights on every rank
-        self.model, train_model = build_train_model(
-            config.model,
+        # --- the components: data loader, model with optimizer and step, schedule, throughput meter
+        self.loader = build.make_train_loader(config, self.dataset, self.device, self.rank, self.world_size)
+        built = build.make_model_and_step(
+            config,
             strategy=self.strategy,
             device=self.device,
-            compiled=self.compiled,
             dtype=self.dtype,
+            scaler=self.scaler,
             rank=self.rank,
-            init_from=self.init_from,
-        )
-        if self.rank > 0:
-            # dropout masks of their own; rank 0 goes on as a single process would
-            seed_everything(derive_seed(t.seed, 0, self.rank))
-        self.optimizer, self.param_counts = build_optimizer(self.model, config.optim, self.device)
-        self.train_step = TrainStep(
-            self.model,
-            self.optimizer,
-            self.scaler,
-            train_model=train_model,
-            device=self.device,
-            autocast_dtype=TORCH_DTYPES[self.dtype] if self.dtype != "fp32" else None,
-            max_grad_norm=config.optim.max_grad_norm,
             world_size=self.world_size,
-            sharded=self.strategy == "fsdp",
-            # one process: a failed compilation falls back to eager (FSDP compiles the blocks in
-            # place and DDP has wrapped the compiled module: there the error stands)
-            eager_fallback=self._compile_failed if self.compiled and self.strategy == "single" else None,
+            init_from=self.init_from,
+            on_compile_failure=self._compile_failed,
         )
-        self.schedule = build_schedule(config.optim, t.steps)
-        # tokens/s are counted over all ranks, so MFU is against the peak of all their devices
-        peak = peak_flops(self.device, self.dtype)
-        self.meter = ThroughputMeter(
-            self.model.flops_per_token(block), peak * self.world_size if peak else None
-        )
+        self.model, self.optimizer, self.train_step = built.model, built.optimizer, built.train_step
+        self.param_counts = built.param_counts
+        self.compiled, self.compile_reason = built.compiled, built.compile_reason
+        self.schedule = build_schedule(config.optim, config.train.steps)
+        self.meter = build.make_throughput_meter(self.model, config, self.device, self.dtype, self.world_size)
 
         # --- the run's state, files and bad-step policy (the run directory is created in train())
         self.progress = Progress()
         self.files = RunFiles(RunDir(self.run_dir), self.progress, enabled=self.is_main)
-        self.recovery = Recovery(t.max_bad_steps, self.files.metric, self.reporter.warning)
+        self.recovery = Recovery(config.train.max_bad_steps, self.files.metric, self.reporter.warning)
         self.state = TrainingState(
             self.model,
             self.optimizer,
@@ -216,17 +166,10 @@ class TrainingManager:
             self.tokenizer_identity,
             rank=self.rank,
             world_size=self.world_size,
-            seed=t.seed,
+            seed=config.train.seed,
         )
-        self.checkpoints = Checkpointer(
-            self.state,
-            self.files.run,
-            {"config": config.to_dict(), "tokenizer": self.tokenizer_identity, "dataset": self.dataset.name},
-            keep_last=config.checkpoint.keep_last,
-            sharded=self.strategy == "fsdp",
-            padded_vocab=config.model.padded_vocab_size,
-            optim=config.optim,
-            device=self.device,
+        self.checkpoints = build.make_checkpointer(
+            self.state, self.files.run, config, self.dataset, strategy=self.strategy, device=self.device
         )
         self.evaluation = Evaluation(
             self.model,
