@@ -91,11 +91,12 @@ def show_cmd(
     as_json: bool = JSON_OPTION,
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip the loss-curve PNG and sparkline."),
 ) -> None:
-    """One run: config changes, metrics, checkpoints and loss curves.
+    """One run: config changes, metrics, checkpoints, task evaluations and loss curves.
 
     Prints the run's status, its config's differences from its preset's defaults, a
     metrics summary (last train loss, best validation loss and perplexity, tokens,
-    median tokens/s), its checkpoints, and the loss curves as a terminal sparkline;
+    median tokens/s), its checkpoints, the task results that [bold]lmforge eval --tasks[/bold]
+    saved beside them (newest first), and the loss curves as a terminal sparkline;
     the same curves (train and validation loss against tokens) are written to
     runs/RUN/plots/loss.png.
 
@@ -182,6 +183,8 @@ def show_cmd(
         out_console.print(table)
     else:
         out_console.print("Checkpoints: none")
+    if details["evals"]:
+        out_console.print(_evals_table(details["evals"]))
 
     if not no_plot:
         _print_sparklines(metrics)
@@ -324,6 +327,48 @@ def _default_text(value: Any) -> str:
 def _best_index(infos: list) -> int | None:
     losses = [(i.best_val_loss, j) for j, i in enumerate(infos) if i.best_val_loss is not None]
     return min(losses)[1] if len(losses) > 1 else None
+
+
+# metrics per saved file in the table; `ckpt show RUN:CKPT` and --json hold them all
+HEADLINE_METRICS = 3
+
+
+def _evals_table(evals: list[dict[str, Any]]) -> Table:
+    """One row per saved ``eval --tasks`` file: checkpoint, task(s), metrics, when."""
+    table = Table(title="Task evaluations (lmforge eval --tasks)", title_justify="left")
+    table.add_column("checkpoint", no_wrap=True)
+    table.add_column("task")
+    table.add_column("metrics")
+    table.add_column("saved", no_wrap=True)
+    for e in evals:
+        table.add_row(
+            escape(e["checkpoint"]),
+            escape(", ".join(e["tasks"]) or "-"),
+            escape(_headline(e["rows"], several_tasks=len(e["tasks"]) > 1)),
+            fmt_time(e["created"]),
+        )
+    return table
+
+
+def _headline(rows: list[dict[str, Any]], *, several_tasks: bool) -> str:
+    """``acc 0.6250 ±0.0312, acc_norm 0.6000 ±0.0310``: the first metrics of a saved file."""
+    parts = []
+    for row in rows[:HEADLINE_METRICS]:
+        name = str(row.get("metric"))
+        if row.get("filter") not in (None, "none"):  # lm-eval's default filter says nothing
+            name += f" ({row['filter']})"
+        if several_tasks:
+            name = f"{row.get('task')} {name}"
+        value, stderr = row.get("value"), row.get("stderr")
+        text = f"{name} {value:.4f}" if _is_number(value) else f"{name} -"
+        parts.append(text + (f" ±{stderr:.4f}" if _is_number(stderr) else ""))
+    if len(rows) > HEADLINE_METRICS:
+        parts.append(f"+{len(rows) - HEADLINE_METRICS} more")
+    return ", ".join(parts) or "-"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _print_sparklines(metrics) -> None:

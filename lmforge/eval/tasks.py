@@ -223,21 +223,29 @@ def save_task_results(
     return path
 
 
-def saved_evals(checkpoint_dir: str | os.PathLike) -> list[dict[str, Any]]:
+def saved_evals(checkpoint_dir: str | os.PathLike, warnings: list[str] | None = None) -> list[dict[str, Any]]:
     """The saved task results of a checkpoint, oldest first: ``{"file", "created", "tasks",
-    "rows"}`` each; unreadable files are left out."""
+    "rows"}`` each. An unreadable file is left out, and said in ``warnings`` (when given): one
+    damaged file must not hide the others, but a person should learn it was passed over."""
     found = []
     for path in sorted((Path(checkpoint_dir) / EVALS_DIR).glob("*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
+            if warnings is not None:
+                warnings.append(f"skipped {path}: not readable JSON ({exc})")
             continue
-        rows = record.get("rows") or []
+        if not isinstance(record, dict) or not isinstance(record.get("rows", []), list):
+            if warnings is not None:
+                warnings.append(f"skipped {path}: not an lmforge eval record")
+            continue
+        rows = [r for r in record.get("rows") or [] if isinstance(r, dict)]
+        created = record.get("created")
         found.append(
             {
                 "file": path.name,
-                "created": record.get("created"),
-                "tasks": sorted({r.get("task") for r in rows if r.get("task")}),
+                "created": created if isinstance(created, str) else None,
+                "tasks": sorted({str(r["task"]) for r in rows if r.get("task")}),
                 "rows": rows,
             }
         )

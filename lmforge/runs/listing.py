@@ -136,10 +136,11 @@ def run_info(run_dir: str | os.PathLike, metrics: Metrics | None = None) -> RunI
 
 def run_details(run_dir: str | os.PathLike, metrics: Metrics | None = None) -> dict[str, Any]:
     """What ``lmforge runs show`` prints: the run's row, its config's differences
-    from its preset, a metrics summary and its checkpoints."""
+    from its preset, a metrics summary, its checkpoints and their saved task evaluations."""
     from lmforge.checkpoint.listing import list_checkpoints
     from lmforge.errors import ConfigError
     from lmforge.runs.compare import changes_from_defaults
+    from lmforge.runs.evals import run_evals
 
     run = RunDir(Path(run_dir))
     if metrics is None:
@@ -149,11 +150,14 @@ def run_details(run_dir: str | os.PathLike, metrics: Metrics | None = None) -> d
         changes = changes_from_defaults(run.path)
     except ConfigError:  # unreadable config.toml: already in info.warnings
         changes = []
+    checkpoints = list_checkpoints(run.path)
+    evals = run_evals(checkpoints, info.warnings)  # a damaged eval file: a warning of the run
     return {
         "run": info.to_dict(),
         "config_diff": [c.to_dict() for c in changes],
         "metrics": summarize_metrics(metrics),
-        "checkpoints": [c.to_dict() for c in list_checkpoints(run.path)],
+        "checkpoints": [c.to_dict() for c in checkpoints],
+        "evals": evals,
     }
 
 

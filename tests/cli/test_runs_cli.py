@@ -86,7 +86,7 @@ def test_show_json_and_latest(cli, three_runs, workspace_dir):
     result = cli("runs", "show", "latest", "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"run", "config_diff", "metrics", "checkpoints", "plot"}
+    assert set(data) == {"run", "config_diff", "metrics", "checkpoints", "evals", "plot"}
     assert data["run"]["name"] == "tiny-broke" and data["run"]["status"] == "failed"
     assert data["metrics"]["best_val_loss"] is None and data["metrics"]["last_step"] == 10
     assert data["plot"] == str(workspace_dir / "runs" / "tiny-broke" / "plots" / "loss.png")
