@@ -74,13 +74,13 @@ def generate_command(
         "num_samples": num_samples,
     }
     check_sampling(**sampling)  # cheap checks first, before a model is loaded
-    precision = resolve_dtype(dtype, resolve_device(device))
+    ws = workspace(ctx)
+    # on a CPU, auto reads the bf16 measurement training cached in the workspace
+    precision = resolve_dtype(dtype, resolve_device(device), ws.cache_dir)
     if prompt is None:
         prompt = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else ""
 
-    model, tokenizer, meta = load_for_generation(
-        workspace(ctx), checkpoint, device=device, tokenizer_file=tokenizer_file
-    )
+    model, tokenizer, meta = load_for_generation(ws, checkpoint, device=device, tokenizer_file=tokenizer_file)
     info(
         ctx,
         f"[dim]{checkpoint}: run {meta.get('run')}, step {meta.get('step')}, "

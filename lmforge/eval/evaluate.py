@@ -427,7 +427,7 @@ def evaluate_checkpoint(
     check_protocol(protocol, block_size=block_size, stride=stride, max_tokens=max_tokens)
     path = resolve_checkpoint(workspace, spec)
     dev = resolve_device(device)
-    precision = resolve_dtype(dtype, dev)
+    precision = resolve_dtype(dtype, dev, workspace.cache_dir)  # a CPU's bf16 measured once per workspace
     model, config, meta = load_model(path, device=dev)
     name = data or meta.get("dataset") or config.data.name
     dataset = open_dataset(workspace, name)
