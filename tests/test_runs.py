@@ -119,7 +119,7 @@ def test_compare_configs(ws, fake_run):
 def test_run_details_has_checkpoints(ws, fake_run):
     details = run_details(fake_run("a", checkpoints=("step-20", "step-60", "best")))
     assert [c["name"] for c in details["checkpoints"]] == ["step-20", "step-60", "best"]
-    assert set(details) == {"run", "config_diff", "metrics", "checkpoints"}
+    assert set(details) == {"run", "config_diff", "metrics", "checkpoints", "evals"}
     json.dumps(details)  # JSON-ready
 
 
