@@ -1,14 +1,16 @@
-"""A checkpoint's names and its ``meta.json``, readable without torch.
+"""A checkpoint's names, its ``meta.json`` and the shapes of its weights, readable without torch.
 
-Listing, pruning and showing checkpoints only read ``meta.json``; keeping it here
-(``store`` holds the weights and imports torch) lets ``lmforge ckpt list`` start in
-a fraction of a second.
+Listing, pruning and showing checkpoints only read ``meta.json`` (and the header of
+``model.safetensors``); keeping it here (``store`` holds the weights and imports torch)
+lets ``lmforge ckpt list`` and ``ckpt show`` start in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,8 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 TRAINER_FILE = "trainer.pt"
 META_FILE = "meta.json"
+# safetensors refuses headers above 100 MB; a bigger length is a damaged file, not a header to read
+_MAX_HEADER_BYTES = 100_000_000
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:
@@ -75,3 +79,25 @@ def _check_schema(meta: dict[str, Any], meta_path: Path) -> None:
                 f"{meta_path} is damaged: {key!r} must be {what}, got {f'{meta.get(key)!r}'[:60]}",
                 "use another checkpoint (`lmforge ckpt list`), or delete this one",
             )
+
+
+def stored_parameters(path: str | os.PathLike) -> int | None:
+    """The number of values in the checkpoint's ``model.safetensors``: the model's total
+    parameter count (a tied head is stored once, as ``wte``; padded vocabulary rows are not
+    stored), read from the file's header without loading a tensor. None when the file is
+    missing or its header damaged.
+
+    The format: an 8-byte little-endian header length, then that many bytes of JSON mapping
+    each tensor's name to its dtype, shape and offsets (and ``__metadata__`` to strings)."""
+    try:
+        with open(Path(path) / MODEL_FILE, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if length > _MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(length))
+        shapes = [v["shape"] for k, v in header.items() if k != "__metadata__"]
+        if not all(isinstance(s, list) and all(is_count(n) for n in s) for s in shapes):
+            return None
+        return sum(math.prod(s) for s in shapes)
+    except (OSError, struct.error, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError):
+        return None

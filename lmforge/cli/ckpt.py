@@ -126,7 +126,7 @@ def show_cmd(ctx: typer.Context, ckpt: str = checkpoint_argument(), as_json: boo
     rows += [
         ("dataset", escape(str(m.get("dataset") or "-"))),
         ("tokenizer", escape(f"{tok.get('name')} (sha256 {str(tok.get('sha256') or '-')[:12]}…)")),
-        ("parameters (total)", f"{details['parameters']:,}"),
+        ("parameters (total)", "-" if details["parameters"] is None else f"{details['parameters']:,}"),
         ("created", fmt_time(m.get("created_at"))),
         ("lmforge", str(m.get("lmforge_version", "-"))),
     ]
