@@ -4,5 +4,6 @@ between runs (``compare``), run and checkpoint names as a person says them (``na
 run's checkpoints as the ``ckpt`` commands see them (``checkpoints``), the task evaluations
 saved beside them (``evals``), loss plots (``plots``).
 
-May import ``checkpoint``, ``interop`` (parameter counts), ``config``, ``eval.tasks`` (the saved
-results; light) and the top-level modules; not the trainer or the CLI."""
+May import ``checkpoint``, ``config``, ``eval.tasks`` (the saved results; light) and the
+top-level modules; not the trainer, the CLI or torch (the ``ckpt`` and ``runs`` readers start
+without it)."""

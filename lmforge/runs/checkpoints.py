@@ -8,13 +8,12 @@ this module joins them to the run directory around them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmforge.checkpoint.listing import CheckpointInfo, list_checkpoints
-from lmforge.checkpoint.meta import read_meta
+from lmforge.checkpoint.meta import read_meta, stored_parameters
 from lmforge.checkpoint.prune import PrunePlan, delete_checkpoint, plan_prune
 from lmforge.errors import LmforgeError, UsageError
 from lmforge.runs.metrics import read_metrics, train_metrics_at
@@ -40,11 +39,9 @@ def checkpoints_of(run_dirs: list[Path], warnings: list[str] | None = None) -> l
 
 def checkpoint_details(path: Path) -> dict[str, Any]:
     """What ``ckpt show`` prints: meta.json, the files on disk with their sizes, the parameter
-    count, the validation loss and perplexity at save, and the run's last logged training
-    loss at or before the checkpoint's step."""
-    from lmforge.config import TrainingConfig
-    from lmforge.interop.hf_weights import lmforge_param_shapes
-
+    count (from the weights' header: no torch, either architecture), the validation loss and
+    perplexity at save, and the run's last logged training loss at or before the checkpoint's
+    step."""
     meta = read_meta(path)
     expected = meta.get("files") or {}
     files = [
@@ -52,11 +49,7 @@ def checkpoint_details(path: Path) -> dict[str, Any]:
         for f in sorted(path.iterdir())
         if f.is_file()
     ]
-    try:
-        model = TrainingConfig.from_dict(meta["config"]).model
-        parameters = sum(math.prod(s) for s in lmforge_param_shapes(model).values())
-    except LmforgeError:
-        parameters = None
+    parameters = stored_parameters(path)
     val_loss = meta.get("val_loss")
     # no perplexity for a diverged loss: null in the JSON rather than inf or a 300-digit number
     finite_loss = isinstance(val_loss, (int, float)) and val_loss < 700

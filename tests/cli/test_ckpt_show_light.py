@@ -69,3 +69,20 @@ def test_show_prints_the_count_as_before(cli, make_ckpt_run):
     assert text.exit_code == 0, text.output
     assert "parameters (total)  10,960" in text.stdout
     assert json.loads(cli("ckpt", "show", "r:best", "--json").stdout)["parameters"] == 10_960
+
+
+def test_show_counts_a_modern_model_from_its_weights(cli, tmp_path):
+    # the count once came from GPT-2's shapes whatever the config said: wrong for --arch modern
+    model = save_tiny(tmp_path / "modern", **ARCHS["modern"])
+    total = model.get_num_params(non_embedding=False)
+    shown = json.loads(cli("ckpt", "show", str(tmp_path / "modern"), "--json").stdout)
+    assert shown["parameters"] == total == 14_368
+
+
+def test_show_without_readable_weights_prints_a_dash(cli, tmp_path):
+    save_tiny(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / MODEL_FILE).write_bytes(b"abc")
+    text = cli("ckpt", "show", str(tmp_path / "ckpt"))
+    assert text.exit_code == 0, text.output
+    assert "parameters (total)  -" in text.stdout
+    assert json.loads(cli("ckpt", "show", str(tmp_path / "ckpt"), "--json").stdout)["parameters"] is None

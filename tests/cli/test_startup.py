@@ -39,6 +39,8 @@ def _probe(workspace_dir, *args: str) -> tuple[int, bool, str]:
     [
         ["ckpt", "list", "--json"],
         ["ckpt", "prune", "--dry-run"],
+        ["ckpt", "show", "r:latest"],
+        ["ckpt", "show", "r:latest", "--json"],
         ["runs", "list", "--json"],
         ["runs", "show", "r"],
         ["data", "list"],
@@ -55,3 +57,9 @@ def test_read_only_commands_do_not_import_torch(make_ckpt_run, workspace_dir, ar
     if args == ["ckpt", "list", "--json"]:  # and it did list the real checkpoints
         listed = json.loads(stdout[: stdout.rindex("PROBE")])
         assert {c["name"] for c in listed} == {"step-10", "best"}
+    if args[:2] == ["ckpt", "show"]:  # the parameter count too, from the weights' header
+        shown = stdout[: stdout.rindex("PROBE")]
+        if "--json" in args:
+            assert json.loads(shown)["parameters"] == 10_960
+        else:
+            assert "parameters (total)  10,960" in shown
