@@ -275,7 +275,7 @@ def evaluate_tasks_checkpoint(
     require_lm_eval()
     path = resolve_checkpoint(workspace, spec)
     model, tokenizer, _ = load_for_generation(workspace, str(path), device=device)
-    precision = resolve_dtype(dtype, next(model.parameters()).device)
+    precision = resolve_dtype(dtype, next(model.parameters()).device, workspace.cache_dir)
     rows, saved = run_tasks(
         model,
         tokenizer,
