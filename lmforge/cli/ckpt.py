@@ -104,7 +104,10 @@ def show_cmd(ctx: typer.Context, ckpt: str = checkpoint_argument(), as_json: boo
     from lmforge.runs.checkpoints import checkpoint_details
     from lmforge.runs.names import resolve_checkpoint
 
-    details = checkpoint_details(resolve_checkpoint(workspace(ctx), ckpt))
+    warnings: list[str] = []
+    details = checkpoint_details(resolve_checkpoint(workspace(ctx), ckpt), warnings)
+    for warning in warnings:  # a damaged eval file is named; the rest is still shown
+        err_console.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(details)
         return

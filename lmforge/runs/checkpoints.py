@@ -37,11 +37,11 @@ def checkpoints_of(run_dirs: list[Path], warnings: list[str] | None = None) -> l
     return [c for d in run_dirs for c in list_checkpoints(d, warnings)]
 
 
-def checkpoint_details(path: Path) -> dict[str, Any]:
+def checkpoint_details(path: Path, warnings: list[str] | None = None) -> dict[str, Any]:
     """What ``ckpt show`` prints: meta.json, the files on disk with their sizes, the parameter
     count (from the weights' header: no torch, either architecture), the validation loss and
-    perplexity at save, and the run's last logged training loss at or before the checkpoint's
-    step."""
+    perplexity at save, the run's last logged training loss at or before the checkpoint's
+    step, and the saved task evaluations (a damaged one is named in ``warnings``)."""
     meta = read_meta(path)
     expected = meta.get("files") or {}
     files = [
@@ -67,7 +67,7 @@ def checkpoint_details(path: Path) -> dict[str, Any]:
         "parameters": parameters,
         "files": files,
         "size_bytes": sum(f["bytes"] for f in files),
-        "evals": saved_evals(path),  # lmforge eval --tasks results saved beside the checkpoint
+        "evals": saved_evals(path, warnings),  # lmforge eval --tasks results saved beside the checkpoint
     }
 
 

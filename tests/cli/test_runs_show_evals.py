@@ -133,6 +133,17 @@ def test_show_warns_about_a_damaged_eval_file_and_shows_the_rest(cli, evaluated_
     assert any("list.json: not an lmforge eval record" in w for w in data["run"]["warnings"])
 
 
+def test_ckpt_show_warns_about_a_damaged_eval_file_too(cli, evaluated_run):
+    evals_dir = evaluated_run / "checkpoints" / "step-20" / "evals"
+    (evals_dir / "20250105T000000Z-broken.json").write_text('{"rows": [')
+    result = cli("ckpt", "show", "tiny-evald:step-20")
+    assert result.exit_code == 0, result.stderr
+    assert "toy_mc" in result.stdout  # the readable record is still shown
+    assert "20250105T000000Z-broken.json" in result.stderr and result.stderr.count("Warning:") == 1
+    data = json.loads(cli("ckpt", "show", "tiny-evald:step-20", "--json").stdout)
+    assert [e["tasks"] for e in data["evals"]] == [["toy_mc"]]
+
+
 def test_show_with_saved_evals_does_not_import_torch(evaluated_run, workspace_dir):
     probe = (
         "import sys, runpy\n"
