@@ -248,6 +248,15 @@ def resolve_precision(dtype: str, device: torch.device, cache_dir: Path | None =
     return "fp32", f"{device.type}: fp32"
 
 
+def newton_schulz_dtype(device: torch.device, cache_dir: Path | None = None) -> torch.dtype:
+    """The precision of Muon's Newton-Schulz iteration: bf16 (``torch.optim.Muon``'s) wherever
+    bf16 matmuls are fast, fp32 on a CPU where they are not (emulated there: several times slower
+    than fp32). The CPU verdict is the one ``--dtype auto`` uses, cached in ``cache_dir``."""
+    if device.type != "cpu" or cpu_bf16(cache_dir=cache_dir).fast:
+        return torch.bfloat16
+    return torch.float32
+
+
 # A CPU compile of the tiny preset takes ~20 s and pays back after ~50 steps (bf16); below this
 # many steps of a run, compile=auto stays eager.
 MIN_STEPS_TO_COMPILE_ON_CPU = 200

@@ -95,9 +95,15 @@ def test_dry_run_shows_the_resolved_recipe(cli):
     assert r.exit_code != 0 and "--n-kv-head (5) must divide --n-head (12)" in r.stderr
 
 
+# "no fast bf16": a CPU without bf16 instructions, where Muon's Newton-Schulz runs in fp32 (MuonNS)
+@pytest.mark.parametrize("cpu", ["this CPU", "no fast bf16"])
 def test_muon_wsd_resume_with_more_steps_before_the_decay_is_the_longer_run_bitwise(
-    train_workspace, tiny_train_config
+    train_workspace, tiny_train_config, cpu, monkeypatch
 ):
+    import lmforge.device
+
+    if cpu == "no fast bf16":
+        monkeypatch.setattr(lmforge.device, "_read_cpuinfo", lambda: "model name : Old\nflags : avx2\n")
     from lmforge.train.setup import resume_config
 
     def config(run, steps):
@@ -111,6 +117,8 @@ def test_muon_wsd_resume_with_more_steps_before_the_decay_is_the_longer_run_bitw
     stopper = _StopAt(6)
     first = TrainingManager(config("halves", 16), train_workspace, reporter=stopper)
     stopper.manager = first
+    if cpu == "no fast bf16":
+        assert type(first.optimizer.muon).__name__ == "MuonNS" and first.dtype == "fp32"
     assert first.train().step == 6
     warnings = _Warnings()
     longer = resume_config(train_workspace / "runs" / "halves", {("train", "steps"): 20})

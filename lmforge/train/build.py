@@ -20,7 +20,7 @@ import torch.nn as nn
 from lmforge.config import TrainingConfig
 from lmforge.data.dataset import TrainLoader, make_dataset
 from lmforge.data.store import PreparedDataset
-from lmforge.device import TORCH_DTYPES, peak_flops, resolve_compile
+from lmforge.device import TORCH_DTYPES, newton_schulz_dtype, peak_flops, resolve_compile
 from lmforge.observe.throughput import ThroughputMeter
 from lmforge.train.memory import check_fits
 from lmforge.train.optim import MuonAdamW, ParamGroupCounts, build_optimizer
@@ -78,6 +78,7 @@ def make_model_and_step(
     world_size: int,
     init_from: Path | None,
     on_compile_failure: Callable[[Exception], nn.Module],
+    cache_dir: Path | None = None,
 ) -> ModelAndStep:
     """Refused before anything is allocated when a step cannot fit; then the model (compiled,
     DDP-wrapped or FSDP-sharded), its optimizer and ``TrainStep``. Call on every rank.
@@ -103,7 +104,8 @@ def make_model_and_step(
     if rank > 0:
         # dropout masks of their own; rank 0 goes on as a single process would
         seed_everything(derive_seed(t.seed, 0, rank))
-    optimizer, param_counts = build_optimizer(model, config.optim, device)
+    ns_dtype = newton_schulz_dtype(device, cache_dir) if config.optim.optimizer == "muon" else torch.bfloat16
+    optimizer, param_counts = build_optimizer(model, config.optim, device, ns_dtype)
     train_step = TrainStep(
         model,
         optimizer,

@@ -15,6 +15,7 @@ schedule gives the lr of ``--lr`` for each step, and every group follows it at i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +162,68 @@ def fused_adamw(device: torch.device) -> bool | None:
     return True if device.type in ("cuda", "cpu") else None
 
 
+def orthogonalise(
+    update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """Muon's Newton-Schulz iteration in ``dtype``: the quintic ``x <- a x + (b A + c A^2) x`` with
+    ``A = x x^T``, which pushes every singular value of the normalised update toward ~1 (not all
+    the way: the coefficients trade exactness for speed). Iterated on the orientation with fewer
+    rows, so ``A`` is the smaller Gram matrix. Step for step what ``torch.optim.Muon`` computes."""
+    a, b, c = coefficients
+    x = update.to(dtype)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm = 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if tall else x
+
+
+def _muon_with_ns_dtype(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    class MuonNS(base):  # type: ignore[misc, valid-type]
+        """``torch.optim.Muon`` with its Newton-Schulz iteration in a chosen precision.
+
+        torch's runs it in bf16 always. On a CPU without bf16 instructions bf16 matmuls are
+        emulated, and the iteration takes several times longer than in fp32 (oneDNN limited to
+        AVX2 here: a 256x1024x256 bf16 matmul 78 ms, fp32 11 ms). Everything else is torch's
+        update exactly: momentum, Nesterov, the shape-adjusted lr, decoupled weight decay, and
+        the same state, so a checkpoint moves between the two (a test runs this step in bf16
+        against torch's and gets the same bits).
+        """
+
+        def __init__(self, params: Any, *, ns_dtype: torch.dtype, **kwargs: Any) -> None:
+            super().__init__(params, **kwargs)
+            self.ns_dtype = ns_dtype
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> None:
+            for group in self.param_groups:
+                if group.get("adjust_lr_fn") not in (None, "original"):
+                    raise ValueError("MuonNS implements torch's default lr adjustment only")
+                momentum = group["momentum"]
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(
+                            p.grad, memory_format=torch.preserve_format
+                        )
+                    buf = state["momentum_buffer"]
+                    buf.lerp_(p.grad, 1 - momentum)
+                    update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                    update = orthogonalise(
+                        update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype
+                    )
+                    rows, cols = p.shape[:2]
+                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    p.add_(update, alpha=-group["lr"] * math.sqrt(max(1, rows / cols)))
+
+    return MuonNS
+
+
 def _require_muon() -> type[torch.optim.Optimizer]:
     muon = getattr(torch.optim, "Muon", None)
     if muon is None:
@@ -172,10 +235,15 @@ def _require_muon() -> type[torch.optim.Optimizer]:
 
 
 def build_optimizer(
-    model: nn.Module, config: OptimizerConfig, device: torch.device
+    model: nn.Module,
+    config: OptimizerConfig,
+    device: torch.device,
+    ns_dtype: torch.dtype = torch.bfloat16,
 ) -> tuple[torch.optim.Optimizer | MuonAdamW, ParamGroupCounts]:
     """AdamW over ``param_groups`` (the fused kernel: one pass over all tensors), or
-    ``MuonAdamW`` with ``--optimizer muon``."""
+    ``MuonAdamW`` with ``--optimizer muon``: ``torch.optim.Muon`` itself when its Newton-Schulz
+    iteration runs in bf16 (``ns_dtype``; ``lmforge.device.newton_schulz_dtype`` decides),
+    ``MuonNS`` otherwise."""
     groups, counts = param_groups(model, config.weight_decay, config)
     adamw_groups = [g for g in groups if g["optimizer"] == "adamw"]
     adamw = torch.optim.AdamW(
@@ -187,9 +255,14 @@ def build_optimizer(
     )
     if config.optimizer == "adamw":
         return adamw, counts
-    muon = _require_muon()(
-        [g for g in groups if g["optimizer"] == "muon"], lr=config.lr, momentum=config.muon_momentum
-    )
+    muon_class = _require_muon()
+    muon_groups = [g for g in groups if g["optimizer"] == "muon"]
+    if ns_dtype == torch.bfloat16:
+        muon = muon_class(muon_groups, lr=config.lr, momentum=config.muon_momentum)
+    else:
+        muon = _muon_with_ns_dtype(muon_class)(
+            muon_groups, lr=config.lr, momentum=config.muon_momentum, ns_dtype=ns_dtype
+        )
     return MuonAdamW(muon, adamw, config), counts
 
 

@@ -41,14 +41,7 @@ from lmforge.train.evaluation import Evaluation
 from lmforge.train.recovery import Recovery
 from lmforge.train.run_files import RunFiles
 from lmforge.train.schedule import build_schedule
-from lmforge.train.setup import (
-    RunPlan,
-    pad_vocab,
-    plan_run,
-    replaced_by_data,
-    resolve_hardware,
-    start_run,
-)
+from lmforge.train.setup import RunPlan, pad_vocab, plan_run, replaced_by_data, resolve_hardware, start_run
 from lmforge.train.signals import stop_on_signals
 from lmforge.train.state import Progress, TrainingState
 from lmforge.train.step import StepOutcome
@@ -144,6 +137,7 @@ class TrainingManager:
             world_size=self.world_size,
             init_from=self.init_from,
             on_compile_failure=self._compile_failed,
+            cache_dir=ws.cache_dir,
         )
         self.model, self.optimizer, self.train_step = built.model, built.optimizer, built.train_step
         self.param_counts = built.param_counts
