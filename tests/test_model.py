@@ -179,6 +179,36 @@ def test_chunked_loss_under_bf16_autocast_is_close_to_the_plain_one():
     assert x.grad.dtype == x.dtype and w.grad.dtype == w.dtype and torch.isfinite(w.grad).all()
 
 
+@pytest.mark.parametrize("softcap", [0.0, 15.0])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_chunked_loss_compiles_in_one_graph_as_on_a_gpu(softcap, bf16):
+    """On a GPU the loss is one block per chunk and traced into the model's graph: the same
+    values and gradients as eager (aot_eager: dynamo and autograd tracing, without a C++ build)."""
+    from lmforge.model.loss import linear_cross_entropy
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 40, 32, requires_grad=True)
+    w = (0.5 * torch.randn(128, 32)).requires_grad_()
+    targets = torch.randint(0, 97, (2, 40))
+    targets[1, :5] = -1
+
+    def loss_of(x, w):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            # one block per chunk, as CHUNK_ELEMENTS/BLOCK_ELEMENTS give on CUDA
+            return linear_cross_entropy(
+                x, w, targets, 97, chunk_elements=97 * 30, softcap=softcap, block_elements=2**30
+            )
+
+    eager = loss_of(x, w)
+    gx, gw = torch.autograd.grad(eager, (x, w))
+    compiled = torch.compile(loss_of, backend="aot_eager", fullgraph=True)(x, w)
+    cx, cw = torch.autograd.grad(compiled, (x, w))
+    tol = 1e-2 if bf16 else 1e-6
+    torch.testing.assert_close(compiled, eager, rtol=tol, atol=tol)
+    torch.testing.assert_close(cx, gx, rtol=tol, atol=tol)
+    torch.testing.assert_close(cw, gw, rtol=tol, atol=tol)
+
+
 def test_model_loss_equals_cross_entropy_of_its_logits():
     torch.manual_seed(0)
     model = GPT(small(pad_vocab_multiple=64))

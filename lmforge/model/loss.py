@@ -83,9 +83,10 @@ def _block_loss(
     grad = probs.mul_(row_sum.reciprocal_().mul_(scale))
     grad.scatter_add_(1, targets, torch.full_like(target_logit, -scale))
     if softcap:
-        grad = sig.addcmul_(sig, sig, value=-1.0).mul_(grad)  # s - s^2, times the softmax part
-    if grad is not block:
-        block.copy_(grad)
+        sig.addcmul_(sig, sig, value=-1.0).mul_(grad)  # s - s^2, times the softmax part
+    # the gradient is in z now (with or without a cap); a bf16 block gets it back in its dtype
+    if block.dtype != torch.float32:
+        block.copy_(z)
     return loss
 
 
