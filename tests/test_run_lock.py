@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from lmforge import TrainingManager
 from lmforge.errors import ConfigError, LmforgeError, UsageError
@@ -114,12 +115,15 @@ def test_a_second_resume_of_a_live_run_is_refused(train_workspace, tiny_train_co
     run = _interrupted_run(train_workspace, tiny_train_config(steps=12, run="r", sample_tokens=0))
     assert lock_held(RunDir(run).lock_file) is False  # released when the first trainer ended
     # another trainer has the run, before its run.json says "running" (the race of two resumes)
-    holder(RunDir(run).lock_file)
     metrics_before = RunDir(run).metrics_file.read_text()
     second = TrainingManager(None, train_workspace, resume="r", reporter=Reporter())
+    holder(RunDir(run).lock_file)  # taken between the second trainer's set-up and its start
     with pytest.raises(UsageError, match="'r' is already being trained by another process"):
         second.train()
     assert RunDir(run).metrics_file.read_text() == metrics_before  # nothing written twice
+    # a held lock is seen before anything is built, too
+    with pytest.raises(UsageError, match="'r' is already being trained by another process"):
+        TrainingManager(None, train_workspace, resume="r", reporter=Reporter())
 
 
 def test_the_cli_refuses_a_second_resume_in_one_line(train_workspace, tiny_train_config, holder, cli):
@@ -129,6 +133,41 @@ def test_the_cli_refuses_a_second_resume_in_one_line(train_workspace, tiny_train
     assert r.exit_code == 2 and "Traceback" not in r.output
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "being trained" in errors[0]
+
+
+@pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with the gloo backend is not available in this torch build",
+)
+@pytest.mark.parametrize("launcher", ["--nproc", "torchrun"])
+def test_a_refused_lock_stops_every_rank_of_a_ddp_resume(
+    train_workspace, tiny_train_config, holder, launcher
+):
+    """``--nproc`` refuses before it launches anything (exit 2, one line). Under torchrun every
+    rank refuses, and none waits for the others in a collective until the process group times
+    out."""
+    run = _interrupted_run(train_workspace, tiny_train_config(steps=12, run="r", sample_tokens=0))
+    holder(RunDir(run).lock_file)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    args = ["--workspace", str(train_workspace), "train", "--resume", "r", "--device", "cpu"]
+    if launcher == "--nproc":
+        cmd = [sys.executable, "-m", "lmforge", *args, "--nproc", "2"]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmforge", *args]
+    out = subprocess.run(
+        cmd,
+        env={**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        timeout=150,  # a hung rank would sit here until the timeout
+    )
+    if launcher == "--nproc":
+        assert out.returncode == 2, out.stderr[-2000:]
+        errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
+        assert len(errors) == 1 and "'r' is already being trained by another process" in errors[0]
+    else:  # torchrun reports a failed worker with exit 1; both ranks said why
+        assert out.returncode != 0
+        assert out.stderr.count("'r' is already being trained by another process") >= 2, out.stderr[-2000:]
 
 
 def test_runs_rm_force_on_a_live_run_stops_the_trainer(train_workspace, tiny_train_config):

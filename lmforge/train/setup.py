@@ -107,6 +107,7 @@ def plan_run(
         if ("run",) in overrides:
             raise UsageError("--run cannot be combined with --resume", f"use --resume {overrides[('run',)]}")
         run_dir = find_run(workspace, resume)
+        check_not_running(run_dir)  # before `--nproc` launches anything (start_run checks again)
         if config is None:
             config = resume_config(run_dir, overrides, preset)
         else:
@@ -239,9 +240,18 @@ def find_checkpoint(workspace: Workspace, spec: str | Path) -> Path:
 
 
 def check_not_running(run_dir: Path) -> None:
-    """Refuse to resume a run that a live process is still training."""
+    """Refuse to resume a run that a live process is still training: its lock is held (the
+    trainer takes it before anything else, so this also catches one that has just started),
+    or its run.json says running under a live process."""
+    from lmforge.fileio import lock_held
     from lmforge.runs.listing import run_info
 
+    lock_file = RunDir(run_dir).lock_file
+    if lock_held(lock_file):
+        raise UsageError(
+            f"run {run_dir.name!r} is already being trained by another process (it holds {lock_file})",
+            "wait for it to finish or stop it (Ctrl-C saves a checkpoint), then resume",
+        )
     info = run_info(run_dir)
     if info.status == "running" and info.pid != os.getpid():
         raise UsageError(

@@ -401,7 +401,9 @@ class TrainingManager:
         from lmforge.observe.wandb_logger import new_run_id
 
         if self.resume_dir is not None:
-            self.files.lock()  # a second trainer of this run stops here, before it loads anything
+            # a second trainer of this run stops here, before it loads anything; the refusal,
+            # made on rank 0, stops every rank (not leaving the others in the next collective)
+            dist.on_main(self.files.lock)
             skipped: list[str] = []
             latest = dist.broadcast_object(latest_full(self.run_dir, skipped))
             for warning in skipped:  # never go back to an older checkpoint without a word
@@ -413,7 +415,7 @@ class TrainingManager:
                 self.reporter.warning(changed)
             self.files.reopen()
         else:
-            self.files.create()
+            dist.on_main(self.files.create)
         p = self.progress
         p.wandb_id = p.wandb_id or self.files.stored_wandb_id() or new_run_id()
         # device_type: what pad_vocab_multiple = 0 ("auto") became (`runs show` compares with it)
