@@ -140,7 +140,9 @@ def _plain_loss(x, weight, targets, vocab):
 
 @pytest.mark.parametrize("padded_rows", [97, 128])  # without and with vocabulary padding
 @pytest.mark.parametrize("chunk_elements", [97 * 7, 2**24])  # many chunks (the last one short); one
-@pytest.mark.parametrize("block_elements", [97 * 3, None])  # row blocks inside a chunk; the CPU's
+@pytest.mark.parametrize(
+    "block_elements", [97 * 3, None]
+)  # blocks of 8 rows (the fewest) in a chunk; the CPU's
 def test_chunked_loss_equals_cross_entropy_values_and_gradients(padded_rows, chunk_elements, block_elements):
     from lmforge.model.loss import linear_cross_entropy
 

@@ -131,7 +131,7 @@ def test_qk_norm_bounds_the_attention_scores(monkeypatch):
 
 
 # 5: the bounded path (no max-subtraction); 80: logits up to 80, where exp needs the max taken off.
-# 10 rows per chunk, in blocks of 3
+# 10 rows per chunk, in blocks of 8 and 2
 @pytest.mark.parametrize("softcap, scale", [(5.0, 3.0), (80.0, 30.0)])
 def test_softcap_loss_gradient_is_exact(softcap, scale):
     torch.manual_seed(0)

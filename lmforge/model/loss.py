@@ -40,6 +40,7 @@ DEFAULT_CHUNK_ELEMENTS = 2**26
 # (4 MiB) stay in the cache across the block's passes: tiny preset, 1024 x 50257 logits, the
 # passes took ~3x less time than over the whole chunk. A GPU has no such cache to fit: one block.
 BLOCK_ELEMENTS = {"cpu": 2**20}
+MIN_BLOCK_ROWS = 8
 # With a cap c the logits lie in [-c, c]: exp(2c) * 2**24 vocabulary rows stays far inside fp32
 # (3.4e38) up to c = 30, so the softmax needs no max-subtraction pass
 MAX_UNSHIFTED_SOFTCAP = 30.0
@@ -155,7 +156,9 @@ def linear_cross_entropy(
         chunk_elements = CHUNK_ELEMENTS.get(x.device.type, DEFAULT_CHUNK_ELEMENTS)
     chunk_rows = max(1, chunk_elements // vocab_size)
     block_elements = BLOCK_ELEMENTS.get(x.device.type) if block_elements is None else block_elements
-    block_rows = chunk_rows if block_elements is None else max(1, block_elements // vocab_size)
+    # at least MIN_BLOCK_ROWS: with a vocabulary of hundreds of thousands, one or two rows per block
+    # would cost more in Python's loop than the cache saves
+    block_rows = chunk_rows if block_elements is None else max(MIN_BLOCK_ROWS, block_elements // vocab_size)
     args = (x2, weight, t2, vocab_size, chunk_rows, block_rows, _compute_dtype(x, weight), float(softcap))
     if block_rows < chunk_rows:
         return _apply_eager(*args)
