@@ -1,5 +1,5 @@
-"""Typed configuration: one dataclass per concern, the seed's defaults, presets
-as code, TOML in and out.
+"""Typed configuration: one dataclass per concern, the seed's defaults, and their TOML form
+(the files themselves are read and written by ``lmforge.tomlfile``).
 
 Precedence when a run is configured: dataclass defaults < ``--config FILE.toml``
 < ``--preset`` < command-line options. Every leaf field is also a command-line
@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from lmforge.errors import ConfigError
+from lmforge.tomlfile import dumps_toml, load_toml
 
 
 def doc(text: str, flag: str | None = None, **kwargs: Any) -> Any:
@@ -403,26 +403,7 @@ def with_overrides(config: TrainingConfig, overrides: dict[tuple[str, ...], Any]
     return TrainingConfig.from_dict(data, source="command line")
 
 
-# ----------------------------------------------------------------------------- TOML
-
-
-def load_toml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist", "check the --config path") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a directory", "pass the path of a .toml file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:  # a binary file, or text in another encoding
-        raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {exc.start})", "a TOML file must be UTF-8 text"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+# ----------------------------------------------------------------------------- from TOML
 
 
 def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> Any:
@@ -478,33 +459,3 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where} must be a string, got {value!r}")
     return value
-
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """Write a nested dict of scalars as TOML (top-level scalars first, then tables).
-
-    ``None`` has no TOML spelling; such keys are omitted and read back as their default.
-    """
-    lines: list[str] = []
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    for key, value in data.items():
-        if not isinstance(value, dict) and value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for name, table in tables.items():
-        lines.append("")
-        lines.append(f"[{name}]")
-        for key, value in table.items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    raise TypeError(f"cannot write {value!r} as TOML")

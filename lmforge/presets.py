@@ -12,8 +12,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import ModelConfig, OptimizerConfig, TrainingConfig, load_toml, with_overrides
+from lmforge.config import ModelConfig, OptimizerConfig, TrainingConfig, with_overrides
 from lmforge.errors import ConfigError
+from lmforge.tomlfile import load_toml
 
 # Presets as code. Sizes are GPT-2's; `tiny` trains usefully on a laptop CPU in minutes.
 PRESETS: dict[str, ModelConfig] = {

@@ -210,7 +210,7 @@ def test_config_flag_pointing_at_a_non_toml_file(cli, tmp_path, kind):
 
 
 def test_load_toml_errors_are_config_errors(tmp_path):
-    from lmforge.config import load_toml
+    from lmforge.tomlfile import load_toml
 
     (tmp_path / "b.toml").write_bytes(b"\x80\x81")
     with pytest.raises(ConfigError, match="not UTF-8"):

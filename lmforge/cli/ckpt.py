@@ -168,7 +168,7 @@ def show_cmd(ctx: typer.Context, ckpt: str = checkpoint_argument(), as_json: boo
                     escape(record["file"]),
                 )
         out_console.print(evals)
-    from lmforge.config import dumps_toml
+    from lmforge.tomlfile import dumps_toml
 
     out_console.print("[bold]Config[/bold]")
     out_console.print(dumps_toml(m["config"]), highlight=False, markup=False)

@@ -188,7 +188,7 @@ def _reporter(ctx: typer.Context):
 
 
 def _print_plan(report: dict[str, Any]) -> None:
-    from lmforge.config import dumps_toml
+    from lmforge.tomlfile import dumps_toml
 
     out_console.print(dumps_toml(report["config"]), highlight=False, markup=False)
     table = Table(title="Plan", show_header=False)

@@ -34,8 +34,8 @@ def changes_from_defaults(run_dir: str | os.PathLike) -> list[ConfigChange]:
     """The values of the run's ``config.toml`` that differ from
     ``resolve_config(preset=<its preset>)``, in file order. The run name is left
     out (every run has its own). A missing config file gives an empty list."""
-    from lmforge.config import load_toml
     from lmforge.presets import PRESETS, resolve_config
+    from lmforge.tomlfile import load_toml
 
     path = RunDir(Path(run_dir)).config_file
     if not path.is_file():

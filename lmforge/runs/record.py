@@ -158,7 +158,7 @@ class RunRecord:
 def read_config(run_dir: Path, warnings: list[str] | None = None) -> dict[str, Any]:
     """The run's ``config.toml`` as a dict; ``{}`` when it is missing or unreadable (the
     reason appended to ``warnings`` when given)."""
-    from lmforge.config import load_toml
+    from lmforge.tomlfile import load_toml
 
     path = RunDir(Path(run_dir)).config_file
     if not path.is_file():

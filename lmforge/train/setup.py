@@ -302,7 +302,7 @@ def _saved_config(run_dir: Path) -> TrainingConfig:
             f"run {run_dir.name!r} has no {path.name}; it cannot be resumed",
             "start a new run, or --init-from one of its checkpoints",
         )
-    from lmforge.config import load_toml
+    from lmforge.tomlfile import load_toml
 
     hint = (
         f"every checkpoint's meta.json holds the run's config: restore {path.name} from it, or "
