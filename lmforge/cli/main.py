@@ -14,6 +14,7 @@ from lmforge.cli import eval as eval_cmd
 from lmforge.cli import generate as generate_cmd
 from lmforge.cli import info as info_cmd
 from lmforge.cli import runs as runs_cli
+from lmforge.cli import sweep as sweep_cmd
 from lmforge.cli import train as train_cmd
 from lmforge.cli.argv import ClickUsageError, hoist_root_options, render_usage_error
 from lmforge.cli.common import AppState, err_console
@@ -107,6 +108,7 @@ app.command("eval")(eval_cmd.eval_command)
 app.command("generate")(generate_cmd.generate_command)
 app.add_typer(ckpt_cli.app, name="ckpt")
 app.add_typer(runs_cli.app, name="runs")
+app.command("sweep")(sweep_cmd.sweep)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -197,3 +197,44 @@ def _tokens_per_step(metrics: Metrics) -> float | None:
         return None
     rate = pairs[-1][1] / pairs[-1][0]
     return rate if all(abs(t - s * rate) <= 1e-6 * t for s, t in pairs) else None
+
+
+def plot_group(
+    settings: Sequence[tuple[str, list[tuple[float, float, float, float]]]],
+    path: str | os.PathLike,
+    *,
+    title: str,
+    target: float | None = None,
+) -> Path | None:
+    """Validation loss against tokens for the settings of a sweep: per setting the mean over its
+    seeds as a line and the seeds' range as a band; ``target`` as a dotted horizontal line.
+    ``settings`` holds ``(label, [(tokens, mean, low, high), ...])``. None when nothing to draw."""
+    settings = [(label, curve) for label, curve in settings if curve]
+    if not settings:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    fig = Figure(figsize=(9, 5.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for i, (label, curve) in enumerate(settings):
+        color = f"C{i % 10}"
+        xs, means, lows, highs = zip(*curve, strict=True)
+        ax.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0)
+        ax.plot(xs, means, color=color, marker="o", markersize=3, linewidth=1.6, label=label)
+    if target is not None:
+        ax.axhline(target, color="0.4", linestyle=":", linewidth=1.2, label=f"target {target:.3f}")
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("validation loss (nats/token), mean and range over seeds")
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    write_bytes_atomic(path, png.getvalue())
+    return path
