@@ -390,6 +390,35 @@ def workspace_ranks_file(workspace: Workspace, name: str) -> Path:
     return workspace.tokenizers_dir / f"{name}{RANKS_SUFFIX}"
 
 
+def write_workspace_tokenizer(
+    workspace: Workspace,
+    name: str,
+    ranks: dict[bytes, int],
+    pattern: str,
+    special_tokens: list[str],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Save a tokenizer as ``tokenizers/NAME.tiktoken`` + ``NAME.json`` (pattern, special
+    tokens, content hash, and ``meta``); returns the ranks file."""
+    from lmforge.fileio import write_bytes_atomic, write_json_atomic
+
+    pattern_name = next((k for k, v in SPLIT_PATTERNS.items() if v == pattern), pattern)
+    description = {
+        "name": name,
+        "pattern": pattern_name,
+        "special_tokens": special_tokens,
+        "vocab_size": len(ranks) + len(special_tokens),
+        "sha256": content_sha256(ranks, pattern, special_tokens),
+        **(meta or {}),
+    }
+    workspace.ensure(workspace.tokenizers_dir)
+    path = workspace_ranks_file(workspace, name)
+    # The description first: a ranks file without one would load with GPT-2's pattern.
+    write_json_atomic(path.with_suffix(META_SUFFIX), description)
+    write_bytes_atomic(path, ranks_file_bytes(ranks))
+    return path
+
+
 def remember_tokenizer_file(workspace: Workspace, tok: Tokenizer, path: str | os.PathLike) -> Path | None:
     """Copy a ranks file given on the command line into the workspace's ``tokenizers/``,
     so that train, eval and generate find it later without the flag. Returns the copy,

@@ -24,16 +24,15 @@ from lmforge.data.tokenizer import (
     SPLIT_PATTERNS,
     TOKENIZER_NAMES,
     Tokenizer,
-    content_sha256,
     get_tokenizer,
     gpt2_if_available,
-    ranks_file_bytes,
     read_tokenizer_meta,
     workspace_ranks_file,
     workspace_tokenizer_names,
+    write_workspace_tokenizer,
 )
 from lmforge.errors import NotFoundError, UsageError
-from lmforge.fileio import write_bytes_atomic, write_json_atomic
+from lmforge.fileio import write_json_atomic
 from lmforge.units import now_iso
 from lmforge.workspace import Workspace, is_valid_name
 
@@ -169,14 +168,8 @@ def train_tokenizer(
     seconds = time.perf_counter() - started
     if stats.chars == 0:
         raise UsageError(f"{description} has no text to train on", "check the source")
-    pat = SPLIT_PATTERNS[pattern]
-    meta = {
+    extra = {
         "format_version": FORMAT_VERSION,
-        "name": name,
-        "pattern": pattern,
-        "special_tokens": specials,
-        "vocab_size": len(ranks) + len(specials),
-        "sha256": content_sha256(ranks, pat, specials),
         "created_at": now_iso(),
         "corpus": {
             "source": description,
@@ -186,11 +179,9 @@ def train_tokenizer(
         },
         "training": {"seconds": round(seconds, 2), "requested_vocab_size": vocab_size},
     }
-    workspace.ensure(workspace.tokenizers_dir)
-    ranks_path = workspace_ranks_file(workspace, name)
-    # The description first: a ranks file without one would load with GPT-2's pattern.
-    write_json_atomic(ranks_path.with_suffix(META_SUFFIX), meta)
-    write_bytes_atomic(ranks_path, ranks_file_bytes(ranks))
+    pat = SPLIT_PATTERNS[pattern]
+    ranks_path = write_workspace_tokenizer(workspace, name, ranks, pat, specials, extra)
+    meta = read_tokenizer_meta(ranks_path.with_suffix(META_SUFFIX))
     tok = get_tokenizer(name, workspace=workspace)
     # no held-out documents (a source of fewer than HOLDOUT_EVERY): nothing to measure on
     meta["held_out"] = _held_out_stats(workspace, tok, stats.held_out)

@@ -14,8 +14,12 @@ import json
 import os
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from lmforge.data.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer
+
+if TYPE_CHECKING:
+    from lmforge.workspace import Workspace
 
 VOCAB_JSON = "vocab.json"
 MERGES_TXT = "merges.txt"
@@ -206,3 +210,26 @@ def ranks_from_hf_tokenizer(path: str | os.PathLike) -> dict[bytes, int] | None:
         if len(pair) != 2 or vocab.get(pair[0] + pair[1]) != 256 + i:
             return None
     return ranks
+
+
+def install_exported_tokenizer(
+    src: str | os.PathLike, identity: dict[str, Any], workspace: Workspace
+) -> list[str]:
+    """Save the tokenizer an lmforge export names (``identity``) into the workspace from the
+    export's ``tokenizer.json``, when the workspace does not have it; notes for the user."""
+    from lmforge.data.tokenizer import (
+        TOKENIZER_NAMES,
+        content_sha256,
+        workspace_ranks_file,
+        write_workspace_tokenizer,
+    )
+
+    name = identity.get("name")
+    if not name or name in TOKENIZER_NAMES or workspace_ranks_file(workspace, name).exists():
+        return []
+    found = read_fast_tokenizer_json(Path(src) / TOKENIZER_JSON)
+    if found is None or content_sha256(*found) != identity.get("sha256"):
+        return [f"tokenizer '{name}' is not in this workspace and {src} holds no copy of it"]
+    ranks, pattern, specials = found
+    path = write_workspace_tokenizer(workspace, name, ranks, pattern, specials, {"imported_from": str(src)})
+    return [f"the model's tokenizer '{name}' was saved as {path}"]
