@@ -53,8 +53,9 @@ def train_cmd(
 ) -> None:
     """Train a byte-level BPE tokenizer (no unknown tokens) on a corpus, streamed with a budget.
 
-    Every 20th document is held out to measure bytes per token (next to GPT-2's when its ranks
-    are here). Then: [bold]lmforge data prepare wikitext-103 --tokenizer NAME[/bold].
+    Every 20th document is held out to measure bytes per token, next to GPT-2's.
+
+    Then: [bold]lmforge data prepare wikitext-103 --tokenizer NAME[/bold].
 
     Examples:
 
@@ -139,8 +140,9 @@ def show_cmd(
     name: str = typer.Argument(..., help="A tokenizer (see `lmforge tokenizer list`).", show_default=False),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Show one tokenizer: vocabulary, special tokens, pattern, hash, training corpus, and bytes
-    per token on held-out text next to GPT-2's.
+    """Show one tokenizer: vocabulary, special tokens, pattern, hash, training corpus.
+
+    Bytes per token on held-out text, next to GPT-2's (when its ranks were here).
 
     Examples:
 
