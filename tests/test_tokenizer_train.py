@@ -170,6 +170,17 @@ def test_errors_are_one_line(cli, ws_with_tokenizers, tmp_path):
     assert not (ws_with_tokenizers / "tokenizers" / "x.tiktoken").exists()
 
 
+def test_a_tokenizer_trained_again_is_not_the_one_data_was_made_with(ws_with_tokenizers, corpus):
+    from lmforge.data.tokenizer import tokenizer_from_identity
+
+    ws = Workspace.resolve(ws_with_tokenizers)
+    before = get_tokenizer("t-gpt4", workspace=ws).identity
+    train_tokenizer(ws, "t-gpt4", "wikitext-2", source_dir=str(corpus), vocab_size=300, force=True)
+    with pytest.raises(DataError, match="was made with sha256") as exc:
+        tokenizer_from_identity(before, workspace=ws)
+    assert "trained again" in exc.value.hint
+
+
 def test_damaged_description_is_named(ws_with_tokenizers):
     (ws_with_tokenizers / "tokenizers" / "t-gpt4.json").write_text("{not json")
     with pytest.raises(DataError, match=r"t-gpt4\.json is damaged"):

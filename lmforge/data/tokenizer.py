@@ -457,11 +457,21 @@ def tokenizer_from_identity(
     tok = get_tokenizer(name, tokenizer_file=tokenizer_file, workspace=workspace)
     if identity.get("sha256") and tok.identity["sha256"] != identity["sha256"]:
         raise DataError(
-            f"tokenizer '{name}' from {tok.source} has ranks sha256 {tok.identity['sha256'][:12]}…, "
+            f"tokenizer '{name}' from {tok.source} has sha256 {tok.identity['sha256'][:12]}…, "
             f"but the data or checkpoint was made with sha256 {identity['sha256'][:12]}…",
-            "point --tokenizer-file at the ranks file it was made with",
+            "point --tokenizer-file at the ranks file it was made with"
+            if tok.name not in _trained_names(workspace)
+            else f"'{name}' was trained again since: prepare the data again, or restore its old files",
         )
     return tok
+
+
+def _trained_names(workspace: Workspace | None) -> set[str]:
+    return {
+        n
+        for n in _workspace_tokenizer_names(workspace)
+        if workspace_ranks_file(workspace, n).with_suffix(META_SUFFIX).is_file()
+    }
 
 
 def tokenizer_status(workspace: Workspace | None) -> dict[str, str]:
