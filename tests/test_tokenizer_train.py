@@ -240,6 +240,8 @@ def test_train_eval_generate_export_import_with_a_trained_tokenizer(
     imported = CliRunner().invoke(app, ["--workspace", str(other), "ckpt", "import", str(out), "--as", "tt2"])
     assert imported.exit_code == 0, imported.stderr
     assert get_tokenizer("t-gpt2", workspace=Workspace.resolve(other)).identity == tok.identity
+    shown = CliRunner().invoke(app, ["--workspace", str(other), "tokenizer", "show", "t-gpt2", "--json"])
+    assert json.loads(shown.stdout)["kind"] == "imported"
 
 
 def test_checkpoint_and_data_of_other_tokenizers_are_refused(cli, ws_with_tokenizers, corpus, train_flags):

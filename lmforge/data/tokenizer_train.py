@@ -239,7 +239,8 @@ def tokenizer_summary(workspace: Workspace, name: str) -> dict[str, Any]:
             "source": str(ranks_path),
         }
     meta = read_tokenizer_meta(meta_path)
-    return {"kind": "trained", **meta, "source": str(ranks_path)}
+    kind = "imported" if "imported_from" in meta else "trained"  # saved by ckpt import from an export
+    return {"kind": kind, **meta, "source": str(ranks_path)}
 
 
 def list_tokenizers(workspace: Workspace) -> list[dict[str, Any]]:
