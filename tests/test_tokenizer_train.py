@@ -167,6 +167,8 @@ def test_errors_are_one_line(cli, ws_with_tokenizers, tmp_path):
         assert r.exit_code == 2 and message in r.stderr, (args, r.stderr)
         assert len([ln for ln in r.stderr.splitlines() if ln.startswith("Error:")]) == 1
     assert cli("tokenizer", "train", "x", str(text), "--vocab-size", "100").exit_code == 2
+    hub = cli("tokenizer", "train", "x", "owner/corpus")  # a Hub id, streamed; offline here (conftest)
+    assert hub.exit_code == 1 and "cannot reach the Hugging Face Hub for owner/corpus" in hub.stderr
     assert not (ws_with_tokenizers / "tokenizers" / "x.tiktoken").exists()
 
 
@@ -288,3 +290,31 @@ def test_word_ppl_counts_the_same_words_for_every_tokenizer(ws_with_tokenizers, 
             assert row.bpb == pytest.approx(row.text_nll / n_bytes / math.log(2), rel=1e-6)
     assert words["bytes"] == words["gpt2like"] == words["t-gpt2"]
     assert words["bytes"]["validation"][0] > 500
+
+
+def test_hub_dataset_is_streamed_within_the_budget(tmp_path, monkeypatch):
+    """The Hub path reads rows through datasets' streaming and stops at the budget (no network:
+    ``load_dataset`` is replaced by a generator that counts the rows read)."""
+    import datasets
+
+    read = []
+
+    def rows():
+        for i in range(10_000):
+            read.append(i)
+            yield {"content": f"row {i} of the streamed corpus, with words and more words. ", "id": i}
+
+    def fake_load_dataset(name, split=None, streaming=False):
+        assert (name, split, streaming) == ("owner/corpus", "train", True)
+        return rows()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    ws = Workspace.resolve(tmp_path / "ws")
+    result = train_tokenizer(
+        ws, "hub", "owner/corpus", vocab_size=300, max_chars=20_000, text_column="content"
+    )
+    assert result.meta["corpus"]["chars"] == 20_000
+    assert result.meta["corpus"]["source"] == "owner/corpus (train, streamed)"
+    assert len(read) < 500  # ~60 characters a row: the budget, its held-out rows, nothing more
+    with pytest.raises(UsageError, match="no column 'text' \\(columns: content, id\\)"):
+        train_tokenizer(ws, "hub2", "owner/corpus", vocab_size=300)

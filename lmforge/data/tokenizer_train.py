@@ -31,7 +31,7 @@ from lmforge.data.tokenizer import (
     workspace_tokenizer_names,
     write_workspace_tokenizer,
 )
-from lmforge.errors import NotFoundError, UsageError
+from lmforge.errors import DataError, NotFoundError, UsageError
 from lmforge.fileio import write_json_atomic
 from lmforge.units import now_iso
 from lmforge.workspace import Workspace, is_valid_name
@@ -75,9 +75,41 @@ def _source_documents(
     plan = plan_source(
         source, source=source_dir, alias=None, text_column=text_column, doc_separator=separator
     )
+    if not plan.wikitext and source_dir is None and not Path(source).expanduser().exists():
+        # a Hub dataset id: streamed, so a character budget reads only what it needs
+        return hub_documents(source, text_column), f"{source} (train, streamed)", "train"
     src, wanted = plan.build(None)
     split = "train" if "train" in src.splits else wanted[0]
     return src.splits[split].documents(), f"{src.description} ({split})", split
+
+
+def hub_documents(dataset_id: str, text_column: str) -> Iterator[str]:
+    """The train split's ``text_column`` of a Hub dataset, row by row, through ``datasets``
+    streaming (nothing is downloaded beyond what is read); one-line errors offline."""
+    from lmforge.data import hub
+
+    if not hub.hub_offline() and (reason := hub._hub_reachable()) is not None:
+        raise hub._hub_unreachable(dataset_id, reason, wikitext=False)
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(dataset_id, split="train", streaming=True)
+    except (ConnectionError, OSError) as exc:
+        raise hub._hub_unreachable(dataset_id, str(exc).splitlines()[0][:200], wikitext=False) from None
+    except Exception as exc:  # DatasetNotFoundError, no train split, ...
+        first_line = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise DataError(
+            f"cannot stream {dataset_id} from the Hub: {type(exc).__name__}: {first_line}",
+            "check the dataset id on huggingface.co",
+        ) from None
+    for row in rows:
+        if text_column not in row:
+            raise UsageError(
+                f"{dataset_id} has no column '{text_column}' (columns: {', '.join(row)})",
+                "choose the text column with --text-column",
+            )
+        if row[text_column]:
+            yield row[text_column]
 
 
 def training_texts(documents: Iterator[str], max_chars: int | None, stats: CorpusStats) -> Iterator[str]:
