@@ -183,6 +183,17 @@ def test_a_tokenizer_trained_again_is_not_the_one_data_was_made_with(ws_with_tok
     assert "trained again" in exc.value.hint
 
 
+def test_tokenizer_file_elsewhere_is_copied_with_its_description(trained_ws, corpus, data_ws):
+    from lmforge.data.prepare import prepare_dataset
+
+    ranks = trained_ws.tokenizers_dir / "t-gpt4.tiktoken"
+    prepare_dataset(data_ws, "wikitext-2", source=corpus, tokenizer="t-gpt4", tokenizer_file=ranks)
+    assert (data_ws.tokenizers_dir / "t-gpt4.json").is_file()
+    copied = get_tokenizer("t-gpt4", workspace=data_ws)
+    assert copied.identity == get_tokenizer("t-gpt4", workspace=trained_ws).identity
+    assert copied.pattern == GPT4_PATTERN
+
+
 def test_damaged_description_is_named(ws_with_tokenizers):
     (ws_with_tokenizers / "tokenizers" / "t-gpt4.json").write_text("{not json")
     with pytest.raises(DataError, match=r"t-gpt4\.json is damaged"):

@@ -199,7 +199,7 @@ _FILE_CACHE: dict[tuple[str, str, int, int, int], Tokenizer] = {}
 
 
 def read_tokenizer_meta(path: Path) -> dict[str, Any]:
-    """A trained tokenizer's ``NAME.json`` (see ``lmforge.data.tokenizer_store``); a one-line
+    """A trained tokenizer's ``NAME.json`` (see ``lmforge.data.tokenizer_train``); a one-line
     error when it is damaged."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
@@ -377,7 +377,7 @@ def get_tokenizer(
         return tokenizer_from_ranks_file(tokenizer_file, name=name)
     if workspace is not None and workspace_ranks_file(workspace, name).is_file():
         return tokenizer_from_ranks_file(workspace_ranks_file(workspace, name), name=name)
-    known = list(TOKENIZER_NAMES) + _workspace_tokenizer_names(workspace)
+    known = list(TOKENIZER_NAMES) + workspace_tokenizer_names(workspace)
     raise UsageError(
         f"unknown tokenizer '{name}' (known: {', '.join(dict.fromkeys(known))})",
         f"train it with lmforge tokenizer train {name} SOURCE, pick one of those, "
@@ -429,16 +429,14 @@ def remember_tokenizer_file(workspace: Workspace, tok: Tokenizer, path: str | os
     if target.exists() or Path(path).resolve() == target.resolve():
         return None
     workspace.ensure(workspace.tokenizers_dir)
+    if Path(path).with_suffix(META_SUFFIX).is_file():  # a trained tokenizer's pattern and specials
+        copy_file_atomic(Path(path).with_suffix(META_SUFFIX), target.with_suffix(META_SUFFIX))
     copy_file_atomic(Path(path), target)  # a concurrent reader sees no file or the whole file
     return target
 
 
 def workspace_tokenizer_names(workspace: Workspace | None) -> list[str]:
     """The tokenizers the workspace holds (``tokenizers/NAME.tiktoken``), sorted."""
-    return _workspace_tokenizer_names(workspace)
-
-
-def _workspace_tokenizer_names(workspace: Workspace | None) -> list[str]:
     if workspace is None or not workspace.tokenizers_dir.is_dir():
         return []
     return sorted(p.stem for p in workspace.tokenizers_dir.glob(f"*{RANKS_SUFFIX}"))
@@ -469,7 +467,7 @@ def tokenizer_from_identity(
 def _trained_names(workspace: Workspace | None) -> set[str]:
     return {
         n
-        for n in _workspace_tokenizer_names(workspace)
+        for n in workspace_tokenizer_names(workspace)
         if workspace_ranks_file(workspace, n).with_suffix(META_SUFFIX).is_file()
     }
 
@@ -492,7 +490,7 @@ def tokenizer_status(workspace: Workspace | None) -> dict[str, str]:
             gpt2 = f"not cached: tiktoken downloads it when online; offline, {_missing_gpt2_hint(workspace)}"
     status["gpt2"] = gpt2
     status["bytes"] = "ok (built in)"
-    for name in _workspace_tokenizer_names(workspace):
+    for name in workspace_tokenizer_names(workspace):
         if name not in status:
             status[name] = f"ok ({workspace_ranks_file(workspace, name)})"
     return status
