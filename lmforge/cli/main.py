@@ -15,6 +15,7 @@ from lmforge.cli import generate as generate_cmd
 from lmforge.cli import info as info_cmd
 from lmforge.cli import runs as runs_cli
 from lmforge.cli import sweep as sweep_cmd
+from lmforge.cli import tokenizer as tokenizer_cli
 from lmforge.cli import train as train_cmd
 from lmforge.cli.argv import ClickUsageError, hoist_root_options, render_usage_error
 from lmforge.cli.common import AppState, err_console
@@ -102,6 +103,7 @@ def root(
 
 # In the order of a session: set up, data, train, evaluate, sample, manage.
 app.command("info")(info_cmd.info)
+app.add_typer(tokenizer_cli.app, name="tokenizer")
 app.add_typer(data_cli.app, name="data")
 app.command("train")(train_cmd.train)
 app.command("eval")(eval_cmd.eval_command)

@@ -1,10 +1,12 @@
-"""Tokenizers: GPT-2's BPE through tiktoken, and a byte-level tokenizer.
+"""Tokenizers: GPT-2's BPE through tiktoken, a byte-level tokenizer, and the ones
+``lmforge tokenizer train`` makes (``tokenizers/NAME.tiktoken`` + ``NAME.json``).
 
-Both are ``tiktoken.Encoding`` objects behind one small class, so datasets,
+All are ``tiktoken.Encoding`` objects behind one small class, so datasets,
 training and generation never care which one they hold. A tokenizer has an
 *identity*, ``{"name": ..., "sha256": ...}`` (the hash covers its ranks), that
 is stored with every dataset and checkpoint: equal identities mean the same
-token ids for the same text.
+token ids for the same text. A trained tokenizer's ``NAME.json`` names its split
+pattern and special tokens; its hash covers those too (``content_sha256``).
 
 GPT-2's ranks are looked up in this order, so an offline machine never waits
 on a download that cannot succeed:
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import tempfile
 import threading
@@ -30,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import tiktoken
 
-from lmforge.errors import DataError, UsageError
+from lmforge.errors import DataError, LmforgeError, UsageError
 from lmforge.fileio import copy_file_atomic
 
 if TYPE_CHECKING:
@@ -43,6 +46,13 @@ RANKS_SUFFIX = ".tiktoken"  # tiktoken ranks files, in the workspace's tokenizer
 
 # GPT-2's split pattern (tiktoken's r50k/gpt2 form, equivalent to the original release's).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# GPT-4's split pattern (tiktoken's cl100k_base): digits in groups of 3, case-insensitive contractions.
+GPT4_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
+    r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+)
+SPLIT_PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN}
+META_SUFFIX = ".json"  # a trained tokenizer's description beside its ranks: tokenizers/NAME.json
 # The bytes tokenizer keeps text in long pieces: with only single-byte ranks there is nothing to merge.
 BYTES_PATTERN = r"""[\s\S]{1,4096}"""
 GPT2_NUM_RANKS = 50256
@@ -80,11 +90,23 @@ def ranks_sha256(mergeable_ranks: dict[bytes, int]) -> str:
     return hashlib.sha256(ranks_file_bytes(mergeable_ranks)).hexdigest()
 
 
+def content_sha256(mergeable_ranks: dict[bytes, int], pattern: str, special_tokens: list[str]) -> str:
+    """The identity hash of a tokenizer: its ranks, split pattern and special tokens (in id
+    order). With GPT-2's pattern and only end-of-text it is ``ranks_sha256``, so a trained
+    tokenizer and a bare ranks file with the same ranks are the same tokenizer."""
+    if pattern == GPT2_PATTERN and special_tokens == [ENDOFTEXT]:
+        return ranks_sha256(mergeable_ranks)
+    digest = hashlib.sha256(ranks_file_bytes(mergeable_ranks))
+    digest.update(json.dumps({"pattern": pattern, "special_tokens": special_tokens}).encode())
+    return digest.hexdigest()
+
+
 class Tokenizer:
     """A ``tiktoken.Encoding`` with an end-of-text token and an identity.
 
     ``vocab_size = eot_token + 1``: the end-of-text token is the last id
-    (50256 for GPT-2, 256 for bytes).
+    (50256 for GPT-2, 256 for bytes); a trained tokenizer's other special tokens
+    come right before it.
     """
 
     def __init__(self, encoding: tiktoken.Encoding, name: str, source: str = "") -> None:
@@ -100,6 +122,16 @@ class Tokenizer:
         if self._sha256 is None:
             self._sha256 = ranks_sha256(self.encoding._mergeable_ranks)
         return {"name": self.name, "sha256": self._sha256}
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """The special tokens in id order (end-of-text last)."""
+        specials = self.encoding._special_tokens
+        return sorted(specials, key=specials.get)
+
+    @property
+    def pattern(self) -> str:
+        return self.encoding._pat_str
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ordinary text; ``<|endoftext|>`` in the text is encoded as text."""
@@ -134,11 +166,21 @@ def _as_int_list(ids: Any) -> list[int]:
 # --------------------------------------------------------------------------- construction
 
 
-def _encoding(name: str, pattern: str, ranks: dict[bytes, int]) -> tiktoken.Encoding:
-    eot = len(ranks)
-    if sorted(ranks.values()) != list(range(eot)):
-        raise DataError(f"tokenizer '{name}': ranks are not 0..{eot - 1}", "check the ranks file")
-    return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: eot})
+def _encoding(
+    name: str, pattern: str, ranks: dict[bytes, int], special_tokens: list[str] | None = None
+) -> tiktoken.Encoding:
+    """The special tokens get the ids after the ranks, in order; end-of-text is the last."""
+    n = len(ranks)
+    if sorted(ranks.values()) != list(range(n)):
+        raise DataError(f"tokenizer '{name}': ranks are not 0..{n - 1}", "check the ranks file")
+    specials = special_tokens or [ENDOFTEXT]
+    if specials[-1] != ENDOFTEXT or len(set(specials)) != len(specials):
+        raise DataError(
+            f"tokenizer '{name}': special tokens {specials} must be distinct and end with {ENDOFTEXT}",
+            "check the tokenizer's .json file",
+        )
+    ids = {token: n + i for i, token in enumerate(specials)}
+    return tiktoken.Encoding(name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=ids)
 
 
 _BYTES: Tokenizer | None = None
@@ -153,7 +195,32 @@ def bytes_tokenizer() -> Tokenizer:
     return _BYTES
 
 
-_FILE_CACHE: dict[tuple[str, str, int, int], Tokenizer] = {}
+_FILE_CACHE: dict[tuple[str, str, int, int, int], Tokenizer] = {}
+
+
+def read_tokenizer_meta(path: Path) -> dict[str, Any]:
+    """A trained tokenizer's ``NAME.json`` (see ``lmforge.data.tokenizer_train``); a one-line
+    error when it is damaged."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("pattern"), str):
+            raise ValueError("no 'pattern'")
+        if not all(isinstance(t, str) for t in meta.get("special_tokens", [ENDOFTEXT])):
+            raise ValueError("'special_tokens' is not a list of strings")
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"{path} is damaged ({exc})", "train the tokenizer again with lmforge tokenizer train"
+        ) from None
+    return meta
+
+
+def _pattern_and_specials(meta_path: Path) -> tuple[str, list[str]]:
+    """GPT-2's pattern and end-of-text for a bare ranks file, else what its NAME.json says."""
+    if not meta_path.is_file():
+        return GPT2_PATTERN, [ENDOFTEXT]
+    meta = read_tokenizer_meta(meta_path)
+    pattern = SPLIT_PATTERNS.get(meta["pattern"], meta["pattern"])
+    return pattern, list(meta.get("special_tokens", [ENDOFTEXT]))
 
 
 def tokenizer_from_ranks_file(path: str | os.PathLike, name: str | None = None) -> Tokenizer:
@@ -164,7 +231,9 @@ def tokenizer_from_ranks_file(path: str | os.PathLike, name: str | None = None) 
         raise UsageError(f"tokenizer file not found: {path}", "pass an existing .tiktoken ranks file")
     name = name or path.stem
     stat = path.stat()
-    key = (str(path.resolve()), name, stat.st_size, stat.st_mtime_ns)
+    meta_path = path.with_suffix(META_SUFFIX)
+    meta_stat = meta_path.stat().st_mtime_ns if meta_path.is_file() else 0
+    key = (str(path.resolve()), name, stat.st_size, stat.st_mtime_ns, meta_stat)
     if key not in _FILE_CACHE:
         from tiktoken.load import load_tiktoken_bpe
 
@@ -177,8 +246,11 @@ def tokenizer_from_ranks_file(path: str | os.PathLike, name: str | None = None) 
             ) from None
         if not ranks:
             raise DataError(f"{path} holds no ranks", "expected lines of '<base64 token> <rank>'")
-        tok = Tokenizer(_encoding(name, GPT2_PATTERN, ranks), name, source=str(path))
-        if hashlib.sha256(path.read_bytes()).hexdigest() == GPT2_RANKS_SHA256:
+        pattern, specials = _pattern_and_specials(meta_path)
+        tok = Tokenizer(_encoding(name, pattern, ranks, specials), name, source=str(path))
+        if meta_stat:
+            tok._sha256 = content_sha256(ranks, pattern, specials)
+        elif hashlib.sha256(path.read_bytes()).hexdigest() == GPT2_RANKS_SHA256:
             tok._sha256 = GPT2_RANKS_SHA256  # GPT-2's canonical file: no need to re-serialize its ranks
         _FILE_CACHE[key] = tok
     return _FILE_CACHE[key]
@@ -266,6 +338,19 @@ def _gpt2(tokenizer_file, workspace: Workspace | None) -> Tokenizer:
     return _GPT2_DOWNLOADED
 
 
+def gpt2_if_available(workspace: Workspace | None) -> Tokenizer | None:
+    """GPT-2's tokenizer when its ranks are here (a file or tiktoken's cache), else None;
+    never downloads (for comparisons that are a bonus, like ``tokenizer show``'s)."""
+    found = _GPT2_DOWNLOADED is not None or _gpt2_in_tiktoken_cache()
+    found = found or any(path.is_file() for path, _ in _gpt2_file_candidates(None, workspace))
+    if not found:
+        return None
+    try:
+        return _gpt2(None, workspace)
+    except (LmforgeError, OSError):
+        return None
+
+
 def _check_gpt2_ranks(tok: Tokenizer, path: Path) -> None:
     n = tok.eot_token
     if n != GPT2_NUM_RANKS or tok.identity["sha256"] != GPT2_RANKS_SHA256:
@@ -292,16 +377,46 @@ def get_tokenizer(
         return tokenizer_from_ranks_file(tokenizer_file, name=name)
     if workspace is not None and workspace_ranks_file(workspace, name).is_file():
         return tokenizer_from_ranks_file(workspace_ranks_file(workspace, name), name=name)
-    known = list(TOKENIZER_NAMES) + _workspace_tokenizer_names(workspace)
+    known = list(TOKENIZER_NAMES) + workspace_tokenizer_names(workspace)
     raise UsageError(
         f"unknown tokenizer '{name}' (known: {', '.join(dict.fromkeys(known))})",
-        "use --tokenizer gpt2 or --tokenizer bytes, or put NAME.tiktoken in the workspace's tokenizers/",
+        f"train it with lmforge tokenizer train {name} SOURCE, pick one of those, "
+        "or put NAME.tiktoken in the workspace's tokenizers/",
     )
 
 
 def workspace_ranks_file(workspace: Workspace, name: str) -> Path:
     """Where the workspace keeps the ranks of the tokenizer ``name``: ``tokenizers/NAME.tiktoken``."""
     return workspace.tokenizers_dir / f"{name}{RANKS_SUFFIX}"
+
+
+def write_workspace_tokenizer(
+    workspace: Workspace,
+    name: str,
+    ranks: dict[bytes, int],
+    pattern: str,
+    special_tokens: list[str],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Save a tokenizer as ``tokenizers/NAME.tiktoken`` + ``NAME.json`` (pattern, special
+    tokens, content hash, and ``meta``); returns the ranks file."""
+    from lmforge.fileio import write_bytes_atomic, write_json_atomic
+
+    pattern_name = next((k for k, v in SPLIT_PATTERNS.items() if v == pattern), pattern)
+    description = {
+        "name": name,
+        "pattern": pattern_name,
+        "special_tokens": special_tokens,
+        "vocab_size": len(ranks) + len(special_tokens),
+        "sha256": content_sha256(ranks, pattern, special_tokens),
+        **(meta or {}),
+    }
+    workspace.ensure(workspace.tokenizers_dir)
+    path = workspace_ranks_file(workspace, name)
+    # The description first: a ranks file without one would load with GPT-2's pattern.
+    write_json_atomic(path.with_suffix(META_SUFFIX), description)
+    write_bytes_atomic(path, ranks_file_bytes(ranks))
+    return path
 
 
 def remember_tokenizer_file(workspace: Workspace, tok: Tokenizer, path: str | os.PathLike) -> Path | None:
@@ -314,11 +429,14 @@ def remember_tokenizer_file(workspace: Workspace, tok: Tokenizer, path: str | os
     if target.exists() or Path(path).resolve() == target.resolve():
         return None
     workspace.ensure(workspace.tokenizers_dir)
+    if Path(path).with_suffix(META_SUFFIX).is_file():  # a trained tokenizer's pattern and specials
+        copy_file_atomic(Path(path).with_suffix(META_SUFFIX), target.with_suffix(META_SUFFIX))
     copy_file_atomic(Path(path), target)  # a concurrent reader sees no file or the whole file
     return target
 
 
-def _workspace_tokenizer_names(workspace: Workspace | None) -> list[str]:
+def workspace_tokenizer_names(workspace: Workspace | None) -> list[str]:
+    """The tokenizers the workspace holds (``tokenizers/NAME.tiktoken``), sorted."""
     if workspace is None or not workspace.tokenizers_dir.is_dir():
         return []
     return sorted(p.stem for p in workspace.tokenizers_dir.glob(f"*{RANKS_SUFFIX}"))
@@ -337,11 +455,21 @@ def tokenizer_from_identity(
     tok = get_tokenizer(name, tokenizer_file=tokenizer_file, workspace=workspace)
     if identity.get("sha256") and tok.identity["sha256"] != identity["sha256"]:
         raise DataError(
-            f"tokenizer '{name}' from {tok.source} has ranks sha256 {tok.identity['sha256'][:12]}…, "
+            f"tokenizer '{name}' from {tok.source} has sha256 {tok.identity['sha256'][:12]}…, "
             f"but the data or checkpoint was made with sha256 {identity['sha256'][:12]}…",
-            "point --tokenizer-file at the ranks file it was made with",
+            "point --tokenizer-file at the ranks file it was made with"
+            if tok.name not in _trained_names(workspace)
+            else f"'{name}' was trained again since: prepare the data again, or restore its old files",
         )
     return tok
+
+
+def _trained_names(workspace: Workspace | None) -> set[str]:
+    return {
+        n
+        for n in workspace_tokenizer_names(workspace)
+        if workspace_ranks_file(workspace, n).with_suffix(META_SUFFIX).is_file()
+    }
 
 
 def tokenizer_status(workspace: Workspace | None) -> dict[str, str]:
@@ -362,7 +490,7 @@ def tokenizer_status(workspace: Workspace | None) -> dict[str, str]:
             gpt2 = f"not cached: tiktoken downloads it when online; offline, {_missing_gpt2_hint(workspace)}"
     status["gpt2"] = gpt2
     status["bytes"] = "ok (built in)"
-    for name in _workspace_tokenizer_names(workspace):
+    for name in workspace_tokenizer_names(workspace):
         if name not in status:
             status[name] = f"ok ({workspace_ranks_file(workspace, name)})"
     return status

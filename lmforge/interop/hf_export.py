@@ -29,7 +29,7 @@ from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.errors import LmforgeError, UsageError
 from lmforge.fileio import is_disk_full, staged_dir, write_json
 from lmforge.interop.hf_config import HF_CONFIG, hf_config
-from lmforge.interop.hf_tokenizer import MERGES_TXT, VOCAB_JSON, hf_tokenizer_files
+from lmforge.interop.hf_tokenizer import TOKENIZER_FILE_NAMES, hf_tokenizer_files
 from lmforge.interop.hf_weights import HF_SAFETENSORS, to_hf_state_dict
 from lmforge.units import now_iso
 
@@ -101,10 +101,8 @@ def _export_file_names() -> frozenset[str]:
     the weights, is a previous export that ``--force`` may replace)."""
     from lmforge.checkpoint.store import META_FILE, MODEL_FILE
 
-    tokenizer = {VOCAB_JSON, MERGES_TXT, "tokenizer_config.json", "special_tokens_map.json"}
-    return frozenset(
-        {HF_CONFIG, HF_SAFETENSORS, GENERATION_CONFIG, LMFORGE_JSON, META_FILE, MODEL_FILE, *tokenizer}
-    )
+    names = {HF_CONFIG, HF_SAFETENSORS, GENERATION_CONFIG, LMFORGE_JSON, META_FILE, MODEL_FILE}
+    return frozenset(names | set(TOKENIZER_FILE_NAMES))
 
 
 def _home_dirs() -> set[Path]:

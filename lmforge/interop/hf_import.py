@@ -27,7 +27,7 @@ from lmforge.errors import ConfigError, LmforgeError, NotFoundError, UsageError
 from lmforge.fileio import staged_dir, write_bytes_atomic
 from lmforge.interop.hf_config import HF_CONFIG, model_config_from_hf, preset_for
 from lmforge.interop.hf_export import LMFORGE_JSON
-from lmforge.interop.hf_tokenizer import ranks_from_hf_tokenizer
+from lmforge.interop.hf_tokenizer import install_exported_tokenizer, ranks_from_hf_tokenizer
 from lmforge.interop.hf_weights import HF_PICKLE, HF_SAFETENSORS, from_hf_state_dict, load_hf_weights
 from lmforge.runs.record import RunRecord
 from lmforge.units import now_iso
@@ -222,7 +222,7 @@ def _import_tokenizer(
     from lmforge.data.tokenizer import GPT2_RANKS_SHA256, bytes_tokenizer, ranks_sha256
 
     if info and isinstance(info.get("tokenizer"), dict) and info["tokenizer"].get("name"):
-        return info["tokenizer"], []
+        return info["tokenizer"], install_exported_tokenizer(src, info["tokenizer"], workspace)
     ranks = ranks_from_hf_tokenizer(src)
     if ranks is not None:
         sha = ranks_sha256(ranks)

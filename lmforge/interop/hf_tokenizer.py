@@ -1,10 +1,11 @@
-"""tiktoken ranks <-> GPT-2's byte-level BPE tokenizer files (``vocab.json`` + ``merges.txt``).
+"""tiktoken ranks <-> GPT-2's byte-level BPE tokenizer files (``vocab.json`` + ``merges.txt``,
+and the fast tokenizer's ``tokenizer.json`` with the tokenizer's own split pattern).
 
 A token's string in ``vocab.json`` is its bytes through GPT-2's ``bytes_to_unicode``
 table; the merges are recovered from the ranks (each token of rank r is the one pair
 that BPE with ranks < r leaves). Reading the files back gives the same ranks and so
 the same tokenizer identity. ``transformers`` is never imported: the files are
-plain JSON and text.
+plain JSON and text (``tokenizer.json`` is built with Hugging Face ``tokenizers``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,37 @@ import json
 import os
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from lmforge.data.tokenizer import ENDOFTEXT, Tokenizer
+from lmforge.data.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer
+
+if TYPE_CHECKING:
+    from lmforge.workspace import Workspace
 
 VOCAB_JSON = "vocab.json"
 MERGES_TXT = "merges.txt"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG_JSON = "tokenizer_config.json"
+SPECIAL_TOKENS_JSON = "special_tokens_map.json"
+TOKENIZER_FILE_NAMES = (VOCAB_JSON, MERGES_TXT, TOKENIZER_JSON, TOKENIZER_CONFIG_JSON, SPECIAL_TOKENS_JSON)
+
+
+def onig_pattern(pattern: str) -> str:
+    """A tiktoken split pattern (Rust ``fancy-regex``) for Hugging Face ``tokenizers``
+    (Oniguruma, Ruby syntax), with the same matches: there ``$`` is an end of *line* (the
+    end of text is ``\\z``) and ``{1,3}+`` repeats ``{1,3}`` instead of being possessive
+    (possessive or not, nothing after it in its branch could backtrack into it)."""
+    return pattern.replace("$", r"\z").replace("}+", "}")
+
+
+def tiktoken_pattern(onig: str) -> str:
+    """The inverse of ``onig_pattern`` for lmforge's patterns (``SPLIT_PATTERNS``)."""
+    from lmforge.data.tokenizer import SPLIT_PATTERNS
+
+    for pattern in SPLIT_PATTERNS.values():
+        if onig_pattern(pattern) == onig:
+            return pattern
+    return onig.replace(r"\z", "$")
 
 
 @cache
@@ -76,11 +103,17 @@ def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str,
     if any(bytes([b]) not in ranks for b in range(256)):
         raise ValueError(f"tokenizer {tokenizer.name!r} does not have every single byte as a token")
     vocab = {_token_str(tok): rank for tok, rank in ranks.items()}
-    vocab[ENDOFTEXT] = tokenizer.eot_token
+    specials = tokenizer.special_tokens
+    for token in specials:
+        vocab[token] = tokenizer.encoding._special_tokens[token]
     merges = recover_merges(ranks)
     special = {"bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT}
+    if len(specials) > 1:
+        special["additional_special_tokens"] = specials[:-1]
+    gpt2_split = tokenizer.pattern == GPT2_PATTERN
     config = {
-        "tokenizer_class": "GPT2Tokenizer",
+        # GPT2Tokenizer's slow form splits with GPT-2's pattern; another one lives only in tokenizer.json
+        "tokenizer_class": "GPT2Tokenizer" if gpt2_split else "PreTrainedTokenizerFast",
         "model_max_length": model_max_length,
         "add_prefix_space": False,
         "add_bos_token": False,
@@ -91,9 +124,57 @@ def hf_tokenizer_files(tokenizer: Tokenizer, model_max_length: int) -> dict[str,
     return {
         VOCAB_JSON: json.dumps(dict(sorted(vocab.items(), key=lambda kv: kv[1])), ensure_ascii=False),
         MERGES_TXT: merges_txt,
-        "tokenizer_config.json": json.dumps(config, indent=2),
-        "special_tokens_map.json": json.dumps(special, indent=2),
+        TOKENIZER_JSON: fast_tokenizer_json(ranks, merges, tokenizer.pattern, specials),
+        TOKENIZER_CONFIG_JSON: json.dumps(config, indent=2),
+        SPECIAL_TOKENS_JSON: json.dumps(special, indent=2),
     }
+
+
+def fast_tokenizer_json(
+    ranks: dict[bytes, int], merges: list[tuple[bytes, bytes]], pattern: str, specials: list[str]
+) -> str:
+    """A Hugging Face ``tokenizer.json`` giving the same ids as tiktoken with ``ranks`` and
+    ``pattern``: the pattern's pieces, GPT-2's byte-to-character map, BPE with ``merges``,
+    and the special tokens after the ranks."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as FastTokenizer
+
+    vocab = {_token_str(tok): rank for tok, rank in ranks.items()}
+    bpe = models.BPE(vocab=vocab, merges=[(_token_str(a), _token_str(b)) for a, b in merges])
+    fast = FastTokenizer(bpe)
+    fast.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(onig_pattern(pattern)), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    fast.decoder = decoders.ByteLevel()
+    fast.add_special_tokens(specials)  # ids len(ranks), len(ranks) + 1, ... in order
+    return fast.to_str()
+
+
+def read_fast_tokenizer_json(path: str | os.PathLike) -> tuple[dict[bytes, int], str, list[str]] | None:
+    """(ranks, tiktoken split pattern, special tokens) of a ``tokenizer.json`` that
+    ``fast_tokenizer_json`` wrote, or None when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        vocab = data["model"]["vocab"]
+        pieces = data["pre_tokenizer"]["pretokenizers"]
+        pattern = tiktoken_pattern(pieces[0]["pattern"]["Regex"])
+        added = sorted(data.get("added_tokens") or [], key=lambda t: t["id"])
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
+    try:
+        ranks = {bytes(decoder[c] for c in tok): int(i) for tok, i in vocab.items()}
+    except KeyError:
+        return None
+    specials = [t["content"] for t in added if t.get("special")]
+    if [t["id"] for t in added] != list(range(len(ranks), len(ranks) + len(added))):
+        return None
+    if not specials or specials[-1] != ENDOFTEXT or len(specials) != len(added):
+        return None
+    return ranks, pattern, specials
 
 
 def ranks_from_hf_tokenizer(path: str | os.PathLike) -> dict[bytes, int] | None:
@@ -129,3 +210,26 @@ def ranks_from_hf_tokenizer(path: str | os.PathLike) -> dict[bytes, int] | None:
         if len(pair) != 2 or vocab.get(pair[0] + pair[1]) != 256 + i:
             return None
     return ranks
+
+
+def install_exported_tokenizer(
+    src: str | os.PathLike, identity: dict[str, Any], workspace: Workspace
+) -> list[str]:
+    """Save the tokenizer an lmforge export names (``identity``) into the workspace from the
+    export's ``tokenizer.json``, when the workspace does not have it; notes for the user."""
+    from lmforge.data.tokenizer import (
+        TOKENIZER_NAMES,
+        content_sha256,
+        workspace_ranks_file,
+        write_workspace_tokenizer,
+    )
+
+    name = identity.get("name")
+    if not name or name in TOKENIZER_NAMES or workspace_ranks_file(workspace, name).exists():
+        return []
+    found = read_fast_tokenizer_json(Path(src) / TOKENIZER_JSON)
+    if found is None or content_sha256(*found) != identity.get("sha256"):
+        return [f"tokenizer '{name}' is not in this workspace and {src} holds no copy of it"]
+    ranks, pattern, specials = found
+    path = write_workspace_tokenizer(workspace, name, ranks, pattern, specials, {"imported_from": str(src)})
+    return [f"the model's tokenizer '{name}' was saved as {path}"]

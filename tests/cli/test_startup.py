@@ -44,6 +44,7 @@ def _probe(workspace_dir, *args: str) -> tuple[int, bool, str]:
         ["runs", "list", "--json"],
         ["runs", "show", "r"],
         ["data", "list"],
+        ["tokenizer", "list"],
         ["--help"],
         ["train", "--help"],
     ],
