@@ -64,6 +64,7 @@ def generate_command(
     """
     from lmforge.device import resolve_device, resolve_dtype
     from lmforge.eval.generate import check_sampling, generate, load_for_generation
+    from lmforge.runs.names import resolve_checkpoint
 
     sampling = {
         "max_tokens": max_tokens,
@@ -80,7 +81,8 @@ def generate_command(
     if prompt is None:
         prompt = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else ""
 
-    model, tokenizer, meta = load_for_generation(ws, checkpoint, device=device, tokenizer_file=tokenizer_file)
+    path = resolve_checkpoint(ws, checkpoint)
+    model, tokenizer, meta = load_for_generation(ws, path, device=device, tokenizer_file=tokenizer_file)
     info(
         ctx,
         f"[dim]{checkpoint}: run {meta.get('run')}, step {meta.get('step')}, "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -270,18 +271,18 @@ def _generate_one(
 
 def load_for_generation(
     workspace: Workspace,
-    spec: str,
+    path: Path,
     *,
     device: str = "auto",
     tokenizer_file: str | None = None,
 ) -> tuple[GPT, Tokenizer, dict]:
-    """Resolve a checkpoint name and load its model (eval mode) and its own tokenizer."""
+    """Load the model (eval mode) of the checkpoint directory ``path`` and its own tokenizer
+    (a checkpoint name is resolved by the caller: ``lmforge.runs.names.resolve_checkpoint``)."""
     from lmforge.checkpoint.store import load_model
     from lmforge.data.tokenizer import tokenizer_from_identity
     from lmforge.device import resolve_device
-    from lmforge.runs.names import resolve_checkpoint
 
-    path = resolve_checkpoint(workspace, spec)
+    path = Path(path)
     model, config, meta = load_model(path, device=resolve_device(device))
     identity = meta.get("tokenizer") or {"name": config.tokenizer}
     tokenizer = tokenizer_from_identity(identity, workspace=workspace, tokenizer_file=tokenizer_file)

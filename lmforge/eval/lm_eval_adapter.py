@@ -32,6 +32,7 @@ from lmforge.distributed import unwrap as unwrap_model
 from lmforge.eval.evaluate import autocast
 from lmforge.eval.generate import sample_next
 from lmforge.eval.harness import rolling_loglikelihoods, score_pairs
+from lmforge.eval.options import EvalOptions
 from lmforge.eval.tasks import require_lm_eval
 
 require_lm_eval()
@@ -63,6 +64,7 @@ class LmforgeLM(TemplateLM):
         self.lm_tokenizer = tokenizer
         self.batch_size = batch_size
         self.dtype = dtype
+        self.options = EvalOptions(batch_size=batch_size, dtype=dtype)
         self.max_gen_toks = max_gen_toks
         self.max_length = unwrap_model(model).config.block_size
         self._device = next(model.parameters()).device
@@ -90,13 +92,11 @@ class LmforgeLM(TemplateLM):
         self, requests, disable_tqdm: bool = False, **kwargs
     ) -> list[tuple[float, bool]]:
         pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
-        return score_pairs(self.model, pairs, batch_size=self.batch_size, dtype=self.dtype)
+        return score_pairs(self.model, pairs, self.options)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         docs = [self.tok_encode(req.args[0]) for req in requests]
-        return rolling_loglikelihoods(
-            self.model, docs, prefix=self.prefix_token_id, batch_size=self.batch_size, dtype=self.dtype
-        )
+        return rolling_loglikelihoods(self.model, docs, self.options, prefix=self.prefix_token_id)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Prompts grouped by (generation settings, prompt length) so that a batch needs

@@ -17,14 +17,13 @@ Results are saved beside the checkpoint as ``evals/<time>-<task>.json``, where
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import DataError, NotFoundError, UsageError
+from lmforge.eval.options import EvalOptions
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -33,9 +32,6 @@ if TYPE_CHECKING:
     from lmforge.workspace import Workspace
 
 INSTALL_LINE = 'pip install "lmforge[eval]"'
-EVALS_DIR = "evals"
-# what lm-eval's datasets are when they are local files rather than a Hub repository
-LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 
 
 @dataclass(frozen=True)
@@ -122,15 +118,15 @@ def run_tasks(
     model: nn.Module,
     tokenizer: Tokenizer,
     tasks: list[str],
+    options: EvalOptions = EvalOptions(),
     *,
     checkpoint: str = "model",
     tasks_dir: str | None = None,
     limit: int | None = None,
     num_fewshot: int | None = None,
-    batch_size: int = 8,
-    dtype: str = "fp32",
 ) -> tuple[list[TaskRow], dict[str, Any]]:
-    """Run lm-eval ``tasks`` on ``model``; the rows and what to save of lm-eval's result."""
+    """Run lm-eval ``tasks`` on ``model`` (``options.batch_size`` requests per forward pass,
+    under ``options.dtype``); the rows and what to save of lm-eval's result."""
     check_task_options(limit, num_fewshot, tasks_dir)
     require_lm_eval()
     _offline_if_unreachable()
@@ -139,7 +135,7 @@ def run_tasks(
     from lmforge.eval.lm_eval_adapter import LmforgeLM
 
     manager = _task_manager(tasks, tasks_dir)
-    lm = LmforgeLM(model, tokenizer, batch_size=batch_size, dtype=dtype)
+    lm = LmforgeLM(model, tokenizer, batch_size=options.batch_size, dtype=options.dtype)
     try:
         out = evaluator.simple_evaluate(
             model=lm,
@@ -200,99 +196,54 @@ def task_rows(checkpoint: str, out: dict[str, Any]) -> list[TaskRow]:
 def save_task_results(
     checkpoint_dir: Path, rows: list[TaskRow], saved: dict[str, Any], settings: dict[str, Any]
 ) -> Path:
-    """``<checkpoint>/evals/<time>-<task>.json``: the rows, the settings and lm-eval's results."""
-    from lmforge import __version__
-    from lmforge.fileio import write_json_atomic
-    from lmforge.units import now_iso
+    """``<checkpoint>/evals/<time>-<task>.json`` (``lmforge.runs.evals``): the settings, the rows
+    and lm-eval's results."""
+    from lmforge.runs.evals import save_eval
 
-    created = now_iso()
-    tasks = sorted({r.task for r in rows}) or ["none"]
-    label = re.sub(r"[^A-Za-z0-9_.-]", "_", tasks[0]) + (f"+{len(tasks) - 1}" if len(tasks) > 1 else "")
-    stamp = re.sub(r"[^0-9TZ]", "", created)
-    path = checkpoint_dir / EVALS_DIR / f"{stamp}-{label}.json"
-    path.parent.mkdir(exist_ok=True)
-    record = {
-        "format": "lmforge-eval",
-        "created": created,
-        "lmforge_version": __version__,
-        **settings,
-        "rows": [r.to_dict() for r in rows],
-        "lm_eval": saved,
-    }
-    write_json_atomic(path, record)
-    return path
-
-
-def saved_evals(checkpoint_dir: str | os.PathLike, warnings: list[str] | None = None) -> list[dict[str, Any]]:
-    """The saved task results of a checkpoint, oldest first: ``{"file", "created", "tasks",
-    "rows"}`` each. An unreadable file is left out, and said in ``warnings`` (when given): one
-    damaged file must not hide the others, but a person should learn it was passed over."""
-    found = []
-    for path in sorted((Path(checkpoint_dir) / EVALS_DIR).glob("*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
-            if warnings is not None:
-                warnings.append(f"skipped {path}: not readable JSON ({exc})")
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("rows", []), list):
-            if warnings is not None:
-                warnings.append(f"skipped {path}: not an lmforge eval record")
-            continue
-        rows = [r for r in record.get("rows") or [] if isinstance(r, dict)]
-        created = record.get("created")
-        found.append(
-            {
-                "file": path.name,
-                "created": created if isinstance(created, str) else None,
-                "tasks": sorted({str(r["task"]) for r in rows if r.get("task")}),
-                "rows": rows,
-            }
-        )
-    return found
+    record = {**settings, "rows": [r.to_dict() for r in rows], "lm_eval": saved}
+    return save_eval(checkpoint_dir, sorted({r.task for r in rows}), record)
 
 
 def evaluate_tasks_checkpoint(
     workspace: Workspace,
-    spec: str,
+    path: Path,
     tasks: list[str],
+    options: EvalOptions = EvalOptions(device="auto", dtype="auto"),
     *,
+    label: str | None = None,
     tasks_dir: str | None = None,
     limit: int | None = None,
     num_fewshot: int | None = None,
-    batch_size: int = 8,
-    device: str = "auto",
-    dtype: str = "auto",
     save: bool = True,
 ) -> tuple[list[TaskRow], Path | None]:
-    """``lmforge eval SPEC --tasks ...``: load the checkpoint and its own tokenizer, run the
-    tasks, save the results beside it; the rows and the saved file."""
+    """``lmforge eval CKPT --tasks ...``: load the checkpoint directory ``path`` (a name is
+    resolved by the caller) and its own tokenizer, run the tasks, save the results beside it;
+    the rows (labelled ``label``, default the path) and the saved file."""
     from lmforge.device import resolve_dtype
     from lmforge.eval.generate import load_for_generation
-    from lmforge.runs.names import resolve_checkpoint
 
     check_task_options(limit, num_fewshot, tasks_dir)
     require_lm_eval()
-    path = resolve_checkpoint(workspace, spec)
-    model, tokenizer, _ = load_for_generation(workspace, str(path), device=device)
-    precision = resolve_dtype(dtype, next(model.parameters()).device, workspace.cache_dir)
+    label = str(path) if label is None else label
+    model, tokenizer, _ = load_for_generation(workspace, path, device=str(options.device or "auto"))
+    precision = resolve_dtype(options.dtype, next(model.parameters()).device, workspace.cache_dir)
+    options = replace(options, device=None, dtype=precision)  # None: the model's device
     rows, saved = run_tasks(
         model,
         tokenizer,
         tasks,
-        checkpoint=spec,
+        options,
+        checkpoint=label,
         tasks_dir=tasks_dir,
         limit=limit,
         num_fewshot=num_fewshot,
-        batch_size=batch_size,
-        dtype=precision,
     )
     settings = {
-        "checkpoint": spec,
+        "checkpoint": label,
         "tasks": tasks,
         "limit": limit,
         "num_fewshot": num_fewshot,
-        "batch_size": batch_size,
+        "batch_size": options.batch_size,
         "dtype": precision,
     }
-    return rows, save_task_results(path, rows, saved, settings) if save else None
+    return rows, save_task_results(Path(path), rows, saved, settings) if save else None

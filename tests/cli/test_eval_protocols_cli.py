@@ -157,7 +157,7 @@ def test_tasks_end_to_end_table_json_and_saved_results(run_cli, ws_dir, tmp_path
     record = json.loads(saved[-1].read_text())
     assert record["tasks"] == ["toy_mc"] and record["limit"] == 4
     assert {r["metric"] for r in record["rows"]} == {"acc", "acc_norm"} and record["rows"][0]["samples"] == 4
-    from lmforge.eval.tasks import saved_evals
+    from lmforge.runs.evals import saved_evals
 
     assert saved_evals(saved[-1].parent.parent)[-1]["tasks"] == ["toy_mc"]
     js = run_cli("eval", "best", "--tasks", "toy_mc", "--tasks-dir", tasks, "--json")
