@@ -71,8 +71,41 @@ def check_task_options(limit: int | None, num_fewshot: int | None, tasks_dir: st
         raise UsageError(f"--limit must be >= 1, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise UsageError(f"--num-fewshot must be >= 0, got {num_fewshot}")
-    if tasks_dir is not None and not Path(tasks_dir).expanduser().is_dir():
-        raise UsageError(f"--tasks-dir {tasks_dir} is not a directory", "a folder of lm-eval task YAML files")
+    if tasks_dir is not None:
+        if not Path(tasks_dir).expanduser().is_dir():
+            raise UsageError(
+                f"--tasks-dir {tasks_dir} is not a directory", "a folder of lm-eval task YAML files"
+            )
+        check_task_yamls(Path(tasks_dir).expanduser())
+
+
+# folders lm-eval's task index passes over
+_SKIPPED_DIRS = ("__pycache__", ".ipynb_checkpoints")
+
+
+def check_task_yamls(folder: Path) -> None:
+    """Every ``*.yaml`` under ``folder`` (the files lm-eval indexes) must parse: lm-eval logs a
+    broken one and passes over it, so its task would be reported as unknown. The error names
+    the file and line. Tags such as lm-eval's ``!function`` are accepted without being run."""
+    import yaml
+
+    class AnyTagLoader(yaml.SafeLoader):
+        pass
+
+    AnyTagLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+    hint = "fix it, or move it out of --tasks-dir (lm-eval reads every .yaml file in the folder)"
+    for path in sorted(folder.rglob("*.yaml")):
+        if any(part in _SKIPPED_DIRS for part in path.relative_to(folder).parts):
+            continue
+        try:
+            yaml.load(path.read_text(encoding="utf-8"), Loader=AnyTagLoader)  # noqa: S506 (a safe loader)
+        except UnicodeDecodeError:
+            raise UsageError(f"task YAML {path} is not UTF-8 text", hint) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UsageError(f"task YAML {path}{where} does not parse: {problem}", hint) from None
 
 
 def _offline_if_unreachable() -> None:

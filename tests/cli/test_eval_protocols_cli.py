@@ -12,6 +12,7 @@ from lmforge.checkpoint.store import save_checkpoint
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.data.prepare import prepare_dataset
 from lmforge.data.tokenizer import bytes_tokenizer
+from lmforge.errors import UsageError
 from lmforge.model.gpt import GPT
 from lmforge.workspace import Workspace
 
@@ -184,3 +185,29 @@ def test_unknown_task_and_missing_dataset_are_one_line_errors(run_cli, tmp_path,
     missing = run_cli("eval", "best", "--tasks", "toy_missing", "--tasks-dir", tasks)
     assert missing.exit_code == 1
     assert "cannot load the dataset of task(s) toy_missing" in one_line(missing)
+
+
+def test_broken_task_yaml_names_the_file_and_line(run_cli, tmp_path):
+    """lm-eval passes over a YAML it cannot parse, so its task looked unknown: the parse error
+    is reported instead, before lm-eval (installed or not) is needed."""
+    folder = tmp_path / "tasks"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "good.yaml").write_text("task: good\nprocess_docs: !function utils.process_docs\n")
+    (folder / "sub" / "broken.yaml").write_text("task: broken\ndataset_path: json\n  doc_to_text: [oops\n")
+    result = run_cli("eval", "best", "--tasks", "broken", "--tasks-dir", str(folder))
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert "task YAML" in line and "broken.yaml" in line and "line 3" in line and "does not parse" in line
+    assert "unknown lm-eval task" not in line
+
+
+def test_task_yamls_with_tags_parse(tmp_path):
+    from lmforge.eval.tasks import check_task_yamls
+
+    (tmp_path / "t.yaml").write_text("task: t\nprocess_docs: !function utils.process_docs\nmetric_list: []\n")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "t-checkpoint.yaml").write_text("task: [broken\n")  # lm-eval skips it
+    check_task_yamls(tmp_path)  # no error
+    (tmp_path / "bad.yaml").write_bytes(b"task: \xff\n")
+    with pytest.raises(UsageError, match="bad.yaml is not UTF-8"):
+        check_task_yamls(tmp_path)
