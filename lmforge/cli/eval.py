@@ -159,20 +159,22 @@ def eval_command(
         return  # harness tasks run on rank 0 alone, after the group is gone: no rank waits on another
     task_rows = []
     task_options = replace(options, rank=0, world_size=1)
-    for spec, path in paths.items() if task_names else []:
-        found, saved = evaluate_tasks_checkpoint(
-            ws,
-            path,
-            task_names,
-            task_options,
-            label=spec,
-            tasks_dir=tasks_dir,
-            limit=limit,
-            num_fewshot=num_fewshot,
-        )
-        task_rows += found
-        if saved is not None and not as_json:
-            err_console.print(f"[dim]Saved[/dim] {saved}", highlight=False)
+    with _progress(quiet) as progress:
+        for spec, path in paths.items() if task_names else []:
+            found, saved = evaluate_tasks_checkpoint(
+                ws,
+                path,
+                task_names,
+                task_options,
+                label=spec,
+                tasks_dir=tasks_dir,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                progress=progress,
+            )
+            task_rows += found
+            if saved is not None and not as_json:
+                err_console.print(f"[dim]Saved[/dim] {saved}", highlight=False)
     if as_json:
         print_json([row.to_dict() for row in rows] + [row.to_dict() for row in task_rows])
         return
@@ -187,9 +189,16 @@ def eval_command(
 
 @contextlib.contextmanager
 def _progress(quiet: bool) -> Iterator:
-    """A factory of progress bars on stderr (one per checkpoint and split), advanced by tokens."""
+    """A progress factory on stderr, advanced by tokens: a Rich bar per checkpoint and split on
+    a terminal, plain lines (start, once a minute, end) otherwise (a log file, CI)."""
     if quiet:
         yield None
+        return
+    if not err_console.is_terminal:
+        from lmforge.cli.progress_lines import ProgressLines
+
+        with ProgressLines(prefix="eval ") as lines:
+            yield lines.start
         return
     from rich.progress import (
         BarColumn,
@@ -200,22 +209,23 @@ def _progress(quiet: bool) -> Iterator:
         TransferSpeedColumn,
     )
 
-    class TokensPerSecond(TransferSpeedColumn):
+    class Speed(TransferSpeedColumn):
         def render(self, task):
             speed = task.finished_speed or task.speed
-            return "" if speed is None else f"{speed:,.0f} tok/s"
+            unit = "tok/s" if task.fields["unit"] == "tokens" else f"{task.fields['unit']}/s"
+            return "" if speed is None else f"{speed:,.0f} {unit}"
 
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TokensPerSecond(),
+        Speed(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=False) as progress:
 
-        def start(label: str, total: int):
-            task = progress.add_task(label, total=total)
+        def start(label: str, total: int, unit: str = "tokens"):
+            task = progress.add_task(label, total=total, unit=unit)
             return lambda n: progress.advance(task, n)
 
         yield start

@@ -42,7 +42,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -62,8 +62,13 @@ if TYPE_CHECKING:
 
 # progress(n): n more targets were scored
 Progress = Callable[[int], None]
-# start(label, total) -> progress, for one bar per checkpoint and split
-ProgressFactory = Callable[[str, int], Progress]
+
+
+class ProgressFactory(Protocol):
+    """``start(label, total)`` -> progress: one bar (or run of log lines) per checkpoint and
+    split, counted in ``unit`` (tokens unless said)."""
+
+    def __call__(self, label: str, total: int, unit: str = "tokens") -> Progress: ...
 
 
 @dataclass(frozen=True)

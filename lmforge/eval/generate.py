@@ -140,13 +140,15 @@ def generate(
     dtype: str = "fp32",
     on_warning: Callable[[str], None] | None = None,
     on_sample_end: Callable[[int, str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Complete ``prompt`` ``num_samples`` times; returns the completions (without the prompt).
 
     ``on_text(sample_index, text)`` receives each completion piece by piece as it is
     made, always whole characters; ``on_sample_end(sample_index, completion)`` follows
-    each finished sample. Samples are made one after another from one random
-    generator seeded with ``seed``, so a seed gives the same samples streamed or not.
+    each finished sample; ``progress(1)`` follows each new token. Samples are made one
+    after another from one random generator seeded with ``seed``, so a seed gives the
+    same samples streamed or not.
     An empty prompt starts from the end-of-text token (unconditional samples). A
     prompt longer than the context keeps its last ``block_size`` tokens and warns
     (``on_warning(message)``, else a ``PromptCroppedWarning``). The model is put in eval
@@ -206,6 +208,7 @@ def generate(
                     use_cache=use_cache,
                     stream=Utf8Stream(tokenizer) if emit else None,
                     emit=emit,
+                    progress=progress,
                 )
                 completions.append(tokenizer.decode(new))
                 if on_sample_end is not None:
@@ -234,6 +237,7 @@ def _generate_one(
     use_cache: bool,
     stream: Utf8Stream | None,
     emit: Callable[[str], None] | None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[int]:
     """The token loop for one sample; returns the new ids (end-of-text excluded)."""
     device = next(model.parameters()).device
@@ -258,6 +262,8 @@ def _generate_one(
         seq.append(token)
         new.append(token)
         pending = [token]
+        if progress is not None:
+            progress(1)
         if stream is not None and emit is not None:
             text = stream.push(token)
             if text:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
     from lmforge.data.tokenizer import Tokenizer
+    from lmforge.eval.evaluate import ProgressFactory
     from lmforge.workspace import Workspace
 
 INSTALL_LINE = 'pip install "lmforge[eval]"'
@@ -157,9 +158,11 @@ def run_tasks(
     tasks_dir: str | None = None,
     limit: int | None = None,
     num_fewshot: int | None = None,
+    progress: ProgressFactory | None = None,
 ) -> tuple[list[TaskRow], dict[str, Any]]:
     """Run lm-eval ``tasks`` on ``model`` (``options.batch_size`` requests per forward pass,
-    under ``options.dtype``); the rows and what to save of lm-eval's result."""
+    under ``options.dtype``); the rows and what to save of lm-eval's result. ``progress``
+    starts one bar per kind of request lm-eval sends (labelled ``checkpoint`` and the kind)."""
     check_task_options(limit, num_fewshot, tasks_dir)
     require_lm_eval()
     _offline_if_unreachable()
@@ -168,7 +171,14 @@ def run_tasks(
     from lmforge.eval.lm_eval_adapter import LmforgeLM
 
     manager = _task_manager(tasks, tasks_dir)
-    lm = LmforgeLM(model, tokenizer, batch_size=options.batch_size, dtype=options.dtype)
+    lm = LmforgeLM(
+        model,
+        tokenizer,
+        batch_size=options.batch_size,
+        dtype=options.dtype,
+        progress=progress,
+        label=checkpoint,
+    )
     try:
         out = evaluator.simple_evaluate(
             model=lm,
@@ -248,6 +258,7 @@ def evaluate_tasks_checkpoint(
     limit: int | None = None,
     num_fewshot: int | None = None,
     save: bool = True,
+    progress: ProgressFactory | None = None,
 ) -> tuple[list[TaskRow], Path | None]:
     """``lmforge eval CKPT --tasks ...``: load the checkpoint directory ``path`` (a name is
     resolved by the caller) and its own tokenizer, run the tasks, save the results beside it;
@@ -270,6 +281,7 @@ def evaluate_tasks_checkpoint(
         tasks_dir=tasks_dir,
         limit=limit,
         num_fewshot=num_fewshot,
+        progress=progress,
     )
     settings = {
         "checkpoint": label,

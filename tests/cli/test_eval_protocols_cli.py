@@ -168,6 +168,25 @@ def test_tasks_end_to_end_table_json_and_saved_results(run_cli, ws_dir, tmp_path
     assert all(0 <= r["value"] <= 1 and r["samples"] == 6 and r["stderr"] > 0 for r in rows)
 
 
+def test_tasks_print_progress_lines_when_not_a_terminal(run_cli, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    import lmforge.cli.progress_lines as progress_lines
+
+    monkeypatch.setattr(progress_lines, "INTERVAL_S", 0.0)  # a line after every batch
+    data = tmp_path / "mc.jsonl"
+    rows = [{"q": f"Q{i}:", "choices": [" a", " bb", " c"], "answer": i % 3} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_task(tmp_path / "tasks", "toy_mc", data)
+    result = run_cli("eval", "best", "--tasks", "toy_mc", "--tasks-dir", str(tmp_path / "tasks"))
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("eval best loglikelihood | ")]
+    # each choice's continuation, in bytes: lm-eval's target delimiter " " and the choice (" a": 3)
+    total = 4 * (3 + 4 + 3)
+    assert lines[0] == f"eval best loglikelihood | started | {total} tokens"
+    assert all(" tok/s | eta " in line for line in lines[1:-1]) and len(lines) > 2
+    assert lines[-1].startswith(f"eval best loglikelihood | done | {total} tokens in ")
+
+
 def test_unknown_task_and_missing_dataset_are_one_line_errors(run_cli, tmp_path, monkeypatch):
     pytest.importorskip("lm_eval")
     from lm_eval import tasks as lm_tasks
