@@ -32,6 +32,10 @@ document by document) lives in ``harness``.
 Under ``torch.distributed`` each rank scores windows ``rank, rank + world_size,
 ...``; the NLL sums and token counts are summed with ``all_reduce``, so every
 rank ends with the result of one process scoring everything.
+
+How a model is scored (windows, batch, device, dtype, rank) is one ``EvalOptions``
+(``options``). Imports ``options``, ``distributed``, ``errors`` and ``units``;
+``evaluate_checkpoint`` loads through ``checkpoint``, ``data`` and ``device``.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ Streaming: token boundaries need not be character boundaries (GPT-2's BPE and
 the byte tokenizer split multi-byte UTF-8 characters), so each token's bytes go
 through an incremental UTF-8 decoder and ``on_text`` only ever receives whole
 characters.
+
+Imports ``evaluate`` (autocast), ``distributed`` and ``errors``; ``load_for_generation``
+loads through ``checkpoint``, ``data`` and ``device``.
 """
 
 from __future__ import annotations

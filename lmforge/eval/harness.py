@@ -34,6 +34,9 @@ log-softmax over the model's whole output, padded vocabulary rows included).
 Under ``torch.distributed`` each rank scores windows ``rank, rank + world_size,
 ...`` (padded so every rank runs the same number of forward passes); the
 per-document sums are all-reduced, so every rank ends with the whole result.
+
+Imports ``evaluate`` (the windows, the row, autocast), ``options``, ``distributed`` and
+``units``; the tokenizer and dataset are passed in.
 """
 
 from __future__ import annotations

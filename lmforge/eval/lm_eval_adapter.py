@@ -16,7 +16,9 @@ scores them:
 
 Numbers equal lm-eval's ``HFLM`` on the Hugging Face export of the same
 checkpoint (fp32): the same windows, the same fp32 log-softmax over the whole
-output. ``lm_eval`` is imported only here, so lmforge runs without it.
+output. ``lm_eval`` is imported only here (and in ``tasks``' functions), so lmforge
+runs without it. Each kind of request reports its progress through the ``progress``
+factory it is given.
 """
 
 from __future__ import annotations

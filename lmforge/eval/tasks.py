@@ -11,8 +11,15 @@ not answer, the process is switched to the Hub's offline mode before lm-eval
 loads anything, so a dataset that is not local fails in one line instead of a
 stack of retries.
 
-Results are saved beside the checkpoint as ``evals/<time>-<task>.json``, where
-``ckpt show`` and ``runs show`` find them (``saved_evals``).
+Every task YAML in ``--tasks-dir`` must parse (``check_task_yamls``): lm-eval passes over
+one that does not, and its task would look unknown.
+
+Results are saved beside the checkpoint as ``evals/<time>-<task>.json`` through
+``lmforge.runs.evals``, where ``ckpt show`` and ``runs show`` read them.
+
+Imports ``options`` and ``errors``; ``runs.evals``, ``data.hub``, ``device``, lm-eval, torch
+and the rest of ``eval`` only inside functions, so the option checks run before any of them
+is loaded.
 """
 
 from __future__ import annotations
