@@ -156,15 +156,13 @@ def test_ddp_with_nproc_matches_one_process_with_twice_the_batch(
     model, config, _ = load_model(run / "checkpoints" / "step-6")  # one process, no torch.distributed
     from lmforge.data.store import open_dataset
     from lmforge.eval.evaluate import evaluate_tokens
+    from lmforge.eval.options import EvalOptions
     from lmforge.workspace import Workspace
 
     val = evaluate_tokens(
         model,
         open_dataset(Workspace.resolve(train_workspace), "wikitext-2").tokens("validation"),
-        block_size=32,
-        stride=32,
-        batch_size=4,
-        max_tokens=config.train.eval_tokens,
+        EvalOptions(block_size=32, stride=32, batch_size=4, max_tokens=config.train.eval_tokens),
     )
     assert val.loss == pytest.approx(_records(run, "eval")[-1]["val_loss"], abs=1e-5)
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from lmforge.config import ModelConfig
 from lmforge.errors import UsageError
 from lmforge.eval.evaluate import EvalResult, evaluate_tokens, sliding_windows, split_row
+from lmforge.eval.options import EvalOptions
 from lmforge.model.gpt import GPT
 
 V = 257
@@ -34,7 +35,7 @@ def test_uniform_model_has_perplexity_equal_to_vocab():
     with torch.no_grad():
         model.transformer.wte.weight.zero_()  # tied lm_head: every logit is 0
     tokens = np.random.default_rng(0).integers(0, V, 200).astype(np.uint16)
-    result = evaluate_tokens(model, tokens, block_size=16, stride=8, batch_size=4)
+    result = evaluate_tokens(model, tokens, EvalOptions(block_size=16, stride=8, batch_size=4))
     assert result.tokens == 199
     assert result.ppl == pytest.approx(V, rel=1e-5)
     assert result.loss == pytest.approx(math.log(V), rel=1e-6)
@@ -58,7 +59,7 @@ def test_windows_score_every_target_once(n, block_size, stride):
 def test_sliding_window_equals_brute_force_at_stride_one(stride):
     model = tiny_gpt().eval()
     tokens = torch.randint(0, V, (40,), generator=torch.Generator().manual_seed(1))
-    result = evaluate_tokens(model, tokens, block_size=16, stride=stride, batch_size=3)
+    result = evaluate_tokens(model, tokens, EvalOptions(block_size=16, stride=stride, batch_size=3))
     assert result.tokens == 39
     if stride == 1:  # every token sees the full block of context
         assert result.loss_sum == pytest.approx(brute_force_nll(model, tokens, 16), rel=1e-5)
@@ -76,7 +77,7 @@ def test_sliding_window_equals_brute_force_at_stride_one(stride):
 def test_non_overlapping_equals_brute_force_with_block_context():
     model = tiny_gpt().eval()
     tokens = torch.randint(0, V, (49,), generator=torch.Generator().manual_seed(2))  # 48 targets = 3 blocks
-    result = evaluate_tokens(model, tokens, block_size=16, stride=16, batch_size=2)
+    result = evaluate_tokens(model, tokens, EvalOptions(block_size=16, stride=16, batch_size=2))
     expected = 0.0
     for j in range(1, 49):
         start = ((j - 1) // 16) * 16
@@ -89,11 +90,11 @@ def test_non_overlapping_equals_brute_force_with_block_context():
 def test_batch_size_and_input_type_do_not_change_the_result():
     model = tiny_gpt()
     tokens = np.random.default_rng(3).integers(0, V, 100).astype(np.uint16)
-    a = evaluate_tokens(model, tokens, block_size=16, stride=5, batch_size=1)
+    a = evaluate_tokens(model, tokens, EvalOptions(block_size=16, stride=5, batch_size=1))
     b = evaluate_tokens(
-        model, torch.from_numpy(tokens.astype(np.int64)), block_size=16, stride=5, batch_size=7
+        model, torch.from_numpy(tokens.astype(np.int64)), EvalOptions(block_size=16, stride=5, batch_size=7)
     )
-    c = evaluate_tokens(model, tokens.tolist(), block_size=16, stride=5, batch_size=64)
+    c = evaluate_tokens(model, tokens.tolist(), EvalOptions(block_size=16, stride=5, batch_size=64))
     assert a.tokens == b.tokens == c.tokens
     assert a.loss_sum == pytest.approx(b.loss_sum, rel=1e-6) == pytest.approx(c.loss_sum, rel=1e-6)
 
@@ -102,9 +103,11 @@ def test_batch_size_and_input_type_do_not_change_the_result():
 def test_rank_results_sum_to_the_single_process_result(world_size):
     model = tiny_gpt()
     tokens = np.random.default_rng(4).integers(0, V, 90).astype(np.uint16)
-    whole = evaluate_tokens(model, tokens, block_size=16, stride=4, batch_size=2)
+    whole = evaluate_tokens(model, tokens, EvalOptions(block_size=16, stride=4, batch_size=2))
     parts = [
-        evaluate_tokens(model, tokens, block_size=16, stride=4, batch_size=2, rank=r, world_size=world_size)
+        evaluate_tokens(
+            model, tokens, EvalOptions(block_size=16, stride=4, batch_size=2, rank=r, world_size=world_size)
+        )
         for r in range(world_size)
     ]
     assert sum(p.tokens for p in parts) == whole.tokens
@@ -115,17 +118,16 @@ def test_max_tokens_scores_the_start_and_progress_counts_targets():
     model = tiny_gpt()
     tokens = np.random.default_rng(5).integers(0, V, 100).astype(np.uint16)
     seen = []
-    part = evaluate_tokens(
-        model, tokens, block_size=16, stride=8, batch_size=2, max_tokens=30, progress=seen.append
-    )
+    options = EvalOptions(block_size=16, stride=8, batch_size=2, max_tokens=30)
+    part = evaluate_tokens(model, tokens, options, progress=seen.append)
     assert part.tokens == 30 and sum(seen) == 30
-    same = evaluate_tokens(model, tokens[:31], block_size=16, stride=8, batch_size=2)
+    same = evaluate_tokens(model, tokens[:31], EvalOptions(block_size=16, stride=8, batch_size=2))
     assert part.loss_sum == pytest.approx(same.loss_sum)
 
 
 def test_model_mode_is_restored():
     model = tiny_gpt().train()
-    evaluate_tokens(model, list(range(40)), block_size=16, stride=8, batch_size=2)
+    evaluate_tokens(model, list(range(40)), EvalOptions(block_size=16, stride=8, batch_size=2))
     assert model.training
 
 
@@ -142,13 +144,13 @@ def test_model_mode_is_restored():
 def test_bad_window_options(kwargs, match):
     kwargs = {"batch_size": 2, **kwargs}
     with pytest.raises(UsageError, match=match) as info:
-        evaluate_tokens(tiny_gpt(), list(range(40)), **kwargs)
+        evaluate_tokens(tiny_gpt(), list(range(40)), EvalOptions(**kwargs))
     assert info.value.exit_code == 2
 
 
 def test_token_ids_outside_the_vocabulary():
     with pytest.raises(UsageError, match="outside the model's vocabulary"):
-        evaluate_tokens(tiny_gpt(), [1, 2, 300, 4], block_size=4, stride=4, batch_size=1)
+        evaluate_tokens(tiny_gpt(), [1, 2, 300, 4], EvalOptions(block_size=4, stride=4, batch_size=1))
 
 
 def test_word_and_byte_normalisation():

@@ -23,6 +23,7 @@ from lmforge.eval.harness import (
     score_pairs,
     wikitext_detokenizer,
 )
+from lmforge.eval.options import EvalOptions
 from lmforge.model.gpt import GPT
 
 V = 257
@@ -175,7 +176,7 @@ def test_harness_protocol_equals_brute_force(harness_ws):
 
     tok = bytes_tokenizer()
     ds = open_dataset(ws, "wikitext-2")
-    (row,) = evaluate_harness(model, tok, ds, splits=["test"], batch_size=3)
+    (row,) = evaluate_harness(model, tok, ds, EvalOptions(batch_size=3), splits=["test"])
     pages = articles["test"]
     encoded = [tok.encode(wikitext_detokenizer(p)) for p in pages]
     ll = sum(brute_force_document(model, t, 16) for t in encoded)
@@ -194,9 +195,10 @@ def test_harness_protocol_equals_brute_force(harness_ws):
 def test_rank_shares_add_up_to_the_whole():
     model = tiny_gpt()
     docs = [list(np.random.default_rng(i).integers(0, 256, n)) for i, n in enumerate([3, 40, 16, 17, 70])]
-    whole = rolling_loglikelihoods(model, docs, prefix=EOT, batch_size=2)
+    whole = rolling_loglikelihoods(model, docs, EvalOptions(batch_size=2), prefix=EOT)
     shares = [
-        rolling_loglikelihoods(model, docs, prefix=EOT, batch_size=2, rank=r, world_size=2) for r in (0, 1)
+        rolling_loglikelihoods(model, docs, EvalOptions(batch_size=2, rank=r, world_size=2), prefix=EOT)
+        for r in (0, 1)
     ]
     assert np.allclose(np.add(*shares), whole, rtol=1e-5)
     assert whole[0] == pytest.approx(brute_force_document(model, [int(t) for t in docs[0]], 16), rel=1e-5)
@@ -208,8 +210,8 @@ def test_score_pairs_greedy_and_padding():
         logits, _ = model(torch.tensor([[EOT, 5, 6]]))
     best = int(logits[0, -1].argmax())
     pairs = [([EOT, 5, 6], [best]), ([EOT], [1, 2, 3, 4, 5, 6, 7]), ([EOT, 5, 6], [(best + 1) % 256])]
-    together = score_pairs(model, pairs, batch_size=3)
-    alone = [score_pairs(model, [p], batch_size=1)[0] for p in pairs]
+    together = score_pairs(model, pairs, EvalOptions(batch_size=3))
+    alone = [score_pairs(model, [p], EvalOptions(batch_size=1))[0] for p in pairs]
     assert [g for _, g in together] == [True, False, False]
     assert np.allclose([v for v, _ in together], [v for v, _ in alone], rtol=1e-5)
     expected = F.log_softmax(logits[0, -1].double(), -1)[best].item()

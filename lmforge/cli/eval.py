@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 
 import typer
 from rich.table import Table
@@ -105,8 +106,10 @@ def eval_command(
     from lmforge import distributed
     from lmforge.device import resolve_device
     from lmforge.errors import UsageError
-    from lmforge.eval.evaluate import check_protocol, evaluate_checkpoint
+    from lmforge.eval.evaluate import evaluate_checkpoint
+    from lmforge.eval.options import EvalOptions, check_protocol
     from lmforge.eval.tasks import check_task_options, evaluate_tasks_checkpoint, parse_tasks, require_lm_eval
+    from lmforge.runs.names import resolve_checkpoint
 
     task_names = parse_tasks(tasks) if tasks is not None else []
     if task_names:
@@ -116,33 +119,38 @@ def eval_command(
         raise UsageError("--limit, --num-fewshot and --tasks-dir apply to --tasks", "e.g. --tasks hellaswag")
     if protocol is None and not task_names:
         protocol = "stream"
+    options = EvalOptions(
+        block_size=block_size,
+        stride=stride,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+        device=device,
+        dtype=dtype,
+    )
     if protocol is not None:
-        check_protocol(protocol, block_size=block_size, stride=stride, max_tokens=max_tokens)
+        check_protocol(protocol, options)
     splits = [s.strip() for s in split.split(",") if s.strip()]
     if not splits:
         raise UsageError(f"--split names no split: {split!r}", "e.g. --split validation,test")
     ws = workspace(ctx)
+    # every name is resolved before the first checkpoint is scored, so a typo fails at once
+    paths = {spec: resolve_checkpoint(ws, spec) for spec in checkpoints}
     # under torchrun: join the group; "auto" is then cuda:LOCAL_RANK (see resolve_device)
     dist = distributed.init_distributed(resolve_device(device).type)
+    options = replace(options, rank=dist.rank, world_size=dist.world_size)
     quiet = state(ctx).quiet or not dist.is_main
     rows = []
     try:
         with _progress(quiet) as progress:
-            for spec in checkpoints if protocol is not None else []:
+            for spec, path in paths.items() if protocol is not None else []:
                 rows += evaluate_checkpoint(
                     ws,
-                    spec,
+                    path,
+                    options,
                     data=data,
                     splits=splits,
                     protocol=protocol,
-                    block_size=block_size,
-                    stride=stride,
-                    batch_size=batch_size,
-                    max_tokens=max_tokens,
-                    device=device,
-                    dtype=dtype,
-                    rank=dist.rank,
-                    world_size=dist.world_size,
+                    label=spec,
                     progress=progress,
                 )
     finally:
@@ -150,21 +158,23 @@ def eval_command(
     if not dist.is_main:
         return  # harness tasks run on rank 0 alone, after the group is gone: no rank waits on another
     task_rows = []
-    for spec in checkpoints if task_names else []:
-        found, saved = evaluate_tasks_checkpoint(
-            ws,
-            spec,
-            task_names,
-            tasks_dir=tasks_dir,
-            limit=limit,
-            num_fewshot=num_fewshot,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-        )
-        task_rows += found
-        if saved is not None and not as_json:
-            err_console.print(f"[dim]Saved[/dim] {saved}", highlight=False)
+    task_options = replace(options, rank=0, world_size=1)
+    with _progress(quiet) as progress:
+        for spec, path in paths.items() if task_names else []:
+            found, saved = evaluate_tasks_checkpoint(
+                ws,
+                path,
+                task_names,
+                task_options,
+                label=spec,
+                tasks_dir=tasks_dir,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                progress=progress,
+            )
+            task_rows += found
+            if saved is not None and not as_json:
+                err_console.print(f"[dim]Saved[/dim] {saved}", highlight=False)
     if as_json:
         print_json([row.to_dict() for row in rows] + [row.to_dict() for row in task_rows])
         return
@@ -179,9 +189,16 @@ def eval_command(
 
 @contextlib.contextmanager
 def _progress(quiet: bool) -> Iterator:
-    """A factory of progress bars on stderr (one per checkpoint and split), advanced by tokens."""
+    """A progress factory on stderr, advanced by tokens: a Rich bar per checkpoint and split on
+    a terminal, plain lines (start, once a minute, end) otherwise (a log file, CI)."""
     if quiet:
         yield None
+        return
+    if not err_console.is_terminal:
+        from lmforge.cli.progress_lines import ProgressLines
+
+        with ProgressLines(prefix="eval ") as lines:
+            yield lines.start
         return
     from rich.progress import (
         BarColumn,
@@ -192,22 +209,23 @@ def _progress(quiet: bool) -> Iterator:
         TransferSpeedColumn,
     )
 
-    class TokensPerSecond(TransferSpeedColumn):
+    class Speed(TransferSpeedColumn):
         def render(self, task):
             speed = task.finished_speed or task.speed
-            return "" if speed is None else f"{speed:,.0f} tok/s"
+            unit = "tok/s" if task.fields["unit"] == "tokens" else f"{task.fields['unit']}/s"
+            return "" if speed is None else f"{speed:,.0f} {unit}"
 
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TokensPerSecond(),
+        Speed(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=False) as progress:
 
-        def start(label: str, total: int):
-            task = progress.add_task(label, total=total)
+        def start(label: str, total: int, unit: str = "tokens"):
+            task = progress.add_task(label, total=total, unit=unit)
             return lambda n: progress.advance(task, n)
 
         yield start

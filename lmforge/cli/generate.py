@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import typer
 
-from lmforge.cli.common import DEVICE_OPTION, DTYPE_OPTION, err_console, info, workspace
+from lmforge.cli.common import DEVICE_OPTION, DTYPE_OPTION, err_console, info, state, workspace
 
 SEPARATOR = "-" * 40
 
@@ -64,6 +65,7 @@ def generate_command(
     """
     from lmforge.device import resolve_device, resolve_dtype
     from lmforge.eval.generate import check_sampling, generate, load_for_generation
+    from lmforge.runs.names import resolve_checkpoint
 
     sampling = {
         "max_tokens": max_tokens,
@@ -80,7 +82,8 @@ def generate_command(
     if prompt is None:
         prompt = sys.stdin.read().rstrip("\r\n") if not sys.stdin.isatty() else ""
 
-    model, tokenizer, meta = load_for_generation(ws, checkpoint, device=device, tokenizer_file=tokenizer_file)
+    path = resolve_checkpoint(ws, checkpoint)
+    model, tokenizer, meta = load_for_generation(ws, path, device=device, tokenizer_file=tokenizer_file)
     info(
         ctx,
         f"[dim]{checkpoint}: run {meta.get('run')}, step {meta.get('step')}, "
@@ -91,7 +94,7 @@ def generate_command(
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    def sample_end(i: int, completion: str) -> None:
+    def end_text(i: int, completion: str) -> None:
         if no_stream:
             write(prompt + completion)
         write("\n")
@@ -100,16 +103,43 @@ def generate_command(
             if not no_stream:
                 write(prompt)
 
+    lines = _progress_lines(ctx, checkpoint, num_samples, max_tokens)
+
+    def sample_end(i: int, completion: str) -> None:
+        if lines is not None:
+            lines.skip_to((i + 1) * max_tokens)  # a sample that stopped at end-of-text is done too
+            if i + 1 < num_samples:
+                lines.relabel(f"{checkpoint} sample {i + 2}/{num_samples}")
+        end_text(i, completion)
+
     if not no_stream:
         write(prompt)
-    generate(
-        model,
-        tokenizer,
-        prompt,
-        **sampling,
-        seed=seed,
-        on_text=None if no_stream else (lambda i, text: write(text)),
-        on_sample_end=sample_end,
-        dtype=precision,
-        on_warning=lambda message: err_console.print(f"[yellow]Warning:[/yellow] {message}", highlight=False),
-    )
+    with lines or contextlib.nullcontext():
+        generate(
+            model,
+            tokenizer,
+            prompt,
+            **sampling,
+            seed=seed,
+            on_text=None if no_stream else (lambda i, text: write(text)),
+            on_sample_end=sample_end,
+            dtype=precision,
+            on_warning=lambda message: err_console.print(
+                f"[yellow]Warning:[/yellow] {message}", highlight=False
+            ),
+            progress=lines.advance if lines is not None else None,
+        )
+
+
+def _progress_lines(ctx: typer.Context, checkpoint: str, num_samples: int, max_tokens: int):
+    """Plain progress lines on stderr when it is not a terminal (and not --quiet): tokens made,
+    tok/s and an ETA (an upper bound: a sample may stop early), at least once a minute; the
+    start and end lines only for several samples."""
+    from lmforge.cli.progress_lines import ProgressLines
+
+    if state(ctx).quiet or err_console.is_terminal:
+        return None
+    lines = ProgressLines(prefix="generate ", edges=num_samples > 1)
+    label = f"{checkpoint} sample 1/{num_samples}" if num_samples > 1 else checkpoint
+    lines.start(label, num_samples * max_tokens)
+    return lines

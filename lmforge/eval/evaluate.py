@@ -32,6 +32,10 @@ document by document) lives in ``harness``.
 Under ``torch.distributed`` each rank scores windows ``rank, rank + world_size,
 ...``; the NLL sums and token counts are summed with ``all_reduce``, so every
 rank ends with the result of one process scoring everything.
+
+How a model is scored (windows, batch, device, dtype, rank) is one ``EvalOptions``
+(``options``). Imports ``options``, ``distributed``, ``errors`` and ``units``;
+``evaluate_checkpoint`` loads through ``checkpoint``, ``data`` and ``device``.
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ import contextlib
 import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -51,22 +56,23 @@ import torch.nn.functional as F
 from lmforge.distributed import all_reduce_sum
 from lmforge.distributed import unwrap as unwrap_model
 from lmforge.errors import UsageError
+from lmforge.eval.options import DEFAULT_SPLITS, EvalOptions, check_protocol
 from lmforge.units import perplexity
 
 if TYPE_CHECKING:
     from lmforge.data.store import PreparedDataset
     from lmforge.workspace import Workspace
 
-DEFAULT_SPLITS = ("validation", "test")
-DEFAULT_BATCH_SIZE = 8
 
 # progress(n): n more targets were scored
 Progress = Callable[[int], None]
-# start(label, total) -> progress, for one bar per checkpoint and split
-ProgressFactory = Callable[[str, int], Progress]
 
 
-PROTOCOLS = ("stream", "harness")
+class ProgressFactory(Protocol):
+    """``start(label, total)`` -> progress: one bar (or run of log lines) per checkpoint and
+    split, counted in ``unit`` (tokens unless said)."""
+
+    def __call__(self, label: str, total: int, unit: str = "tokens") -> Progress: ...
 
 
 @dataclass(frozen=True)
@@ -133,25 +139,6 @@ def autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMana
     return torch.autocast(device_type=device.type, dtype=TORCH_DTYPES[dtype])
 
 
-def check_window(block_size: int, stride: int, batch_size: int, context: int) -> None:
-    """The one-line errors for window options that cannot work."""
-    if block_size < 1:
-        raise UsageError(f"--block-size must be >= 1, got {block_size}")
-    if block_size > context:
-        raise UsageError(
-            f"--block-size {block_size} is larger than the model's context of {context} tokens",
-            f"use --block-size {context} or less",
-        )
-    if not 1 <= stride <= block_size:
-        raise UsageError(
-            f"--stride must be between 1 and the block size ({block_size}), got {stride}",
-            f"--stride {block_size} gives non-overlapping windows, --stride {max(1, block_size // 2)} "
-            "gives every token at least half a block of context",
-        )
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-
-
 def sliding_windows(n_tokens: int, block_size: int, stride: int) -> list[tuple[int, int, int]]:
     """``(begin, end, first_scored)`` per window over ``n_tokens`` tokens.
 
@@ -182,21 +169,14 @@ def _batches(windows: Sequence[tuple[int, int, int] | None], batch_size: int) ->
 def evaluate_tokens(
     model: nn.Module,
     tokens: Any,
+    options: EvalOptions = EvalOptions(),
     *,
-    block_size: int,
-    stride: int,
-    batch_size: int,
-    max_tokens: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: str = "fp32",
-    rank: int = 0,
-    world_size: int = 1,
     progress: Progress | None = None,
     eot_token: int | None = None,
 ) -> EvalResult:
     """Sliding-window NLL of ``model`` over ``tokens`` (1-D ints: array, memmap, tensor, list).
 
-    ``max_tokens`` scores only the first ``max_tokens`` targets. ``rank``/``world_size``
+    ``options.max_tokens`` scores only the first ``max_tokens`` targets. ``rank``/``world_size``
     pick this process's share of the windows; when ``torch.distributed`` is initialized
     the sums are all-reduced, otherwise the result is this rank's share (which is what
     a test of the reduction wants). ``progress(n)`` is called after each batch with the
@@ -205,10 +185,10 @@ def evaluate_tokens(
     """
     inner = unwrap_model(model)
     config = getattr(inner, "config", None)
-    context = config.block_size if config is not None else block_size
-    check_window(block_size, stride, batch_size, context)
-    if max_tokens is not None and max_tokens < 1:
-        raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
+    context = config.block_size if config is not None else options.block_size
+    block_size, stride = options.window(context)
+    batch_size, max_tokens, dtype = options.batch_size, options.max_tokens, options.dtype
+    device, rank, world_size = options.device, options.rank, options.world_size
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -352,118 +332,66 @@ def check_splits(dataset: PreparedDataset, splits: Sequence[str]) -> None:
 def evaluate(
     model: nn.Module,
     dataset: PreparedDataset,
+    options: EvalOptions = EvalOptions(),
     *,
     splits: Sequence[str] = DEFAULT_SPLITS,
     checkpoint: str = "model",
-    block_size: int | None = None,
-    stride: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_tokens: int | None = None,
-    device: torch.device | str | None = None,
-    dtype: str = "fp32",
-    rank: int = 0,
-    world_size: int = 1,
     progress: ProgressFactory | None = None,
 ) -> list[EvalRow]:
-    """Evaluate ``model`` on ``splits`` of a prepared dataset: one row per split.
-
-    ``block_size`` defaults to the model's context, ``stride`` to half the block size.
-    Every split is checked before the first is scored, so a typo fails fast.
-    """
-    context = unwrap_model(model).config.block_size
-    block_size = context if block_size is None else block_size
-    stride = max(1, block_size // 2) if stride is None else stride
-    check_window(block_size, stride, batch_size, context)
+    """Evaluate ``model`` on ``splits`` of a prepared dataset: one row per split, labelled
+    ``checkpoint``. Every split is checked before the first is scored, so a typo fails fast."""
+    options.window(unwrap_model(model).config.block_size)
     check_splits(dataset, splits)
     rows = []
     for split in splits:
         tokens = dataset.tokens(split)
+        max_tokens = options.max_tokens
         n_targets = len(tokens) - 1 if max_tokens is None else min(len(tokens) - 1, max_tokens)
         advance = progress(f"{checkpoint} {split}", n_targets) if progress else None
-        if advance is not None and world_size > 1:  # the bar shows rank 0's share, scaled to the whole
-            advance = functools.partial(lambda n, f: f(n * world_size), f=advance)
-        result = evaluate_tokens(
-            model,
-            tokens,
-            block_size=block_size,
-            stride=stride,
-            batch_size=batch_size,
-            max_tokens=max_tokens,
-            device=device,
-            dtype=dtype,
-            rank=rank,
-            world_size=world_size,
-            progress=advance,
-            eot_token=dataset.eot_token,
-        )
+        if advance is not None and options.world_size > 1:  # the bar shows rank 0's share, scaled
+            advance = functools.partial(lambda n, f, k: f(n * k), f=advance, k=options.world_size)
+        result = evaluate_tokens(model, tokens, options, progress=advance, eot_token=dataset.eot_token)
         rows.append(split_row(checkpoint, split, result, dataset.split_meta(split), len(tokens)))
     return rows
 
 
 def evaluate_checkpoint(
     workspace: Workspace,
-    spec: str,
+    path: Path,
+    options: EvalOptions = EvalOptions(device="auto", dtype="auto"),
     *,
     data: str | None = None,
     splits: Sequence[str] = DEFAULT_SPLITS,
     protocol: str = "stream",
-    block_size: int | None = None,
-    stride: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    max_tokens: int | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-    rank: int = 0,
-    world_size: int = 1,
+    label: str | None = None,
     progress: ProgressFactory | None = None,
 ) -> list[EvalRow]:
-    """``lmforge eval SPEC``: resolve a checkpoint name, load it, evaluate it on its
-    dataset (or ``data``) under ``protocol`` after checking that the tokenizers match."""
+    """``lmforge eval``: load the checkpoint directory ``path`` (a name is resolved by the
+    caller: ``lmforge.runs.names.resolve_checkpoint``), evaluate it on its dataset (or
+    ``data``) under ``protocol`` after checking that the tokenizers match. Rows are labelled
+    ``label`` (default: the path). ``options.device``/``dtype`` may be ``"auto"``."""
     from lmforge.checkpoint.store import load_model
     from lmforge.data.store import check_tokenizer_match, open_dataset
     from lmforge.device import resolve_device, resolve_dtype
-    from lmforge.runs.names import resolve_checkpoint
 
-    check_protocol(protocol, block_size=block_size, stride=stride, max_tokens=max_tokens)
-    path = resolve_checkpoint(workspace, spec)
-    dev = resolve_device(device)
-    precision = resolve_dtype(dtype, dev, workspace.cache_dir)  # a CPU's bf16 measured once per workspace
-    model, config, meta = load_model(path, device=dev)
+    check_protocol(protocol, options)
+    label = str(path) if label is None else label
+    dev = resolve_device(options.device or "auto")
+    # on a CPU, "auto" reads the bf16 measurement cached once per workspace
+    precision = resolve_dtype(options.dtype, dev, workspace.cache_dir)
+    model, config, meta = load_model(Path(path), device=dev)
     name = data or meta.get("dataset") or config.data.name
     dataset = open_dataset(workspace, name)
     if meta.get("tokenizer"):
-        check_tokenizer_match(dataset.tokenizer_identity, meta["tokenizer"], f"checkpoint {spec}")
-    common = dict(
-        splits=splits,
-        checkpoint=spec,
-        batch_size=batch_size,
-        device=dev,
-        dtype=precision,
-        rank=rank,
-        world_size=world_size,
-        progress=progress,
-    )
+        check_tokenizer_match(dataset.tokenizer_identity, meta["tokenizer"], f"checkpoint {label}")
+    options = replace(options, device=dev, dtype=precision)
     if protocol == "harness":
         from lmforge.data.tokenizer import tokenizer_from_identity
         from lmforge.eval.harness import evaluate_harness
 
         check_splits(dataset, splits)
         tokenizer = tokenizer_from_identity(dataset.tokenizer_identity, workspace=workspace)
-        return evaluate_harness(model, tokenizer, dataset, **common)
-    return evaluate(model, dataset, block_size=block_size, stride=stride, max_tokens=max_tokens, **common)
-
-
-def check_protocol(
-    protocol: str, *, block_size: int | None, stride: int | None, max_tokens: int | None
-) -> None:
-    """The one-line errors for an unknown protocol, or stream-only options under harness."""
-    if protocol not in PROTOCOLS:
-        raise UsageError(f"unknown --protocol {protocol!r}", f"choose from {', '.join(PROTOCOLS)}")
-    if protocol == "harness":
-        options = {"--block-size": block_size, "--stride": stride, "--max-tokens": max_tokens}
-        given = [flag for flag, value in options.items() if value is not None]
-        if given:
-            raise UsageError(
-                f"{', '.join(given)} apply to --protocol stream only",
-                "the harness protocol scores whole documents in disjoint windows of the model's context",
-            )
+        return evaluate_harness(
+            model, tokenizer, dataset, options, splits=splits, checkpoint=label, progress=progress
+        )
+    return evaluate(model, dataset, options, splits=splits, checkpoint=label, progress=progress)

@@ -17,6 +17,9 @@ Streaming: token boundaries need not be character boundaries (GPT-2's BPE and
 the byte tokenizer split multi-byte UTF-8 characters), so each token's bytes go
 through an incremental UTF-8 decoder and ``on_text`` only ever receives whole
 characters.
+
+Imports ``evaluate`` (autocast), ``distributed`` and ``errors``; ``load_for_generation``
+loads through ``checkpoint``, ``data`` and ``device``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import codecs
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -139,13 +143,15 @@ def generate(
     dtype: str = "fp32",
     on_warning: Callable[[str], None] | None = None,
     on_sample_end: Callable[[int, str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Complete ``prompt`` ``num_samples`` times; returns the completions (without the prompt).
 
     ``on_text(sample_index, text)`` receives each completion piece by piece as it is
     made, always whole characters; ``on_sample_end(sample_index, completion)`` follows
-    each finished sample. Samples are made one after another from one random
-    generator seeded with ``seed``, so a seed gives the same samples streamed or not.
+    each finished sample; ``progress(1)`` follows each new token. Samples are made one
+    after another from one random generator seeded with ``seed``, so a seed gives the
+    same samples streamed or not.
     An empty prompt starts from the end-of-text token (unconditional samples). A
     prompt longer than the context keeps its last ``block_size`` tokens and warns
     (``on_warning(message)``, else a ``PromptCroppedWarning``). The model is put in eval
@@ -205,6 +211,7 @@ def generate(
                     use_cache=use_cache,
                     stream=Utf8Stream(tokenizer) if emit else None,
                     emit=emit,
+                    progress=progress,
                 )
                 completions.append(tokenizer.decode(new))
                 if on_sample_end is not None:
@@ -233,6 +240,7 @@ def _generate_one(
     use_cache: bool,
     stream: Utf8Stream | None,
     emit: Callable[[str], None] | None,
+    progress: Callable[[int], None] | None = None,
 ) -> list[int]:
     """The token loop for one sample; returns the new ids (end-of-text excluded)."""
     device = next(model.parameters()).device
@@ -257,6 +265,8 @@ def _generate_one(
         seq.append(token)
         new.append(token)
         pending = [token]
+        if progress is not None:
+            progress(1)
         if stream is not None and emit is not None:
             text = stream.push(token)
             if text:
@@ -270,18 +280,18 @@ def _generate_one(
 
 def load_for_generation(
     workspace: Workspace,
-    spec: str,
+    path: Path,
     *,
     device: str = "auto",
     tokenizer_file: str | None = None,
 ) -> tuple[GPT, Tokenizer, dict]:
-    """Resolve a checkpoint name and load its model (eval mode) and its own tokenizer."""
+    """Load the model (eval mode) of the checkpoint directory ``path`` and its own tokenizer
+    (a checkpoint name is resolved by the caller: ``lmforge.runs.names.resolve_checkpoint``)."""
     from lmforge.checkpoint.store import load_model
     from lmforge.data.tokenizer import tokenizer_from_identity
     from lmforge.device import resolve_device
-    from lmforge.runs.names import resolve_checkpoint
 
-    path = resolve_checkpoint(workspace, spec)
+    path = Path(path)
     model, config, meta = load_model(path, device=resolve_device(device))
     identity = meta.get("tokenizer") or {"name": config.tokenizer}
     tokenizer = tokenizer_from_identity(identity, workspace=workspace, tokenizer_file=tokenizer_file)

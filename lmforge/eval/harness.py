@@ -34,13 +34,16 @@ log-softmax over the model's whole output, padded vocabulary rows included).
 Under ``torch.distributed`` each rank scores windows ``rank, rank + world_size,
 ...`` (padded so every rank runs the same number of forward passes); the
 per-document sums are all-reduced, so every rank ends with the whole result.
+
+Imports ``evaluate`` (the windows, the row, autocast), ``options``, ``distributed`` and
+``units``; the tokenizer and dataset are passed in.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -49,7 +52,8 @@ import torch.nn.functional as F
 
 from lmforge.distributed import all_reduce_sum
 from lmforge.distributed import unwrap as unwrap_model
-from lmforge.eval.evaluate import EvalRow, autocast, check_window, sliding_windows
+from lmforge.eval.evaluate import EvalRow, Progress, ProgressFactory, autocast, sliding_windows
+from lmforge.eval.options import EvalOptions, check_protocol, check_window
 from lmforge.units import perplexity
 
 if TYPE_CHECKING:
@@ -57,7 +61,6 @@ if TYPE_CHECKING:
     from lmforge.data.tokenizer import Tokenizer
 
 Pair = tuple[list[int], list[int]]  # (context ids, continuation ids)
-Progress = Callable[[int], None]
 
 
 # ----------------------------------------------------------------------------- WikiText's text
@@ -118,10 +121,8 @@ def rolling_pairs(tokens: Sequence[int], prefix: int, context: int) -> list[Pair
 def score_pairs(
     model: nn.Module,
     pairs: Sequence[Pair],
+    options: EvalOptions = EvalOptions(),
     *,
-    batch_size: int,
-    device: torch.device | str | None = None,
-    dtype: str = "fp32",
     progress: Progress | None = None,
     greedy: bool = True,
 ) -> list[tuple[float, bool]]:
@@ -133,9 +134,11 @@ def score_pairs(
     run longest first and right-padded within a batch: a causal model's outputs at
     the real positions do not see the padding. ``progress(n)``: n more tokens scored.
     ``greedy=False`` skips the argmax (rolling windows need only the sums) and reports False.
+    Of ``options``: ``batch_size``, ``device`` and ``dtype``.
     """
     inner = unwrap_model(model)
     context = inner.config.block_size
+    batch_size, device, dtype = options.batch_size, options.device, options.dtype
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -183,19 +186,16 @@ def score_pairs(
 def rolling_loglikelihoods(
     model: nn.Module,
     documents: Sequence[Sequence[int]],
+    options: EvalOptions = EvalOptions(),
     *,
     prefix: int,
-    batch_size: int,
-    device: torch.device | str | None = None,
-    dtype: str = "fp32",
-    rank: int = 0,
-    world_size: int = 1,
     progress: Progress | None = None,
 ) -> list[float]:
     """Summed log-likelihood of each token list, in disjoint rolling windows of the
     model's context after a ``prefix`` token (lm-eval's ``loglikelihood_rolling``).
     Sharded over ranks as the module docstring says; an empty document scores 0."""
     context = unwrap_model(model).config.block_size
+    device, rank, world_size = options.device, options.rank, options.world_size
     windows = [(d, pair) for d, doc in enumerate(documents) for pair in rolling_pairs(doc, prefix, context)]
     mine = windows[rank::world_size]
     # every rank runs as many forward passes as the others (FSDP's forward is a collective)
@@ -204,9 +204,7 @@ def rolling_loglikelihoods(
     if padding and windows:
         mine = mine + [(-1, windows[0][1])] * padding
     pairs = [pair for _, pair in mine]
-    scores = score_pairs(
-        model, pairs, batch_size=batch_size, device=device, dtype=dtype, progress=progress, greedy=False
-    )
+    scores = score_pairs(model, pairs, options, progress=progress, greedy=False)
     if device is None:
         device = next(model.parameters()).device
     totals = torch.zeros(len(documents), dtype=torch.float64)
@@ -226,22 +224,22 @@ def evaluate_harness(
     model: nn.Module,
     tokenizer: Tokenizer,
     dataset: PreparedDataset,
+    options: EvalOptions = EvalOptions(),
     *,
     splits: Sequence[str],
     checkpoint: str = "model",
-    batch_size: int = 8,
-    device: torch.device | str | None = None,
-    dtype: str = "fp32",
-    rank: int = 0,
-    world_size: int = 1,
-    progress: Callable[[str, int], Progress] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> list[EvalRow]:
     """One row per split: lm-eval's ``wikitext`` numbers on the split's documents.
 
-    Every split's documents are read before the first is scored, so a dataset that
-    does not keep them fails at once (with the command that fixes it)."""
+    The windows are the model's context: ``options`` gives the batch, device, dtype and
+    rank (its window options are refused). Every split's documents are read before the
+    first is scored, so a dataset that does not keep them fails at once (with the command
+    that fixes it)."""
+    check_protocol("harness", options)
     context = unwrap_model(model).config.block_size
-    check_window(context, context, batch_size, context)
+    check_window(context, context, options.batch_size, context)
+    world_size = options.world_size
     pages = {split: dataset.documents(split) for split in splits}
     rows = []
     for split in splits:
@@ -250,17 +248,7 @@ def evaluate_harness(
         advance = progress(f"{checkpoint} {split}", n_tokens) if progress else None
         if advance is not None and world_size > 1:  # rank 0's share, scaled to the whole
             advance = (lambda f: lambda n: f(n * world_size))(advance)
-        lls = rolling_loglikelihoods(
-            model,
-            encoded,
-            prefix=tokenizer.eot_token,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            rank=rank,
-            world_size=world_size,
-            progress=advance,
-        )
+        lls = rolling_loglikelihoods(model, encoded, options, prefix=tokenizer.eot_token, progress=advance)
         nll = -sum(lls)
         words = sum(harness_words(p) for p in pages[split])
         nbytes = sum(harness_bytes(p) for p in pages[split])

@@ -16,7 +16,9 @@ scores them:
 
 Numbers equal lm-eval's ``HFLM`` on the Hugging Face export of the same
 checkpoint (fp32): the same windows, the same fp32 log-softmax over the whole
-output. ``lm_eval`` is imported only here, so lmforge runs without it.
+output. ``lm_eval`` is imported only here (and in ``tasks``' functions), so lmforge
+runs without it. Each kind of request reports its progress through the ``progress``
+factory it is given.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import torch.nn as nn
 
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.distributed import unwrap as unwrap_model
-from lmforge.eval.evaluate import autocast
+from lmforge.eval.evaluate import Progress, ProgressFactory, autocast
 from lmforge.eval.generate import sample_next
 from lmforge.eval.harness import rolling_loglikelihoods, score_pairs
+from lmforge.eval.options import EvalOptions
 from lmforge.eval.tasks import require_lm_eval
 
 require_lm_eval()
@@ -57,12 +60,16 @@ class LmforgeLM(TemplateLM):
         batch_size: int = 8,
         dtype: str = "fp32",
         max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+        progress: ProgressFactory | None = None,
+        label: str = "model",
     ) -> None:
         super().__init__()
         self.model = model
         self.lm_tokenizer = tokenizer
         self.batch_size = batch_size
         self.dtype = dtype
+        self.options = EvalOptions(batch_size=batch_size, dtype=dtype)
+        self.progress, self.label = progress, label
         self.max_gen_toks = max_gen_toks
         self.max_length = unwrap_model(model).config.block_size
         self._device = next(model.parameters()).device
@@ -90,13 +97,19 @@ class LmforgeLM(TemplateLM):
         self, requests, disable_tqdm: bool = False, **kwargs
     ) -> list[tuple[float, bool]]:
         pairs = [(list(ctx), list(cont)) for _, ctx, cont in requests]
-        return score_pairs(self.model, pairs, batch_size=self.batch_size, dtype=self.dtype)
+        advance = self._start("loglikelihood", sum(len(cont) for _, cont in pairs))
+        return score_pairs(self.model, pairs, self.options, progress=advance)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         docs = [self.tok_encode(req.args[0]) for req in requests]
+        advance = self._start("loglikelihood_rolling", sum(len(d) for d in docs))
         return rolling_loglikelihoods(
-            self.model, docs, prefix=self.prefix_token_id, batch_size=self.batch_size, dtype=self.dtype
+            self.model, docs, self.options, prefix=self.prefix_token_id, progress=advance
         )
+
+    def _start(self, kind: str, total: int, unit: str = "tokens") -> Progress | None:
+        """A progress bar (or log lines) for one kind of request, counted in ``unit``."""
+        return None if self.progress is None else self.progress(f"{self.label} {kind}", total, unit=unit)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Prompts grouped by (generation settings, prompt length) so that a batch needs
@@ -118,12 +131,15 @@ class LmforgeLM(TemplateLM):
             key = (repr(sorted(kwargs.items())), len(ids))
             settings[key] = kwargs
             groups[key].append((i, ids))
+        advance = self._start("generate_until", len(requests), unit="requests")
         for key, items in groups.items():
             for start in range(0, len(items), self.batch_size):
                 batch = items[start : start + self.batch_size]
                 texts = self._generate([ids for _, ids in batch], settings[key])
                 for (i, _), text in zip(batch, texts, strict=True):
                     results[i] = text
+                if advance is not None:
+                    advance(len(batch))
         return [r if r is not None else "" for r in results]
 
     def _generate(self, prompts: list[list[int]], kwargs: dict[str, Any]) -> list[str]:

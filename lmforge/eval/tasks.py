@@ -11,31 +11,35 @@ not answer, the process is switched to the Hub's offline mode before lm-eval
 loads anything, so a dataset that is not local fails in one line instead of a
 stack of retries.
 
-Results are saved beside the checkpoint as ``evals/<time>-<task>.json``, where
-``ckpt show`` and ``runs show`` find them (``saved_evals``).
+Every task YAML in ``--tasks-dir`` must parse (``check_task_yamls``): lm-eval passes over
+one that does not, and its task would look unknown.
+
+Results are saved beside the checkpoint as ``evals/<time>-<task>.json`` through
+``lmforge.runs.evals``, where ``ckpt show`` and ``runs show`` read them.
+
+Imports ``options`` and ``errors``; ``runs.evals``, ``data.hub``, ``device``, lm-eval, torch
+and the rest of ``eval`` only inside functions, so the option checks run before any of them
+is loaded.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import DataError, NotFoundError, UsageError
+from lmforge.eval.options import EvalOptions
 
 if TYPE_CHECKING:
     import torch.nn as nn
 
     from lmforge.data.tokenizer import Tokenizer
+    from lmforge.eval.evaluate import ProgressFactory
     from lmforge.workspace import Workspace
 
 INSTALL_LINE = 'pip install "lmforge[eval]"'
-EVALS_DIR = "evals"
-# what lm-eval's datasets are when they are local files rather than a Hub repository
-LOCAL_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,41 @@ def check_task_options(limit: int | None, num_fewshot: int | None, tasks_dir: st
         raise UsageError(f"--limit must be >= 1, got {limit}")
     if num_fewshot is not None and num_fewshot < 0:
         raise UsageError(f"--num-fewshot must be >= 0, got {num_fewshot}")
-    if tasks_dir is not None and not Path(tasks_dir).expanduser().is_dir():
-        raise UsageError(f"--tasks-dir {tasks_dir} is not a directory", "a folder of lm-eval task YAML files")
+    if tasks_dir is not None:
+        if not Path(tasks_dir).expanduser().is_dir():
+            raise UsageError(
+                f"--tasks-dir {tasks_dir} is not a directory", "a folder of lm-eval task YAML files"
+            )
+        check_task_yamls(Path(tasks_dir).expanduser())
+
+
+# folders lm-eval's task index passes over
+_SKIPPED_DIRS = ("__pycache__", ".ipynb_checkpoints")
+
+
+def check_task_yamls(folder: Path) -> None:
+    """Every ``*.yaml`` under ``folder`` (the files lm-eval indexes) must parse: lm-eval logs a
+    broken one and passes over it, so its task would be reported as unknown. The error names
+    the file and line. Tags such as lm-eval's ``!function`` are accepted without being run."""
+    import yaml
+
+    class AnyTagLoader(yaml.SafeLoader):
+        pass
+
+    AnyTagLoader.add_multi_constructor("", lambda loader, suffix, node: None)
+    hint = "fix it, or move it out of --tasks-dir (lm-eval reads every .yaml file in the folder)"
+    for path in sorted(folder.rglob("*.yaml")):
+        if any(part in _SKIPPED_DIRS for part in path.relative_to(folder).parts):
+            continue
+        try:
+            yaml.load(path.read_text(encoding="utf-8"), Loader=AnyTagLoader)  # noqa: S506 (a safe loader)
+        except UnicodeDecodeError:
+            raise UsageError(f"task YAML {path} is not UTF-8 text", hint) from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+            where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise UsageError(f"task YAML {path}{where} does not parse: {problem}", hint) from None
 
 
 def _offline_if_unreachable() -> None:
@@ -122,15 +159,17 @@ def run_tasks(
     model: nn.Module,
     tokenizer: Tokenizer,
     tasks: list[str],
+    options: EvalOptions = EvalOptions(),
     *,
     checkpoint: str = "model",
     tasks_dir: str | None = None,
     limit: int | None = None,
     num_fewshot: int | None = None,
-    batch_size: int = 8,
-    dtype: str = "fp32",
+    progress: ProgressFactory | None = None,
 ) -> tuple[list[TaskRow], dict[str, Any]]:
-    """Run lm-eval ``tasks`` on ``model``; the rows and what to save of lm-eval's result."""
+    """Run lm-eval ``tasks`` on ``model`` (``options.batch_size`` requests per forward pass,
+    under ``options.dtype``); the rows and what to save of lm-eval's result. ``progress``
+    starts one bar per kind of request lm-eval sends (labelled ``checkpoint`` and the kind)."""
     check_task_options(limit, num_fewshot, tasks_dir)
     require_lm_eval()
     _offline_if_unreachable()
@@ -139,7 +178,14 @@ def run_tasks(
     from lmforge.eval.lm_eval_adapter import LmforgeLM
 
     manager = _task_manager(tasks, tasks_dir)
-    lm = LmforgeLM(model, tokenizer, batch_size=batch_size, dtype=dtype)
+    lm = LmforgeLM(
+        model,
+        tokenizer,
+        batch_size=options.batch_size,
+        dtype=options.dtype,
+        progress=progress,
+        label=checkpoint,
+    )
     try:
         out = evaluator.simple_evaluate(
             model=lm,
@@ -200,99 +246,56 @@ def task_rows(checkpoint: str, out: dict[str, Any]) -> list[TaskRow]:
 def save_task_results(
     checkpoint_dir: Path, rows: list[TaskRow], saved: dict[str, Any], settings: dict[str, Any]
 ) -> Path:
-    """``<checkpoint>/evals/<time>-<task>.json``: the rows, the settings and lm-eval's results."""
-    from lmforge import __version__
-    from lmforge.fileio import write_json_atomic
-    from lmforge.units import now_iso
+    """``<checkpoint>/evals/<time>-<task>.json`` (``lmforge.runs.evals``): the settings, the rows
+    and lm-eval's results."""
+    from lmforge.runs.evals import save_eval
 
-    created = now_iso()
-    tasks = sorted({r.task for r in rows}) or ["none"]
-    label = re.sub(r"[^A-Za-z0-9_.-]", "_", tasks[0]) + (f"+{len(tasks) - 1}" if len(tasks) > 1 else "")
-    stamp = re.sub(r"[^0-9TZ]", "", created)
-    path = checkpoint_dir / EVALS_DIR / f"{stamp}-{label}.json"
-    path.parent.mkdir(exist_ok=True)
-    record = {
-        "format": "lmforge-eval",
-        "created": created,
-        "lmforge_version": __version__,
-        **settings,
-        "rows": [r.to_dict() for r in rows],
-        "lm_eval": saved,
-    }
-    write_json_atomic(path, record)
-    return path
-
-
-def saved_evals(checkpoint_dir: str | os.PathLike, warnings: list[str] | None = None) -> list[dict[str, Any]]:
-    """The saved task results of a checkpoint, oldest first: ``{"file", "created", "tasks",
-    "rows"}`` each. An unreadable file is left out, and said in ``warnings`` (when given): one
-    damaged file must not hide the others, but a person should learn it was passed over."""
-    found = []
-    for path in sorted((Path(checkpoint_dir) / EVALS_DIR).glob("*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:  # ValueError: bad JSON or bad UTF-8
-            if warnings is not None:
-                warnings.append(f"skipped {path}: not readable JSON ({exc})")
-            continue
-        if not isinstance(record, dict) or not isinstance(record.get("rows", []), list):
-            if warnings is not None:
-                warnings.append(f"skipped {path}: not an lmforge eval record")
-            continue
-        rows = [r for r in record.get("rows") or [] if isinstance(r, dict)]
-        created = record.get("created")
-        found.append(
-            {
-                "file": path.name,
-                "created": created if isinstance(created, str) else None,
-                "tasks": sorted({str(r["task"]) for r in rows if r.get("task")}),
-                "rows": rows,
-            }
-        )
-    return found
+    record = {**settings, "rows": [r.to_dict() for r in rows], "lm_eval": saved}
+    return save_eval(checkpoint_dir, sorted({r.task for r in rows}), record)
 
 
 def evaluate_tasks_checkpoint(
     workspace: Workspace,
-    spec: str,
+    path: Path,
     tasks: list[str],
+    options: EvalOptions = EvalOptions(device="auto", dtype="auto"),
     *,
+    label: str | None = None,
     tasks_dir: str | None = None,
     limit: int | None = None,
     num_fewshot: int | None = None,
-    batch_size: int = 8,
-    device: str = "auto",
-    dtype: str = "auto",
     save: bool = True,
+    progress: ProgressFactory | None = None,
 ) -> tuple[list[TaskRow], Path | None]:
-    """``lmforge eval SPEC --tasks ...``: load the checkpoint and its own tokenizer, run the
-    tasks, save the results beside it; the rows and the saved file."""
+    """``lmforge eval CKPT --tasks ...``: load the checkpoint directory ``path`` (a name is
+    resolved by the caller) and its own tokenizer, run the tasks, save the results beside it;
+    the rows (labelled ``label``, default the path) and the saved file."""
     from lmforge.device import resolve_dtype
     from lmforge.eval.generate import load_for_generation
-    from lmforge.runs.names import resolve_checkpoint
 
     check_task_options(limit, num_fewshot, tasks_dir)
     require_lm_eval()
-    path = resolve_checkpoint(workspace, spec)
-    model, tokenizer, _ = load_for_generation(workspace, str(path), device=device)
-    precision = resolve_dtype(dtype, next(model.parameters()).device, workspace.cache_dir)
+    label = str(path) if label is None else label
+    model, tokenizer, _ = load_for_generation(workspace, path, device=str(options.device or "auto"))
+    precision = resolve_dtype(options.dtype, next(model.parameters()).device, workspace.cache_dir)
+    options = replace(options, device=None, dtype=precision)  # None: the model's device
     rows, saved = run_tasks(
         model,
         tokenizer,
         tasks,
-        checkpoint=spec,
+        options,
+        checkpoint=label,
         tasks_dir=tasks_dir,
         limit=limit,
         num_fewshot=num_fewshot,
-        batch_size=batch_size,
-        dtype=precision,
+        progress=progress,
     )
     settings = {
-        "checkpoint": spec,
+        "checkpoint": label,
         "tasks": tasks,
         "limit": limit,
         "num_fewshot": num_fewshot,
-        "batch_size": batch_size,
+        "batch_size": options.batch_size,
         "dtype": precision,
     }
-    return rows, save_task_results(path, rows, saved, settings) if save else None
+    return rows, save_task_results(Path(path), rows, saved, settings) if save else None

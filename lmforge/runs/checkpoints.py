@@ -58,7 +58,7 @@ def checkpoint_details(path: Path, warnings: list[str] | None = None) -> dict[st
     run = RunDir(path.parent.parent)
     if run.metrics_file.is_file():
         metrics.update(train_metrics_at(read_metrics(run.metrics_file), meta.get("step")))
-    from lmforge.eval.tasks import saved_evals  # light: reads the JSON files of evals/
+    from lmforge.runs.evals import saved_evals  # light: reads the JSON files of evals/
 
     return {
         "path": str(path),

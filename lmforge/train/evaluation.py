@@ -60,6 +60,7 @@ class Evaluation:
     def loss(self) -> float:
         """Mean validation loss (``eval_tokens`` targets, or the whole split)."""
         from lmforge.eval.evaluate import evaluate_tokens
+        from lmforge.eval.options import EvalOptions
 
         c = self.config
         block = c.model.block_size
@@ -67,14 +68,16 @@ class Evaluation:
             result = evaluate_tokens(
                 self.model,
                 self.val_tokens,
-                block_size=block,
-                stride=min(c.window_stride, block),
-                batch_size=c.train.batch_size,
-                max_tokens=c.train.eval_tokens or None,
-                device=self.device,
-                dtype=self.dtype,
-                rank=self.rank,
-                world_size=self.world_size,
+                EvalOptions(
+                    block_size=block,
+                    stride=min(c.window_stride, block),
+                    batch_size=c.train.batch_size,
+                    max_tokens=c.train.eval_tokens or None,
+                    device=self.device,
+                    dtype=self.dtype,
+                    rank=self.rank,
+                    world_size=self.world_size,
+                ),
             )
         dist.reshard(self.model)
         return result.loss

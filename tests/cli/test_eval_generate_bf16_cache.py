@@ -36,7 +36,7 @@ def test_eval_uses_the_workspace_measurement(cached_fast_bf16, make_ckpt_run, cl
     real = evaluate_module.evaluate
 
     def spy(*args, **kwargs):
-        dtypes.append(kwargs["dtype"])
+        dtypes.append(args[2].dtype)  # evaluate(model, dataset, options, ...)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(evaluate_module, "evaluate", spy)

@@ -12,6 +12,7 @@ from lmforge.checkpoint.store import save_checkpoint
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.data.prepare import prepare_dataset
 from lmforge.data.tokenizer import bytes_tokenizer
+from lmforge.errors import UsageError
 from lmforge.model.gpt import GPT
 from lmforge.workspace import Workspace
 
@@ -157,7 +158,7 @@ def test_tasks_end_to_end_table_json_and_saved_results(run_cli, ws_dir, tmp_path
     record = json.loads(saved[-1].read_text())
     assert record["tasks"] == ["toy_mc"] and record["limit"] == 4
     assert {r["metric"] for r in record["rows"]} == {"acc", "acc_norm"} and record["rows"][0]["samples"] == 4
-    from lmforge.eval.tasks import saved_evals
+    from lmforge.runs.evals import saved_evals
 
     assert saved_evals(saved[-1].parent.parent)[-1]["tasks"] == ["toy_mc"]
     js = run_cli("eval", "best", "--tasks", "toy_mc", "--tasks-dir", tasks, "--json")
@@ -165,6 +166,25 @@ def test_tasks_end_to_end_table_json_and_saved_results(run_cli, ws_dir, tmp_path
     rows = json.loads(js.stdout)
     assert [(r["task"], r["metric"]) for r in rows] == [("toy_mc", "acc"), ("toy_mc", "acc_norm")]
     assert all(0 <= r["value"] <= 1 and r["samples"] == 6 and r["stderr"] > 0 for r in rows)
+
+
+def test_tasks_print_progress_lines_when_not_a_terminal(run_cli, tmp_path, monkeypatch):
+    pytest.importorskip("lm_eval")
+    import lmforge.cli.progress_lines as progress_lines
+
+    monkeypatch.setattr(progress_lines, "INTERVAL_S", 0.0)  # a line after every batch
+    data = tmp_path / "mc.jsonl"
+    rows = [{"q": f"Q{i}:", "choices": [" a", " bb", " c"], "answer": i % 3} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_task(tmp_path / "tasks", "toy_mc", data)
+    result = run_cli("eval", "best", "--tasks", "toy_mc", "--tasks-dir", str(tmp_path / "tasks"))
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("eval best loglikelihood | ")]
+    # each choice's continuation, in bytes: lm-eval's target delimiter " " and the choice (" a": 3)
+    total = 4 * (3 + 4 + 3)
+    assert lines[0] == f"eval best loglikelihood | started | {total} tokens"
+    assert all(" tok/s | eta " in line for line in lines[1:-1]) and len(lines) > 2
+    assert lines[-1].startswith(f"eval best loglikelihood | done | {total} tokens in ")
 
 
 def test_unknown_task_and_missing_dataset_are_one_line_errors(run_cli, tmp_path, monkeypatch):
@@ -184,3 +204,29 @@ def test_unknown_task_and_missing_dataset_are_one_line_errors(run_cli, tmp_path,
     missing = run_cli("eval", "best", "--tasks", "toy_missing", "--tasks-dir", tasks)
     assert missing.exit_code == 1
     assert "cannot load the dataset of task(s) toy_missing" in one_line(missing)
+
+
+def test_broken_task_yaml_names_the_file_and_line(run_cli, tmp_path):
+    """lm-eval passes over a YAML it cannot parse, so its task looked unknown: the parse error
+    is reported instead, before lm-eval (installed or not) is needed."""
+    folder = tmp_path / "tasks"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "good.yaml").write_text("task: good\nprocess_docs: !function utils.process_docs\n")
+    (folder / "sub" / "broken.yaml").write_text("task: broken\ndataset_path: json\n  doc_to_text: [oops\n")
+    result = run_cli("eval", "best", "--tasks", "broken", "--tasks-dir", str(folder))
+    assert result.exit_code == 2
+    line = one_line(result)
+    assert "task YAML" in line and "broken.yaml" in line and "line 3" in line and "does not parse" in line
+    assert "unknown lm-eval task" not in line
+
+
+def test_task_yamls_with_tags_parse(tmp_path):
+    from lmforge.eval.tasks import check_task_yamls
+
+    (tmp_path / "t.yaml").write_text("task: t\nprocess_docs: !function utils.process_docs\nmetric_list: []\n")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    (tmp_path / ".ipynb_checkpoints" / "t-checkpoint.yaml").write_text("task: [broken\n")  # lm-eval skips it
+    check_task_yamls(tmp_path)  # no error
+    (tmp_path / "bad.yaml").write_bytes(b"task: \xff\n")
+    with pytest.raises(UsageError, match="bad.yaml is not UTF-8"):
+        check_task_yamls(tmp_path)
