@@ -281,6 +281,7 @@ def test_word_ppl_counts_the_same_words_for_every_tokenizer(ws_with_tokenizers, 
     from lmforge.data.prepare import prepare_dataset
     from lmforge.data.store import open_dataset
     from lmforge.eval.evaluate import evaluate
+    from lmforge.eval.options import EvalOptions
     from lmforge.model.gpt import GPT
 
     ws = Workspace.resolve(ws_with_tokenizers)
@@ -293,7 +294,8 @@ def test_word_ppl_counts_the_same_words_for_every_tokenizer(ws_with_tokenizers, 
         words[tokenizer] = {s: (splits[s]["words"], splits[s]["bytes"]) for s in ("validation", "test")}
         torch.manual_seed(0)
         model = GPT(ModelConfig(vocab_size=ds.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
-        rows = evaluate(model.eval(), ds, splits=["validation"], block_size=32, stride=32, batch_size=8)
+        options = EvalOptions(block_size=32, stride=32, batch_size=8)
+        rows = evaluate(model.eval(), ds, options, splits=["validation"])
         for row in rows:
             assert row.word_ppl is not None and row.bpb is not None
             n_words, n_bytes = words[tokenizer][row.split]
