@@ -99,6 +99,7 @@ def from_hf_state_dict(
     Accepts keys with or without the ``transformer.`` prefix (``GPT2Model`` checkpoints,
     like OpenAI's, have none) and ignores the attention-mask buffers of old checkpoints.
     """
+    check_weights({k: v for k, v in hf_sd.items() if not _BUFFERS.search(k)}, source)
     sd: dict[str, torch.Tensor] = {}
     lm_head = None
     for name, t in hf_sd.items():
@@ -118,6 +119,30 @@ def from_hf_state_dict(
             "lmforge's GPT ties the LM head to wte; only tied GPT-2 models can be imported",
         )
     return sd
+
+
+# what an imported weight may be stored as; anything else (int8, bool, complex) would be
+# cast to fp32 silently and compute something other than the model
+WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_weights(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse, naming the first tensor, weights that are not floating point (a quantised
+    or integer tensor is not lmforge's model) or that hold NaN or infinity (every
+    evaluation and sample of the run would be refused later)."""
+    for name, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{source}: {name} is not a tensor ({type(t).__name__})")
+        if t.dtype not in WEIGHT_DTYPES:
+            raise CheckpointError(
+                f"{source}: tensor {name} is {str(t.dtype).removeprefix('torch.')}, not floating point",
+                "import the unquantised fp32/fp16/bf16 weights",
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{source}: tensor {name} holds NaN or infinite values",
+                "these weights are damaged (or diverged in training): import a good copy",
+            )
 
 
 def _check_keys(sd: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: str) -> None:
@@ -155,13 +180,10 @@ def load_hf_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if (path / single).is_file():
             return _load_weight_file(path / single)
         if (path / index_name).is_file():
-            try:
-                weight_map = json.loads((path / index_name).read_text())["weight_map"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(f"{path / index_name} is not a valid weight index ({exc})") from None
+            weight_map = _read_weight_map(path / index_name)
             tensors: dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
-                if Path(shard).name != shard:
+                if Path(shard).name != shard or shard in ("", ".", ".."):
                     raise CheckpointError(
                         f"{path / index_name}: shard name {shard!r} is not a plain file name"
                     )
@@ -171,6 +193,28 @@ def load_hf_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         f"no weights in {path} (looked for {HF_SAFETENSORS} and {HF_PICKLE})",
         "point at a directory written by save_pretrained or `lmforge ckpt export --format hf`",
     )
+
+
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """The ``weight_map`` of a sharded checkpoint's index (tensor name -> shard file),
+    every name and file a string."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{index} is not valid JSON ({exc})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(
+            f"{index}: weight_map must be an object of tensor name -> shard file, "
+            f"got {json.dumps(weight_map)[:80]}"
+        )
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(
+                f"{index}: weight_map[{json.dumps(name)}] must be a shard file name, "
+                f"got {json.dumps(shard)[:80]}"
+            )
+    return weight_map
 
 
 def _load_weight_file(file: Path) -> dict[str, torch.Tensor]:
@@ -184,7 +228,10 @@ def _load_weight_file(file: Path) -> dict[str, torch.Tensor]:
             return load_file(str(file))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{file} is not a readable safetensors file ({exc})") from None
-    return safe_torch_load(file)
+    loaded = safe_torch_load(file)
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+        raise CheckpointError(f"{file} does not hold a dictionary of named tensors")
+    return loaded
 
 
 def safe_torch_load(file: str | os.PathLike) -> Any:

@@ -17,6 +17,7 @@ no transposes (both store ``nn.Linear`` layouts); only the names differ.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -24,7 +25,18 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
-from lmforge.interop.hf_config import _int
+from lmforge.interop.hf_config import (
+    MAX_HEADS,
+    MAX_LAYERS,
+    MAX_POSITIONS,
+    MAX_VOCAB,
+    MAX_WIDTH,
+    checked_model_config,
+    read_bool,
+    read_float,
+    read_int,
+)
+from lmforge.interop.hf_weights import check_weights
 from lmforge.model.modern import ROPE_THETA
 
 MODEL_TYPE = "nanochat"
@@ -87,37 +99,52 @@ def model_config_from_nanochat(hf: dict[str, Any], source: str = "config.json") 
             "only relu2 NanoChat models with a 4 x hidden MLP, default rotary and no biases import",
         )
 
-    hidden = _int(hf, "hidden_size", source)
-    if hf.get("hidden_act", "relu2") != "relu2":
-        raise unsupported(f"hidden_act {hf['hidden_act']!r}")
-    if hf.get("intermediate_size") != 4 * hidden:
-        raise unsupported(
-            f"intermediate_size = {hf.get('intermediate_size')} (lmforge's MLP is {4 * hidden})"
-        )
-    if hf.get("attention_bias"):
+    hidden = read_int(hf, "hidden_size", source, MAX_WIDTH)
+    act = hf.get("hidden_act", "relu2")
+    if act != "relu2":
+        raise unsupported(f"hidden_act {json.dumps(act)}")
+    inner = hf.get("intermediate_size")
+    if inner != 4 * hidden or not isinstance(inner, int):
+        raise unsupported(f"intermediate_size = {json.dumps(inner)} (lmforge's MLP is {4 * hidden})")
+    if read_bool(hf, "attention_bias", source, False):
         raise unsupported("attention_bias = true")
-    if hf.get("tie_word_embeddings"):
+    if read_bool(hf, "tie_word_embeddings", source, False):
         raise unsupported("tie_word_embeddings = true")
     rope = hf.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        raise ConfigError(f"{source}: rope_parameters must be an object, got {json.dumps(rope)}")
     theta = rope.get("rope_theta", hf.get("rope_theta", ROPE_THETA))
     if rope.get("rope_type", "default") != "default" or theta != ROPE_THETA:
         raise unsupported(f"rope_parameters = {rope} (lmforge: default rotary, theta {ROPE_THETA:g})")
-    heads = _int(hf, "num_attention_heads", source)
+    heads = read_int(hf, "num_attention_heads", source, MAX_HEADS)
+    if hidden % heads:
+        raise ConfigError(
+            f"{source}: hidden_size ({hidden}) must be a multiple of num_attention_heads ({heads})"
+        )
     if "head_dim" in hf and hf["head_dim"] not in (None, hidden // heads):
-        raise unsupported(f"head_dim = {hf['head_dim']}")
-    return ModelConfig(
-        vocab_size=_int(hf, "vocab_size", source),
-        block_size=_int(hf, "max_position_embeddings", source),
-        n_layer=_int(hf, "num_hidden_layers", source),
+        raise unsupported(f"head_dim = {json.dumps(hf['head_dim'])}")
+    kv_heads = read_int(hf, "num_key_value_heads", source, MAX_HEADS, default=heads)
+    if heads % kv_heads:
+        raise ConfigError(
+            f"{source}: num_key_value_heads ({kv_heads}) must divide num_attention_heads ({heads})"
+        )
+    return checked_model_config(
+        source,
+        vocab_size=read_int(hf, "vocab_size", source, MAX_VOCAB),
+        block_size=read_int(hf, "max_position_embeddings", source, MAX_POSITIONS),
+        n_layer=read_int(hf, "num_hidden_layers", source, MAX_LAYERS),
         n_head=heads,
         n_embd=hidden,
         dropout=0.0,
         bias=False,
-        layer_norm_epsilon=float(hf.get("rms_norm_eps", 1e-6)),
+        layer_norm_epsilon=read_float(hf, "rms_norm_eps", source, 1e-6, 1e-12, 1.0, "in [1e-12, 1]"),
         arch="modern",
-        n_kv_head=int(hf.get("num_key_value_heads") or heads),
+        n_kv_head=kv_heads,
         qk_norm=True,
-        logit_softcap=float(hf.get("final_logit_softcapping") or 0.0),
+        # null or 0: no soft-cap
+        logit_softcap=read_float(
+            hf, "final_logit_softcapping", source, 0.0, 0.0, 1e6, ">= 0 (null for none)"
+        ),
     )
 
 
@@ -143,6 +170,7 @@ def from_nanochat_state_dict(
 
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in ModernGPT(config).state_dict().items()}
+    check_weights(tensors, source)
     by_hf = {_hf_name(k): k for k in expected}
     out, missing = {}, []
     for hf_name, name in by_hf.items():
