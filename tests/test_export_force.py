@@ -3,6 +3,9 @@ workspace, a directory above it, a home directory or a directory with other file
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 
 from lmforge.errors import UsageError
@@ -113,3 +116,29 @@ def test_two_exports_to_the_same_new_out_one_fails(source, tmp_path, monkeypatch
         export_checkpoint(source, out, "hf")
     assert sorted(p.name for p in out.iterdir()) == [EXPORT_MARKER, "meta.json", "model.safetensors"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("arch, written", [("gpt2", "GPT2LMHeadModel"), ("modern", "NanoChatForCausalLM")])
+def test_export_names_a_loader_that_loads_what_was_written(make_ckpt_run, tmp_path, cli, arch, written):
+    """Issue 27 item 7: a modern export said to load it with GPT2LMHeadModel (a random GPT-2)."""
+    run = make_ckpt_run("m", [(10, "best")])
+    if arch == "modern":  # the fixture builds GPT-2s: replace the weights with a ModernGPT's
+        from lmforge.checkpoint.store import read_meta, save_checkpoint
+        from lmforge.config import TrainingConfig
+        from lmforge.model import build_model
+        from lmforge.workspace import RunDir
+
+        best = RunDir(run).checkpoint("best")
+        meta = read_meta(best)
+        config = TrainingConfig.from_dict(meta["config"])
+        modern = dict(arch="modern", bias=False, qk_norm=True)
+        config = TrainingConfig.from_dict(config.to_dict() | {"model": config.to_dict()["model"] | modern})
+        shutil.rmtree(best)
+        meta = {k: v for k, v in meta.items() if k not in ("files", "sha256")} | {"config": config.to_dict()}
+        save_checkpoint(best, build_model(config.model), meta)
+    out = tmp_path / "hf"
+    r = cli("ckpt", "export", "m:best", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["architectures"] == [written]
+    assert f"transformers.AutoModelForCausalLM.from_pretrained('{out}') (a {written})" in r.stderr
+    assert "GPT2LMHeadModel.from_pretrained" not in r.stderr

@@ -313,7 +313,8 @@ def export_cmd(
         ExportFormat.hf,
         "--format",
         "-f",
-        help="hf: a transformers GPT2LMHeadModel directory; safetensors: lmforge weights + meta.json.",
+        help="hf: a transformers directory (GPT2LMHeadModel, or NanoChatForCausalLM for --recipe "
+        "modern); safetensors: lmforge weights + meta.json.",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Directory to write (must be empty or new).", file_okay=False
@@ -324,7 +325,8 @@ def export_cmd(
     """Write a checkpoint as a standalone directory.
 
     [bold]--format hf[/bold] writes config.json, model.safetensors and generation_config.json that
-    transformers.GPT2LMHeadModel.from_pretrained(DIR) loads with the same logits, GPT-2
+    transformers.AutoModelForCausalLM.from_pretrained(DIR) loads with the same logits (as
+    GPT2LMHeadModel, or NanoChatForCausalLM for the modern architecture), GPT-2
     tokenizer files (vocab.json, merges.txt) when the checkpoint's tokenizer is available
     here, and lmforge.json (run, step, metrics, tokenizer identity, config).
     [bold]--format safetensors[/bold] writes lmforge's weights and meta.json: a light checkpoint
@@ -356,10 +358,9 @@ def export_cmd(
         table.add_row(escape(name), format_bytes(size))
     out_console.print(table)
     if format == ExportFormat.hf:
-        info(
-            ctx,
-            f"Load it with: transformers.GPT2LMHeadModel.from_pretrained({escape(repr(str(result.out)))})",
-        )
+        # AutoModelForCausalLM reads config.json's architectures: right for either class written
+        loader = f"transformers.AutoModelForCausalLM.from_pretrained({escape(repr(str(result.out)))})"
+        info(ctx, f"Load it with: {loader} (a {result.model_class})")
 
 
 @app.command("import")

@@ -1,7 +1,8 @@
 """``ckpt export``: a checkpoint as a Hugging Face GPT-2 directory or a light lmforge one.
 
 ``hf`` writes ``config.json``, ``model.safetensors`` and ``generation_config.json``
-(what ``transformers.GPT2LMHeadModel.from_pretrained`` loads with the same logits),
+(what ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the same logits,
+as ``GPT2LMHeadModel``, or ``NanoChatForCausalLM`` for the modern architecture),
 GPT-2 tokenizer files when the checkpoint's tokenizer is available, and
 ``lmforge.json``: what the export knows beyond HF's config (run, step, metrics,
 tokenizer identity, training config), so an import gets it all back.
@@ -54,6 +55,8 @@ class ExportResult:
     format: str
     files: dict[str, int]  # name -> bytes
     notes: list[str] = field(default_factory=list)
+    # the transformers class config.json names (hf format): GPT2LMHeadModel, NanoChatForCausalLM
+    model_class: str | None = None
 
 
 def export_checkpoint(
@@ -66,7 +69,7 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export the checkpoint directory ``checkpoint`` to ``out``.
 
-    ``hf``: a directory ``transformers.GPT2LMHeadModel.from_pretrained`` loads with the
+    ``hf``: a directory ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the
     same logits, plus GPT-2 tokenizer files when the checkpoint's tokenizer is available
     here, and ``lmforge.json`` (run, step, metrics, tokenizer identity, config).
     ``safetensors``: lmforge's own weights and ``meta.json``, a standalone light
@@ -84,6 +87,7 @@ def export_checkpoint(
     try:
         with staged_dir(out, replace=replace) as tmp:
             files, notes = _write_export(ckpt, out, format, tmp, workspace)
+            model_class = _model_class(tmp) if format == "hf" else None
     except FileExistsError as exc:
         if exc.filename != str(out):
             raise
@@ -92,7 +96,13 @@ def export_checkpoint(
             f"--out {out} was filled by another writer while this export ran; this export was not written",
             "look at what is there now, or export to another --out",
         ) from None
-    return ExportResult(out, format, files, notes)
+    return ExportResult(out, format, files, notes, model_class)
+
+
+def _model_class(out_dir: Path) -> str | None:
+    """The class ``config.json``'s ``architectures`` names."""
+    hf = json.loads((out_dir / HF_CONFIG).read_text(encoding="utf-8"))
+    return (hf.get("architectures") or [None])[0]
 
 
 def _write_export(
