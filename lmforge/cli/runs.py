@@ -293,14 +293,19 @@ def rm_cmd(
     run: str = run_argument("Run name ('latest' is accepted; the real name is shown before deleting)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking."),
     force: bool = typer.Option(False, "--force", help="Delete even if the run's process is alive."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show which run would be deleted and its size; delete nothing."
+    ),
 ) -> None:
     """Delete a run directory with its checkpoints, metrics and plots.
 
     Asks first (on a terminal); without a terminal, pass --yes. A run that is still
     running is refused unless --force. Only directories under the workspace's runs/
-    are ever deleted.
+    are ever deleted. --dry-run shows what would be deleted (the real name of 'latest').
 
     Examples:
+
+      [bold]lmforge runs rm latest --dry-run[/bold]
 
       [bold]lmforge runs rm tiny-wikitext-2-20250101-120000[/bold]
 
@@ -314,12 +319,20 @@ def rm_cmd(
     r = run_info(run_dir)
     # before asking, so that nobody is asked to confirm a deletion that will be refused
     check_removable(r, force=force)
+    what = (
+        f"run {r.name} ({r.status}, {fmt_steps(r.step, r.total_steps)} steps, {format_bytes(r.size_bytes)})"
+    )
+    if dry_run:
+        out_console.print(
+            f"Would delete {escape(what)} at {escape(str(r.path))}", highlight=False, soft_wrap=True
+        )
+        info(ctx, "Nothing deleted (--dry-run).")
+        return
     if not yes:
         from lmforge.cli.common import confirm_deletion
 
         confirm_deletion(
-            f"Delete run {r.name} ({r.status}, {fmt_steps(r.step, r.total_steps)} steps, "
-            f"{format_bytes(r.size_bytes)}) at {r.path}?",
+            f"Delete {what} at {r.path}?",
             refusal=f"not deleting run {r.name!r} without confirmation (no terminal to ask on)",
             hint=f"pass --yes: lmforge runs rm {r.name} --yes",
         )
