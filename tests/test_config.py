@@ -152,3 +152,27 @@ def test_every_field_has_a_unique_flag_and_the_required_spellings():
 def test_preset_keeps_vocab_size():
     c = resolve_config(overrides={("model", "vocab_size"): 257})
     assert dataclasses.replace(c.model) == ModelConfig(vocab_size=257)
+
+
+def test_a_runs_own_config_toml_can_be_passed_back(make_ckpt_run, tmp_path):
+    """Issue 27 item 18: ``--config runs/R/config.toml`` was refused for naming run R; it now
+    means a new run like R (another file's ``run`` key is kept)."""
+    from lmforge.presets import resolve_config
+
+    own = make_ckpt_run("r1", [(10, "light")]) / "config.toml"
+    assert 'run = "r1"' in own.read_text()
+    config = resolve_config(own)
+    assert config.run is None and config.preset == "tiny" and config.tokenizer == "bytes"
+    assert resolve_config(own, overrides={("run",): "r2"}).run == "r2"
+    mine = tmp_path / "config.toml"  # not in a run directory: its run key is the user's choice
+    mine.write_text(own.read_text())
+    assert resolve_config(mine).run == "r1"
+
+
+def test_train_accepts_a_runs_own_config(train_workspace, make_ckpt_run, cli, train_flags):
+    own = make_ckpt_run("r1", [(10, "light")]) / "config.toml"
+    r = cli("train", "--config", str(own), *train_flags(steps=2, eval_interval=2), "--run", "again")
+    assert r.exit_code == 0, r.output
+    r = cli("train", "--config", str(own), *train_flags(steps=2, eval_interval=2))
+    assert r.exit_code == 0, r.output
+    assert len(list((train_workspace / "runs").iterdir())) == 3  # r1, again and a made-up name
