@@ -176,3 +176,22 @@ def test_train_accepts_a_runs_own_config(train_workspace, make_ckpt_run, cli, tr
     r = cli("train", "--config", str(own), *train_flags(steps=2, eval_interval=2))
     assert r.exit_code == 0, r.output
     assert len(list((train_workspace / "runs").iterdir())) == 3  # r1, again and a made-up name
+
+
+def test_config_does_not_import_presets(tmp_path):
+    """Issue 21 item 3: config.py and presets.py imported each other; the preset's name is
+    checked where presets are applied."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lmforge.config import TrainingConfig; "
+        "TrainingConfig(); TrainingConfig.from_dict(TrainingConfig().to_dict()); "
+        "print('lmforge.presets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    toml = tmp_path / "c.toml"
+    toml.write_text('preset = "gpt3"\n')
+    with pytest.raises(ConfigError, match="unknown preset 'gpt3'"):
+        resolve_config(toml)
