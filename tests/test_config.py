@@ -195,3 +195,29 @@ def test_config_does_not_import_presets(tmp_path):
     toml.write_text('preset = "gpt3"\n')
     with pytest.raises(ConfigError, match="unknown preset 'gpt3'"):
         resolve_config(toml)
+
+
+def test_toml_writer_round_trips_any_string_and_drops_none():
+    """Issue 21 item 5: TOML is written with tomli_w (the hand-written writer left control
+    characters unescaped: a file tomllib could not read back)."""
+    import tomllib
+
+    from lmforge.tomlfile import dumps_toml
+
+    data = {
+        "run": 'a "quoted" \\ name\twith\x01control\nand é',
+        "skip": None,
+        "n": 3,
+        "x": 1e-05,
+        "flag": True,
+        "t": {"a": "b", "none": None, "f": 0.1},
+    }
+    text = dumps_toml(data)
+    assert tomllib.loads(text) == {
+        "run": data["run"],
+        "n": 3,
+        "x": 1e-05,
+        "flag": True,
+        "t": {"a": "b", "f": 0.1},
+    }
+    assert text.index("flag = true") < text.index("[t]")  # scalars first, then tables
