@@ -315,10 +315,8 @@ class TrainingConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
-        from lmforge.presets import PRESETS  # presets.py is built on these dataclasses
-
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}", f"choose one of: {', '.join(PRESETS)}")
+        # the preset's name is checked where presets are applied (lmforge.presets), which is
+        # built on these dataclasses: config.py imports nothing from it
         if self.optim.optimizer == "muon" and self.train.strategy == "fsdp":
             # Muon orthogonalises whole matrices; FSDP2 leaves each rank a shard of every one
             raise ConfigError(

@@ -154,6 +154,20 @@ def install_dir(tmp: Path, target: Path, aside: Path | None = None) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
+def _rename_into_new(tmp: Path, target: Path) -> None:
+    """Rename the directory ``tmp`` to ``target``, which must not exist or be an empty
+    directory: ``FileExistsError`` otherwise, decided by the rename itself (atomic)."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise FileExistsError(errno.EEXIST, "already exists", str(target))
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise FileExistsError(errno.EEXIST, "already exists", str(target)) from None
+        raise
+    fsync_dir(target.parent)
+
+
 @contextmanager
 def staged_dir(target: Path, *, replace: bool) -> Iterator[Path]:
     """Yield an empty temporary directory beside ``target`` to fill; when the block ends,
@@ -162,7 +176,10 @@ def staged_dir(target: Path, *, replace: bool) -> Iterator[Path]:
     left as it was.
 
     ``replace``: an existing ``target`` is replaced; without it, ``FileExistsError`` when
-    ``target`` exists by the time the block ends (someone else created it meanwhile).
+    ``target`` exists by the time the block ends, unless it is an empty directory. Without
+    ``replace`` the final step is one ``rename``, which the kernel refuses over a non-empty
+    directory: of two writers racing to the same new ``target``, one wins whole and the
+    other gets ``FileExistsError`` (nothing is set aside that another writer just installed).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{target.name}-", dir=target.parent))
@@ -172,10 +189,11 @@ def staged_dir(target: Path, *, replace: bool) -> Iterator[Path]:
             for name in files:
                 fsync_file(Path(root, name))
             fsync_dir(Path(root))
-        if not replace and (target.exists() or target.is_symlink()):
-            raise FileExistsError(errno.EEXIST, "already exists", str(target))
         apply_umask(tmp)
-        install_dir(tmp, target)
+        if replace:
+            install_dir(tmp, target)
+        else:
+            _rename_into_new(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -117,7 +117,7 @@ def resolve_config(
     like the preset: ``--recipe`` (``overrides[("recipe",)]``) beats the file's recipe values,
     a file's own ``recipe`` key is the base its values go on top of.
     """
-    data = load_toml(config_file) if config_file else {}
+    data = _without_own_run_name(load_toml(config_file), config_file) if config_file else {}
     overrides = dict(overrides or {})
     recipe = overrides.pop(("recipe",), None)
     file_preset = data.get("preset", "gpt2")
@@ -152,6 +152,19 @@ def resolve_config(
     if overrides:
         config = with_overrides(config, overrides)
     return config
+
+
+def _without_own_run_name(data: dict[str, Any], config_file: str | Path) -> dict[str, Any]:
+    """``data`` without its ``run`` key when ``config_file`` is a run's own ``config.toml``:
+    passed back with ``--config`` it means "a new run like that one", and its name (an
+    existing run's) would only be refused. Any other file's ``run`` is kept."""
+    from lmforge.workspace import RunDir
+
+    path = Path(config_file)
+    run = RunDir(path.resolve().parent)
+    if path.name == RunDir.CONFIG_FILE and data.get("run") == run.name and run.run_file.is_file():
+        return {k: v for k, v in data.items() if k != "run"}
+    return data
 
 
 def _get(config: TrainingConfig, path: tuple[str, ...]) -> Any:

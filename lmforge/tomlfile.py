@@ -1,5 +1,5 @@
 """TOML files: a config file read with one-line errors that name the file, and a nested dict of
-scalars written back as TOML (what ``config.toml`` and ``--dry-run`` print)."""
+scalars written back as TOML with ``tomli_w`` (what ``config.toml`` and ``--dry-run`` print)."""
 
 from __future__ import annotations
 
@@ -30,30 +30,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
 
 
 def dumps_toml(data: dict[str, Any]) -> str:
-    """Write a nested dict of scalars as TOML (top-level scalars first, then tables).
+    """Write a nested dict of scalars as TOML (top-level scalars first, then tables), with
+    ``tomli_w``.
 
     ``None`` has no TOML spelling; such keys are omitted and read back as their default.
     """
-    lines: list[str] = []
-    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
-    for key, value in data.items():
-        if not isinstance(value, dict) and value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for name, table in tables.items():
-        lines.append("")
-        lines.append(f"[{name}]")
-        for key, value in table.items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines).lstrip("\n") + "\n"
+    import tomli_w
+
+    return tomli_w.dumps(_without_none(data))
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
-    raise TypeError(f"cannot write {value!r} as TOML")
+def _without_none(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}

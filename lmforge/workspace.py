@@ -3,7 +3,8 @@
 Precedence: an explicit path (``--workspace``) > ``LMFORGE_HOME`` >
 ``platformdirs.user_data_path("lmforge")``. Directories are created lazily,
 the first time something is written, so ``--help`` and read-only commands
-leave no trace on disk.
+leave no trace on disk. A root that is (or lies under) a file is refused when
+the workspace is resolved, so every command says so in one line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+from lmforge.errors import UsageError
 
 ENV_VAR = "LMFORGE_HOME"
 
@@ -34,14 +37,36 @@ def default_workspace_path() -> Path:
     return platformdirs.user_data_path("lmforge", appauthor=False)
 
 
+def _check_root(root: Path, origin: str) -> None:
+    """Refuse a workspace root that is a file, or whose nearest existing ancestor is one
+    (nothing could ever be created there: every command would fail with a traceback)."""
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file" if probe == root else f"lies under the file {probe}"
+        raise UsageError(
+            f"the workspace {root} ({origin}) {where}, not a directory",
+            f"point {'--workspace' if origin == '--workspace' else ENV_VAR} at a directory "
+            "(it is created if missing)",
+        )
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
 
     @classmethod
     def resolve(cls, path: str | os.PathLike | None = None) -> Workspace:
+        """The workspace at ``path``, else ``LMFORGE_HOME``'s, else the default; a
+        ``UsageError`` when that path is, or lies under, something other than a directory."""
         root = Path(path).expanduser() if path else default_workspace_path()
-        return cls(root.resolve())
+        env = os.environ.get(ENV_VAR)
+        # the CLI's --workspace option reads LMFORGE_HOME too: name the one the user set
+        origin = "--workspace" if path and str(path) != env else ENV_VAR if env else "the default workspace"
+        root = root.resolve()
+        _check_root(root, origin)
+        return cls(root)
 
     @property
     def datasets_dir(self) -> Path:
@@ -148,7 +173,3 @@ class RunDir:
     @property
     def plots_dir(self) -> Path:
         return self.path / "plots"
-
-    @property
-    def wandb_dir(self) -> Path:
-        return self.path / "wandb"

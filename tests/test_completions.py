@@ -77,3 +77,42 @@ def test_gen_completions_check(tmp_path, capsys):
     assert "stale" in capsys.readouterr().out
     assert gen.main(["--out", str(tmp_path)]) == 0
     assert gen.main(["--check", "--out", str(tmp_path)]) == 0
+
+
+@pytest.fixture
+def named_things(make_ckpt_run, workspace_dir):
+    """A run ``r1`` with checkpoints and a prepared-looking dataset ``books``."""
+    make_ckpt_run("r1", [(10, "light"), (20, "best")])
+    (workspace_dir / "datasets" / "books").mkdir(parents=True)
+    (workspace_dir / "datasets" / "books" / "meta.json").write_text("{}")
+    return f"lmforge --workspace {workspace_dir}"
+
+
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        ("eval ", ["best", "latest", "r1"]),
+        ("eval r1:", ["r1:latest", "r1:step-10", "r1:best"]),
+        ("eval best --data ", ["books"]),
+        ("generate ", ["best", "latest", "r1"]),
+        ("train --resume ", ["latest", "r1"]),
+        ("train --init-from r1:", ["r1:latest", "r1:step-10", "r1:best"]),
+        ("train --preset ti", ["tiny"]),
+        ("train --recipe ", ["gpt2", "modern"]),
+        ("train --data ", ["books"]),
+        ("data info ", ["books"]),
+        ("runs show ", ["latest", "r1"]),
+        ("ckpt show ", ["best", "latest", "r1"]),
+    ],
+)
+def test_names_complete_wherever_they_are_taken(named_things, words, expected):
+    """Issue 27 item 16: eval, generate, train --resume/--init-from/--preset/--data and
+    data info completed nothing."""
+    got = complete_bash(f"{named_things} {words}")
+    assert sorted(got) == sorted(expected)
+
+
+def test_completion_in_an_unusable_workspace_is_silent(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert complete_bash(f"lmforge --workspace {afile} eval ") == ["best", "latest"]

@@ -152,3 +152,72 @@ def test_every_field_has_a_unique_flag_and_the_required_spellings():
 def test_preset_keeps_vocab_size():
     c = resolve_config(overrides={("model", "vocab_size"): 257})
     assert dataclasses.replace(c.model) == ModelConfig(vocab_size=257)
+
+
+def test_a_runs_own_config_toml_can_be_passed_back(make_ckpt_run, tmp_path):
+    """Issue 27 item 18: ``--config runs/R/config.toml`` was refused for naming run R; it now
+    means a new run like R (another file's ``run`` key is kept)."""
+    from lmforge.presets import resolve_config
+
+    own = make_ckpt_run("r1", [(10, "light")]) / "config.toml"
+    assert 'run = "r1"' in own.read_text()
+    config = resolve_config(own)
+    assert config.run is None and config.preset == "tiny" and config.tokenizer == "bytes"
+    assert resolve_config(own, overrides={("run",): "r2"}).run == "r2"
+    mine = tmp_path / "config.toml"  # not in a run directory: its run key is the user's choice
+    mine.write_text(own.read_text())
+    assert resolve_config(mine).run == "r1"
+
+
+def test_train_accepts_a_runs_own_config(train_workspace, make_ckpt_run, cli, train_flags):
+    own = make_ckpt_run("r1", [(10, "light")]) / "config.toml"
+    r = cli("train", "--config", str(own), *train_flags(steps=2, eval_interval=2), "--run", "again")
+    assert r.exit_code == 0, r.output
+    r = cli("train", "--config", str(own), *train_flags(steps=2, eval_interval=2))
+    assert r.exit_code == 0, r.output
+    assert len(list((train_workspace / "runs").iterdir())) == 3  # r1, again and a made-up name
+
+
+def test_config_does_not_import_presets(tmp_path):
+    """Issue 21 item 3: config.py and presets.py imported each other; the preset's name is
+    checked where presets are applied."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from lmforge.config import TrainingConfig; "
+        "TrainingConfig(); TrainingConfig.from_dict(TrainingConfig().to_dict()); "
+        "print('lmforge.presets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    toml = tmp_path / "c.toml"
+    toml.write_text('preset = "gpt3"\n')
+    with pytest.raises(ConfigError, match="unknown preset 'gpt3'"):
+        resolve_config(toml)
+
+
+def test_toml_writer_round_trips_any_string_and_drops_none():
+    """Issue 21 item 5: TOML is written with tomli_w (the hand-written writer left control
+    characters unescaped: a file tomllib could not read back)."""
+    import tomllib
+
+    from lmforge.tomlfile import dumps_toml
+
+    data = {
+        "run": 'a "quoted" \\ name\twith\x01control\nand é',
+        "skip": None,
+        "n": 3,
+        "x": 1e-05,
+        "flag": True,
+        "t": {"a": "b", "none": None, "f": 0.1},
+    }
+    text = dumps_toml(data)
+    assert tomllib.loads(text) == {
+        "run": data["run"],
+        "n": 3,
+        "x": 1e-05,
+        "flag": True,
+        "t": {"a": "b", "f": 0.1},
+    }
+    assert text.index("flag = true") < text.index("[t]")  # scalars first, then tables

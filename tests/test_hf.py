@@ -336,6 +336,11 @@ def test_export_never_damages_an_existing_directory(tmp_path, make_ckpt_run, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ws"]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous export is intact
     result = hf_export.export_checkpoint(ckpt, out, "safetensors", force=True)
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "model.safetensors"] == sorted(result.files)
+    assert sorted(p.name for p in out.iterdir()) == [
+        hf_export.EXPORT_MARKER,
+        "meta.json",
+        "model.safetensors",
+    ]
+    assert sorted(result.files) == ["meta.json", "model.safetensors"]
     assert sorted(result.files) == sorted(first.files)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ws"]

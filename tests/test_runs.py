@@ -209,3 +209,27 @@ def test_plot_loss_writes_a_png(ws, fake_run, tmp_path):
     assert list((tmp_path / "sub").iterdir()) == [path]  # no temporary file left behind
     assert plot_loss([("empty", read_metrics(tmp_path / "none.jsonl"))], tmp_path / "x.png") is None
     assert not (tmp_path / "x.png").exists()
+
+
+def test_duration_leaves_out_the_idle_gap_before_a_resume(tmp_path):
+    """Issue 27 item 18: ``runs show`` counted the days between an interrupt and the resume."""
+    import json
+
+    from lmforge.runs.listing import run_info
+    from lmforge.runs.record import RunRecord
+
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    first = RunRecord(run_dir, {"started_at": "2024-01-01T00:00:00+00:00"})  # a new run: one session
+    first.update(status="interrupted", ended_at="2024-01-01T01:00:00+00:00")
+    assert "session_started_at" not in json.loads(first.path.read_text())
+    assert run_info(run_dir).duration_s == 3600
+
+    # resumed two days later, as the trainer does: the first start is kept
+    second = RunRecord(run_dir, {"started_at": "2024-01-01T00:00:00+00:00"})
+    assert second.data["active_s"] == 3600
+    second.update(session_started_at="2024-01-03T01:00:00+00:00", ended_at="2024-01-03T01:30:00+00:00")
+    second.update(status="finished")
+    assert run_info(run_dir).duration_s == 3600 + 1800
+    third = RunRecord(run_dir, {"started_at": "2024-01-01T00:00:00+00:00"})  # and once more
+    assert third.data["active_s"] == 3600 + 1800

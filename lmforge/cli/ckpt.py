@@ -12,7 +12,7 @@ from rich.table import Table
 
 from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, print_json, workspace
 from lmforge.cli.complete import checkpoint_argument, run_argument
-from lmforge.cli.format import fmt_loss, fmt_time
+from lmforge.cli.format import fmt_loss, fmt_time, print_table
 from lmforge.errors import LmforgeError
 from lmforge.units import format_bytes, format_count, plural
 
@@ -83,7 +83,7 @@ def list_cmd(
             fmt_time(c.created_at),
         ]
         table.add_row(*([] if one_run else [escape(c.run)]), *row)
-    out_console.print(table)
+    print_table(out_console, table)
     total = format_bytes(sum(c.size_bytes for c in checkpoints))
     info(ctx, f"{plural(len(checkpoints), 'checkpoint')}, {total} in all.")
 
@@ -139,7 +139,7 @@ def show_cmd(ctx: typer.Context, ckpt: str = checkpoint_argument(), as_json: boo
             rows.append((key.replace("_", " "), escape(str(source))))
     for key, value in rows:
         head.add_row(f"[dim]{key}[/dim]", value)
-    out_console.print(head)
+    print_table(out_console, head)
 
     files = Table(title="Files", title_justify="left")
     files.add_column("file")
@@ -152,7 +152,7 @@ def show_cmd(ctx: typer.Context, ckpt: str = checkpoint_argument(), as_json: boo
             else f" [red](expected {f['expected_bytes']:,})[/red]"
         )
         files.add_row(escape(f["name"]), format_bytes(f["bytes"]), f"{f['bytes']:,}{note}")
-    out_console.print(files)
+    print_table(out_console, files)
     if details["evals"]:
         evals = Table(title="Task evaluations (evals/)", title_justify="left")
         for column in ("task", "metric", "value", "stderr", "file"):
@@ -167,7 +167,7 @@ def show_cmd(ctx: typer.Context, ckpt: str = checkpoint_argument(), as_json: boo
                     _number(stderr) if isinstance(stderr, (int, float)) else "-",
                     escape(record["file"]),
                 )
-        out_console.print(evals)
+        print_table(out_console, evals)
     from lmforge.tomlfile import dumps_toml
 
     out_console.print("[bold]Config[/bold]")
@@ -274,7 +274,7 @@ def _print_plan(plans, dry_run: bool) -> None:
                 escape(i.run), escape(i.name), i.kind, step, format_bytes(i.size_bytes), escape(i.reason)
             )
     if table.row_count:
-        out_console.print(table)
+        print_table(out_console, table)
     for p in plans:
         kept = ", ".join(_kept_label(c, p) for c in p.keep) or "nothing"
         err_console.print(
@@ -313,7 +313,8 @@ def export_cmd(
         ExportFormat.hf,
         "--format",
         "-f",
-        help="hf: a transformers GPT2LMHeadModel directory; safetensors: lmforge weights + meta.json.",
+        help="hf: a transformers directory (GPT2LMHeadModel, or NanoChatForCausalLM for --recipe "
+        "modern); safetensors: lmforge weights + meta.json.",
     ),
     out: Path = typer.Option(
         ..., "--out", "-o", help="Directory to write (must be empty or new).", file_okay=False
@@ -324,7 +325,8 @@ def export_cmd(
     """Write a checkpoint as a standalone directory.
 
     [bold]--format hf[/bold] writes config.json, model.safetensors and generation_config.json that
-    transformers.GPT2LMHeadModel.from_pretrained(DIR) loads with the same logits, GPT-2
+    transformers.AutoModelForCausalLM.from_pretrained(DIR) loads with the same logits (as
+    GPT2LMHeadModel, or NanoChatForCausalLM for the modern architecture), GPT-2
     tokenizer files (vocab.json, merges.txt) when the checkpoint's tokenizer is available
     here, and lmforge.json (run, step, metrics, tokenizer identity, config).
     [bold]--format safetensors[/bold] writes lmforge's weights and meta.json: a light checkpoint
@@ -354,12 +356,11 @@ def export_cmd(
     table.add_column("size", justify="right")
     for name, size in result.files.items():
         table.add_row(escape(name), format_bytes(size))
-    out_console.print(table)
+    print_table(out_console, table)
     if format == ExportFormat.hf:
-        info(
-            ctx,
-            f"Load it with: transformers.GPT2LMHeadModel.from_pretrained({escape(repr(str(result.out)))})",
-        )
+        # AutoModelForCausalLM reads config.json's architectures: right for either class written
+        loader = f"transformers.AutoModelForCausalLM.from_pretrained({escape(repr(str(result.out)))})"
+        info(ctx, f"Load it with: {loader} (a {result.model_class})")
 
 
 @app.command("import")

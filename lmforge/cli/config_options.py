@@ -11,6 +11,7 @@ from typing import Any, get_type_hints
 import typer
 from rich.markup import escape
 
+from lmforge.cli.complete import complete_dataset_names, complete_presets, complete_recipes
 from lmforge.config import ConfigField, config_fields
 from lmforge.errors import UsageError
 
@@ -21,6 +22,13 @@ PANELS = {
     "train": "Training",
     "checkpoint": "Checkpoints",
     "logging": "Logging",
+}
+
+# the fields whose values are names shell completion can list
+_COMPLETERS: dict[tuple[str, ...], Callable[..., list[str]]] = {
+    ("preset",): complete_presets,
+    ("recipe",): complete_recipes,
+    ("data", "name"): complete_dataset_names,
 }
 
 
@@ -77,6 +85,7 @@ def _parameters(f: ConfigField) -> list[inspect.Parameter]:
         help=f"{help_text} {escape(f'[default: {_default_text(f)}]')}",
         show_default=False,
         rich_help_panel=panel,
+        autocompletion=_COMPLETERS.get(f.path),
     )
     annotation = bool | None if f.type is bool else f.type
     params = [

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, print_json, state, workspace
+from lmforge.cli.complete import complete_dataset_names
 
 app = typer.Typer(
     help="Prepare, list and inspect tokenized datasets.\n\n"
@@ -318,7 +319,12 @@ def list_cmd(
 @app.command("info")
 def info_cmd(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="A prepared dataset (see `lmforge data list`).", show_default=False),
+    name: str = typer.Argument(
+        ...,
+        help="A prepared dataset (see `lmforge data list`).",
+        show_default=False,
+        autocompletion=complete_dataset_names,
+    ),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show one prepared dataset: tokenizer, dtype, source, splits.

@@ -20,6 +20,7 @@ from lmforge.cli.common import (
     state,
     workspace,
 )
+from lmforge.cli.complete import complete_checkpoint_names, complete_dataset_names
 
 
 def eval_command(
@@ -28,12 +29,14 @@ def eval_command(
         ...,
         metavar="CKPT...",
         help="Checkpoints: best, latest, RUN, RUN:best, RUN:latest, RUN:step-N or a path.",
+        autocompletion=complete_checkpoint_names,
     ),
     data: str = typer.Option(
         None,
         "--data",
         help="Prepared dataset (default: the one the checkpoint was trained on).",
         show_default=False,
+        autocompletion=complete_dataset_names,
     ),
     split: str = typer.Option("validation,test", "--split", help="Comma-separated splits to evaluate."),
     block_size: int = typer.Option(

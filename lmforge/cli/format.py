@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 
+from rich.console import Console, RenderableType
 from rich.text import Text
 
 STATUS_STYLE = {
@@ -79,3 +80,26 @@ def fit_columns(
             break
         columns = [c for c in columns if c[0] != name]
     return columns
+
+
+def table_width(console: Console) -> int:
+    """The width to lay tables out in: the terminal's; unbounded when the output is not a
+    terminal (a pipe, a file), where Rich would assume 80 columns and cut names short
+    (``tiny-wikitext-2-202…``) for a reader that has no columns at all."""
+    return console.width if console.is_terminal else 10**6
+
+
+def print_table(console: Console, table: RenderableType) -> None:
+    """Print ``table`` on ``console``; when that is not a terminal, at the table's natural
+    width (see ``table_width``), so that no cell is cut or wrapped."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    natural = console.measure(table, options=console.options.update_width(table_width(console))).maximum
+    # print(width=) can only narrow the console: widen the console itself for this table
+    saved = console._width  # what the console was made with (None: from the environment)
+    console.width = max(console.width, natural)
+    try:
+        console.print(table)
+    finally:
+        console._width = saved

@@ -8,6 +8,7 @@ import sys
 import typer
 
 from lmforge.cli.common import DEVICE_OPTION, DTYPE_OPTION, err_console, info, state, workspace
+from lmforge.cli.complete import complete_checkpoint_names
 
 SEPARATOR = "-" * 40
 
@@ -15,7 +16,10 @@ SEPARATOR = "-" * 40
 def generate_command(
     ctx: typer.Context,
     checkpoint: str = typer.Argument(
-        ..., metavar="CKPT", help="Checkpoint: best, latest, RUN, RUN:best, RUN:latest, RUN:step-N or a path."
+        ...,
+        metavar="CKPT",
+        help="Checkpoint: best, latest, RUN, RUN:best, RUN:latest, RUN:step-N or a path.",
+        autocompletion=complete_checkpoint_names,
     ),
     prompt: str = typer.Argument(
         None,

@@ -11,7 +11,17 @@ from rich.table import Table
 
 from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, print_json, workspace
 from lmforge.cli.complete import complete_run_names, run_argument
-from lmforge.cli.format import fit_columns, fmt_loss, fmt_loss_at, fmt_ppl, fmt_status, fmt_steps, fmt_time
+from lmforge.cli.format import (
+    fit_columns,
+    fmt_loss,
+    fmt_loss_at,
+    fmt_ppl,
+    fmt_status,
+    fmt_steps,
+    fmt_time,
+    print_table,
+    table_width,
+)
 from lmforge.units import format_bytes, format_count, format_duration
 
 app = typer.Typer(
@@ -69,7 +79,7 @@ def list_cmd(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
         ("size", [format_bytes(r.size_bytes) for r in runs]),
     ]
     columns = fit_columns(
-        columns, out_console.width, drop_first=["started", "preset", "data", "size", "duration"]
+        columns, table_width(out_console), drop_first=["started", "preset", "data", "size", "duration"]
     )
     table = Table(title=f"Runs in {escape(str(ws.runs_dir))}", title_justify="left")
     for header, _ in columns:
@@ -77,7 +87,7 @@ def list_cmd(ctx: typer.Context, as_json: bool = JSON_OPTION) -> None:
         table.add_column(header, justify="left" if left else "right", no_wrap=header != "run")
     for i in range(len(runs)):
         table.add_row(*(cells[i] for _, cells in columns))
-    out_console.print(table)
+    print_table(out_console, table)
     _print_warnings(runs)
 
 
@@ -135,7 +145,7 @@ def show_cmd(
         rows.append(("error", f"[red]{escape(str(r['error']))}[/red]"))
     for key, value in rows:
         head.add_row(f"[dim]{key}[/dim]", value)
-    out_console.print(head)
+    print_table(out_console, head)
 
     diff = details["config_diff"]
     if diff:
@@ -145,7 +155,7 @@ def show_cmd(
         table.add_column("preset default", style="dim")
         for c in diff:
             table.add_row(c["key"], escape(repr(c["value"])), escape(_default_text(c["default"])))
-        out_console.print(table)
+        print_table(out_console, table)
     else:
         out_console.print(f"Config: the defaults of preset {r['preset'] or 'gpt2'}")
 
@@ -161,7 +171,7 @@ def show_cmd(
     table.add_row("tokens/s (median)", format_count(m["tokens_per_sec_median"]))
     if m["bad_steps"]:
         table.add_row("skipped bad steps", f"[yellow]{m['bad_steps']}[/yellow]")
-    out_console.print(table)
+    print_table(out_console, table)
 
     ckpts = details["checkpoints"]
     if ckpts:
@@ -180,11 +190,11 @@ def show_cmd(
                 format_bytes(c["size_bytes"]),
                 fmt_time(c["created_at"]),
             )
-        out_console.print(table)
+        print_table(out_console, table)
     else:
         out_console.print("Checkpoints: none")
     if details["evals"]:
-        out_console.print(_evals_table(details["evals"]))
+        print_table(out_console, _evals_table(details["evals"]))
 
     if not no_plot:
         _print_sparklines(metrics)
@@ -293,7 +303,7 @@ def compare_cmd(
         if label == "best val loss" and best is not None:
             values = [f"[bold green]{v}[/bold green]" if j == best else v for j, v in enumerate(values)]
         table.add_row(label, *values)
-    out_console.print(table)
+    print_table(out_console, table)
     if not config:
         out_console.print("[dim]The runs' configs are the same (apart from their names).[/dim]")
     if plot_path:
@@ -372,7 +382,7 @@ def _compare_group(
         if report.baseline is not None:
             row.append("-" if s.p_value is None else f"{s.p_value:.3g}")
         table.add_row(*row)
-    out_console.print(table)
+    print_table(out_console, table)
     if plot_path:
         out_console.print(f"Loss curves: {escape(str(plot_path))}", highlight=False, soft_wrap=True)
     unfinished = [s.label for s in report.settings if s.finished < len(s.runs)]
@@ -394,14 +404,19 @@ def rm_cmd(
     run: str = run_argument("Run name ('latest' is accepted; the real name is shown before deleting)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Delete without asking."),
     force: bool = typer.Option(False, "--force", help="Delete even if the run's process is alive."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show which run would be deleted and its size; delete nothing."
+    ),
 ) -> None:
     """Delete a run directory with its checkpoints, metrics and plots.
 
     Asks first (on a terminal); without a terminal, pass --yes. A run that is still
     running is refused unless --force. Only directories under the workspace's runs/
-    are ever deleted.
+    are ever deleted. --dry-run shows what would be deleted (the real name of 'latest').
 
     Examples:
+
+      [bold]lmforge runs rm latest --dry-run[/bold]
 
       [bold]lmforge runs rm tiny-wikitext-2-20250101-120000[/bold]
 
@@ -415,12 +430,20 @@ def rm_cmd(
     r = run_info(run_dir)
     # before asking, so that nobody is asked to confirm a deletion that will be refused
     check_removable(r, force=force)
+    what = (
+        f"run {r.name} ({r.status}, {fmt_steps(r.step, r.total_steps)} steps, {format_bytes(r.size_bytes)})"
+    )
+    if dry_run:
+        out_console.print(
+            f"Would delete {escape(what)} at {escape(str(r.path))}", highlight=False, soft_wrap=True
+        )
+        info(ctx, "Nothing deleted (--dry-run).")
+        return
     if not yes:
         from lmforge.cli.common import confirm_deletion
 
         confirm_deletion(
-            f"Delete run {r.name} ({r.status}, {fmt_steps(r.step, r.total_steps)} steps, "
-            f"{format_bytes(r.size_bytes)}) at {r.path}?",
+            f"Delete {what} at {r.path}?",
             refusal=f"not deleting run {r.name!r} without confirmation (no terminal to ask on)",
             hint=f"pass --yes: lmforge runs rm {r.name} --yes",
         )

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from lmforge.cli.common import err_console, info, out_console, print_json, state, workspace
 from lmforge.cli.config_options import with_config_options
+from lmforge.cli.format import print_table
 
 
 @with_config_options
@@ -126,4 +127,4 @@ def _print_points(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         setting = ", ".join(f"{k}={v}" for k, v in row["setting"].items())
         table.add_row(escape(row["run"]), escape(setting), str(row["seed"]), row["state"])
-    out_console.print(table)
+    print_table(out_console, table)

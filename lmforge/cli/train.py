@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lmforge.cli.common import err_console, out_console, print_json, state, workspace
+from lmforge.cli.complete import complete_checkpoint_names, complete_run_names
 from lmforge.cli.config_options import with_config_options
 
 
@@ -27,6 +28,7 @@ def train(
         help="Continue a run (a name or 'latest') from its newest full checkpoint; options may change "
         "steps, lr, intervals, device, dtype, but not the architecture or data.",
         show_default=False,
+        autocompletion=complete_run_names,
     ),
     init_from: str = typer.Option(
         None,
@@ -34,6 +36,7 @@ def train(
         help="Start a new run from a checkpoint's weights and architecture "
         "(best, latest, RUN, RUN:step-N or a path).",
         show_default=False,
+        autocompletion=complete_checkpoint_names,
     ),
     nproc: int = typer.Option(
         None,

@@ -1,7 +1,8 @@
 """``ckpt export``: a checkpoint as a Hugging Face GPT-2 directory or a light lmforge one.
 
 ``hf`` writes ``config.json``, ``model.safetensors`` and ``generation_config.json``
-(what ``transformers.GPT2LMHeadModel.from_pretrained`` loads with the same logits),
+(what ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the same logits,
+as ``GPT2LMHeadModel``, or ``NanoChatForCausalLM`` for the modern architecture),
 GPT-2 tokenizer files when the checkpoint's tokenizer is available, and
 ``lmforge.json``: what the export knows beyond HF's config (run, step, metrics,
 tokenizer identity, training config), so an import gets it all back.
@@ -9,9 +10,12 @@ tokenizer identity, training config), so an import gets it all back.
 
 Either way the directory is built beside ``--out`` and renamed into place
 (``fileio.staged_dir``): a failure never leaves half an export or damages what
-``--out`` held. ``--force`` replaces only a previous export (a directory holding
-nothing but the files an export writes), never the workspace, a directory above it,
-a home directory or a directory with other files.
+``--out`` held, and of two exports racing to the same new ``--out`` one wins whole and
+the other fails. Every export writes the marker ``EXPORT_MARKER``; ``--force`` replaces
+only a directory holding it and nothing but the files an export writes, never the
+workspace, a directory above it, a home directory or a directory with other files. No
+``--out`` inside the workspace's ``runs/`` or ``datasets/`` is accepted at all: a light
+checkpoint there looks just like an export.
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ if TYPE_CHECKING:
 EXPORT_FORMATS = ("hf", "safetensors")
 LMFORGE_JSON = "lmforge.json"  # what an hf export knows beyond HF's config: run, step, tokenizer identity
 GENERATION_CONFIG = "generation_config.json"
+# Written last by every export: what tells a previous export (that --force may replace)
+# from a checkpoint, which holds the same meta.json + model.safetensors.
+EXPORT_MARKER = ".lmforge-export"
 
 
 @dataclass
@@ -48,6 +55,8 @@ class ExportResult:
     format: str
     files: dict[str, int]  # name -> bytes
     notes: list[str] = field(default_factory=list)
+    # the transformers class config.json names (hf format): GPT2LMHeadModel, NanoChatForCausalLM
+    model_class: str | None = None
 
 
 def export_checkpoint(
@@ -60,40 +69,66 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export the checkpoint directory ``checkpoint`` to ``out``.
 
-    ``hf``: a directory ``transformers.GPT2LMHeadModel.from_pretrained`` loads with the
+    ``hf``: a directory ``transformers.AutoModelForCausalLM.from_pretrained`` loads with the
     same logits, plus GPT-2 tokenizer files when the checkpoint's tokenizer is available
     here, and ``lmforge.json`` (run, step, metrics, tokenizer identity, config).
     ``safetensors``: lmforge's own weights and ``meta.json``, a standalone light
     checkpoint that every lmforge command accepts as a path.
     A non-empty ``out`` is replaced only with ``force``.
     """
-    from lmforge.checkpoint.store import load_model, model_state, read_meta
+    from lmforge.checkpoint.store import read_meta
 
     if format not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {format!r}", f"choose one of: {', '.join(EXPORT_FORMATS)}")
     ckpt = Path(checkpoint)
     read_meta(ckpt)  # a damaged checkpoint fails here, before --out is looked at
     out = Path(out).expanduser().absolute()
-    _check_out(out, ckpt, force, workspace)
-    # --out was checked above (empty, or a previous export and --force): it is replaced
-    with staged_dir(out, replace=True) as tmp:
-        try:
-            model, config, meta = load_model(ckpt, device="cpu")
-            state_dict = model_state(model)  # without the tied head and any padded vocabulary rows
-            if format == "hf":
-                notes = _export_hf(state_dict, config, meta, ckpt, tmp, workspace)
-            else:
-                notes = _export_safetensors(state_dict, meta, ckpt, tmp)
-        except Exception as exc:
-            # judged here, before staged_dir deletes what the failed write took
-            if isinstance(exc, LmforgeError) or not is_disk_full(exc, tmp):
-                raise
-            raise LmforgeError(
-                f"the disk is full: could not export to {out}",
-                "free some space and export again; --out was left as it was",
-            ) from exc
-        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
-    return ExportResult(out, format, files, notes)
+    replace = _check_out(out, ckpt, force, workspace)
+    try:
+        with staged_dir(out, replace=replace) as tmp:
+            files, notes = _write_export(ckpt, out, format, tmp, workspace)
+            model_class = _model_class(tmp) if format == "hf" else None
+    except FileExistsError as exc:
+        if exc.filename != str(out):
+            raise
+        # another export (or anything else) filled --out while this one was written
+        raise UsageError(
+            f"--out {out} was filled by another writer while this export ran; this export was not written",
+            "look at what is there now, or export to another --out",
+        ) from None
+    return ExportResult(out, format, files, notes, model_class)
+
+
+def _model_class(out_dir: Path) -> str | None:
+    """The class ``config.json``'s ``architectures`` names."""
+    hf = json.loads((out_dir / HF_CONFIG).read_text(encoding="utf-8"))
+    return (hf.get("architectures") or [None])[0]
+
+
+def _write_export(
+    ckpt: Path, out: Path, format: str, tmp: Path, workspace: Workspace | None
+) -> tuple[dict[str, int], list[str]]:
+    """Fill the staging directory ``tmp``; return its files (name -> bytes) and notes."""
+    from lmforge.checkpoint.store import load_model, model_state
+
+    try:
+        model, config, meta = load_model(ckpt, device="cpu")
+        state_dict = model_state(model)  # without the tied head and any padded vocabulary rows
+        if format == "hf":
+            notes = _export_hf(state_dict, config, meta, ckpt, tmp, workspace)
+        else:
+            notes = _export_safetensors(state_dict, meta, ckpt, tmp)
+        write_json(tmp / EXPORT_MARKER, {"format": format, "exported_at": now_iso()})
+    except Exception as exc:
+        # judged here, before staged_dir deletes what the failed write took
+        if isinstance(exc, LmforgeError) or not is_disk_full(exc, tmp):
+            raise
+        raise LmforgeError(
+            f"the disk is full: could not export to {out}",
+            "free some space and export again; --out was left as it was",
+        ) from exc
+    files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.name != EXPORT_MARKER}
+    return files, notes
 
 
 def _export_file_names() -> frozenset[str]:
@@ -101,7 +136,7 @@ def _export_file_names() -> frozenset[str]:
     the weights, is a previous export that ``--force`` may replace)."""
     from lmforge.checkpoint.store import META_FILE, MODEL_FILE
 
-    names = {HF_CONFIG, HF_SAFETENSORS, GENERATION_CONFIG, LMFORGE_JSON, META_FILE, MODEL_FILE}
+    names = {HF_CONFIG, HF_SAFETENSORS, GENERATION_CONFIG, LMFORGE_JSON, META_FILE, MODEL_FILE, EXPORT_MARKER}
     return frozenset(names | set(TOKENIZER_FILE_NAMES))
 
 
@@ -137,13 +172,30 @@ def _not_replaceable(out: Path, workspace: Workspace | None) -> str | None:
         return f"it holds files that are not from an export: {shown}"
     if not (out / HF_SAFETENSORS).is_file():
         return "it holds no exported model.safetensors"
+    if not (out / EXPORT_MARKER).is_file():
+        return f"it has no {EXPORT_MARKER} marker (exports written by lmforge have one)"
     return None
 
 
-def _check_out(out: Path, ckpt: Path, force: bool, workspace: Workspace | None = None) -> None:
-    """Refuse an ``out`` that is a file, that is or holds the checkpoint being exported
-    (replacing it would delete the source), or that is not empty without ``force``; with
-    ``force``, one that is not a previous export (``_not_replaceable``)."""
+def _inside_workspace_data(out: Path, workspace: Workspace | None) -> Path | None:
+    """The workspace's ``runs/`` or ``datasets/`` when ``out`` lies inside (or is) one of
+    them; else None. Their checkpoints and datasets are never an export's to replace."""
+    from lmforge.workspace import Workspace
+
+    ws = workspace or Workspace.resolve()
+    resolved = out.resolve()
+    for area in (ws.runs_dir, ws.datasets_dir):
+        if resolved.is_relative_to(area.resolve()):
+            return area
+    return None
+
+
+def _check_out(out: Path, ckpt: Path, force: bool, workspace: Workspace | None = None) -> bool:
+    """Refuse an ``out`` that is a file, that lies in the workspace's ``runs/`` or
+    ``datasets/``, that is or holds the checkpoint being exported (replacing it would
+    delete the source), or that is not empty without ``force``; with ``force``, one that is
+    not a previous export (``_not_replaceable``). True when ``out`` holds a previous export
+    to replace."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a directory", "pass a directory path")
     source = ckpt.resolve()
@@ -151,17 +203,25 @@ def _check_out(out: Path, ckpt: Path, force: bool, workspace: Workspace | None =
         raise UsageError(
             f"--out {out} would replace the checkpoint it is exported from", "pick another --out"
         )
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise UsageError(
-                f"--out {out} is not empty", "pass --force to replace it, or pick an empty directory"
-            )
-        why = _not_replaceable(out, workspace)
-        if why:
-            raise UsageError(
-                f"--out {out} is not a previous export, so --force will not replace it: {why}",
-                "pick an empty or new directory for --out",
-            )
+    area = _inside_workspace_data(out, workspace)
+    if area is not None:
+        raise UsageError(
+            f"--out {out} is inside the workspace's {area.name}/ folder, where runs and datasets live",
+            "export to a directory outside the workspace's runs/ and datasets/",
+        )
+    if not (out.is_dir() and any(out.iterdir())):
+        return False
+    if not force:
+        raise UsageError(
+            f"--out {out} is not empty", "pass --force to replace it, or pick an empty directory"
+        )
+    why = _not_replaceable(out, workspace)
+    if why:
+        raise UsageError(
+            f"--out {out} is not a previous export, so --force will not replace it: {why}",
+            "pick an empty or new directory for --out",
+        )
+    return True
 
 
 def write_hf_dir(

@@ -29,9 +29,10 @@ from lmforge.interop.hf_config import HF_CONFIG, model_config_from_hf, preset_fo
 from lmforge.interop.hf_export import LMFORGE_JSON
 from lmforge.interop.hf_tokenizer import install_exported_tokenizer, ranks_from_hf_tokenizer
 from lmforge.interop.hf_weights import HF_PICKLE, HF_SAFETENSORS, from_hf_state_dict, load_hf_weights
+from lmforge.runs.names import check_new_run_name
 from lmforge.runs.record import RunRecord
 from lmforge.units import now_iso
-from lmforge.workspace import RunDir, is_valid_name
+from lmforge.workspace import RunDir
 
 if TYPE_CHECKING:
     from lmforge.model.gpt import GPT
@@ -63,8 +64,7 @@ def import_checkpoint(workspace: Workspace, src: str | os.PathLike, name: str | 
             f"{src} is not a directory", "pass the directory holding config.json and the weights"
         )
     name = name or _name_from_dir(src)
-    if not is_valid_name(name):
-        raise UsageError(f"invalid run name {name!r}", "use letters, digits, '.', '_' and '-' (--as NAME)")
+    check_new_run_name(name, option="--as")
     run = workspace.run(name)
     if run.path.exists():
         raise UsageError(

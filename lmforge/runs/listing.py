@@ -31,7 +31,7 @@ from typing import Any
 from lmforge.errors import NotFoundError, UsageError
 from lmforge.fileio import lock_held, pid_alive, remove_dir
 from lmforge.runs.metrics import Metrics, finite, read_metrics, summarize_metrics
-from lmforge.runs.record import RunRecord, read_config
+from lmforge.runs.record import RunRecord, parse_time, read_config, run_duration
 from lmforge.units import perplexity
 from lmforge.workspace import RunDir, Workspace
 
@@ -102,14 +102,14 @@ def run_info(run_dir: str | os.PathLike, metrics: Metrics | None = None) -> RunI
     if summary["best_val_loss"] is not None and (best_loss is None or summary["best_val_loss"] < best_loss):
         best_loss, best_step = summary["best_val_loss"], summary["best_step"]
 
-    started = _parse_time(record.get("started_at"))
-    ended = _parse_time(record.get("ended_at"))
+    started = parse_time(record.get("started_at"))
+    ended = parse_time(record.get("ended_at"))
     if ended is None and started is not None:
         if status == "running":
             ended = datetime.now(UTC)
         else:  # stale or unknown: the last time anything was written
             ended = _last_write(run)
-    duration = (ended - started).total_seconds() if started and ended and ended >= started else None
+    duration = run_duration(record, ended)
 
     return RunInfo(
         name=run.name,
@@ -225,16 +225,6 @@ def _alive(run: RunDir, pid: int | None, host: Any) -> bool:
 def _max_int(*values: Any) -> int | None:
     ints = [int(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return max(ints) if ints else None
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _last_write(run: RunDir) -> datetime | None:

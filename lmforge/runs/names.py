@@ -24,15 +24,34 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmforge.errors import CheckpointError, NotFoundError
+from lmforge.errors import CheckpointError, NotFoundError, UsageError
 from lmforge.runs.record import RunRecord
-from lmforge.workspace import RunDir
+from lmforge.workspace import RunDir, is_valid_name
 
 if TYPE_CHECKING:
     from lmforge.checkpoint.listing import CheckpointInfo
     from lmforge.workspace import Workspace
 
 NAME_FORMS = "best, latest, RUN, RUN:best, RUN:latest, RUN:step-N or a checkpoint directory"
+# Words the resolver reads itself: a run so named could never be named back (``latest`` would
+# mean two runs, and ``runs rm latest`` could delete the wrong one).
+RESERVED_NAMES = frozenset({"best", "latest"})
+
+
+def check_new_run_name(name: str, option: str = "--run") -> str:
+    """``name`` when it may name a new run (or imported checkpoint); else a ``UsageError``
+    naming ``option``: not a valid workspace name, or one of ``RESERVED_NAMES``."""
+    if name in RESERVED_NAMES:
+        raise UsageError(
+            f"{option} {name!r} is reserved: it already means the newest run or checkpoint",
+            f"pick another name with {option} NAME (not {' or '.join(sorted(RESERVED_NAMES))})",
+        )
+    if not is_valid_name(name):
+        raise UsageError(
+            f"invalid run name {name!r}",
+            f"use letters, digits, '.', '_' and '-', starting with a letter or digit ({option} NAME)",
+        )
+    return name
 
 
 def _started_at(run_dir: Path) -> str:

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ RUN_FIELDS: dict[str, tuple[type, ...]] = {
     "pid": (int,),
     "host": (str,),
     "error": (str,),
+    "active_s": (float, int),
+    "session_started_at": (str,),
 }
 
 
@@ -101,11 +104,55 @@ def _has_type(value: Any, types: tuple[type, ...]) -> bool:
     return isinstance(value, types) and not isinstance(value, bool)
 
 
+def parse_time(value: Any) -> datetime | None:
+    """An ISO 8601 time from run.json (naive ones are UTC); None when it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _next_session(previous: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The session fields of a run started again (``--resume``) over ``previous``, its
+    run.json: ``active_s``, the seconds its earlier sessions ran, and ``session_started_at``,
+    now. The idle time between sessions is in neither, so a run's duration is the time it
+    trained. An earlier session that recorded no end (killed) ended at run.json's last write."""
+    start = parse_time(previous.get("session_started_at")) or parse_time(previous.get("started_at"))
+    end = parse_time(previous.get("ended_at"))
+    if end is None:
+        end = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+    earlier = previous.get("active_s")
+    active = float(earlier) if isinstance(earlier, int | float) and not isinstance(earlier, bool) else 0.0
+    if start is not None and end >= start:
+        active += (end - start).total_seconds()
+    return {"active_s": active, "session_started_at": now_iso()}
+
+
+def run_duration(record: dict[str, Any], ended: datetime | None) -> float | None:
+    """Seconds a run has trained up to ``ended`` (the end of its current or last session):
+    its earlier sessions' ``active_s`` plus this session's, never the idle gap before a resume."""
+    start = parse_time(record.get("session_started_at"))
+    if start is None:  # one session only (or a run.json from before sessions were recorded)
+        start, earlier = parse_time(record.get("started_at")), 0.0
+    else:
+        earlier = float(record.get("active_s") or 0.0)
+    if start is None or ended is None or ended < start:
+        return None
+    return earlier + (ended - start).total_seconds()
+
+
 class RunRecord:
-    """``run.json``: the run's status, rewritten atomically whenever it changes."""
+    """``run.json``: the run's status, rewritten atomically whenever it changes.
+
+    Made over an existing run.json (a resumed run), it starts a new session: the time the
+    earlier sessions ran is carried in ``active_s`` (see ``run_duration``)."""
 
     def __init__(self, run_dir: Path, initial: dict[str, Any]) -> None:
         self.path = RunDir(run_dir).run_file
+        previous = self.read(run_dir) if self.path.is_file() else {}
         self.data: dict[str, Any] = {
             "name": run_dir.name,
             "status": "running",
@@ -124,6 +171,8 @@ class RunRecord:
             "lmforge_version": None,
             "error": None,
         }
+        if previous.get("started_at"):
+            self.data.update(_next_session(previous, self.path))
         self.data.update(initial)
 
     @classmethod

@@ -210,3 +210,13 @@ def test_subprocess_list_and_rm(fake_run, workspace_dir):
     assert json.loads(listed.stdout)[0]["name"] == "tiny-done"
     bad = subprocess.run([*base, "rm", "tiny-done"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--yes" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_rm_dry_run_deletes_nothing_and_names_the_real_run(cli, three_runs, workspace_dir):
+    """Issue 27 item 18: Troubleshooting suggests `runs rm --dry-run`, which did not exist."""
+    before = sorted(p.name for p in (workspace_dir / "runs").iterdir())
+    newest = json.loads(cli("runs", "show", "latest", "--json", "--no-plot").stdout)["run"]["name"]
+    result = cli("runs", "rm", "latest", "--dry-run")  # no terminal, no --yes: still fine
+    assert result.exit_code == 0, result.output
+    assert f"Would delete run {newest} (" in result.stdout and "Nothing deleted" in result.stderr
+    assert sorted(p.name for p in (workspace_dir / "runs").iterdir()) == before
