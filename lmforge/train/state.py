@@ -91,7 +91,7 @@ class TrainingState:
         gathered); meaningful on rank 0."""
         rng = dist.gather_objects(get_rng_state())
         return {
-            "optimizer": dist.full_optimizer_state(self.model, self.optimizer),
+            "optimizer": optimizer_state(self.model, self.optimizer),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             **self.progress.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -106,7 +106,7 @@ class TrainingState:
     def load_state_dict(self, state: dict[str, Any], *, resume: bool = True) -> int:
         """Put ``state`` back (all of it on ``resume``; see the module docstring for a rollback)
         and return the number of processes that saved it."""
-        dist.load_full_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.loaded_schedule = state.get("schedule")  # the saved one: did --steps change its past?
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
@@ -191,6 +191,88 @@ class Checkpointer:
         set_hyperparameters(self.state.optimizer, self.optim, self.device)
         self.last_full_step = self.state.progress.step
         return saved_world
+
+
+# ----------------------------------------------------------------------------- the optimizer state
+
+# trainer.pt's "optimizer" layout. 2: keyed by parameter name (torch.distributed.checkpoint's full
+# state dict), with "format_version"; 1 (no "format_version"): torch.optim's own state_dict, keyed by
+# integer ids in parameter-group order, converted on load by ``_by_name``.
+OPTIMIZER_FORMAT = 2
+
+
+def _parts(optimizer: Any) -> dict[str, torch.optim.Optimizer]:
+    """The torch optimizers inside ``optimizer`` by their key in the saved state (Muon + AdamW: two)."""
+    from lmforge.train.optim import MuonAdamW
+
+    if isinstance(optimizer, MuonAdamW):
+        return {"muon": optimizer.muon, "adamw": optimizer.adamw}
+    return {"": optimizer}
+
+
+def optimizer_state(model: nn.Module, optimizer: Any) -> dict[str, Any]:
+    """The full optimizer state in ``OPTIMIZER_FORMAT`` (a collective under FSDP; rank 0 gets it)."""
+    parts = _parts(optimizer)
+    state: dict[str, Any] = {"format_version": OPTIMIZER_FORMAT}
+    if not any(opt.state for opt in parts.values()):
+        return state  # before the first update: nothing to keep (every rank agrees: same steps)
+    for key, opt in parts.items():
+        full = dist.full_optimizer_state(model, opt)
+        state.update({key: full} if key else full)
+    if "muon" in parts:
+        state["updates"] = optimizer.updates
+    return state
+
+
+def load_optimizer_state(model: nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+    """Put a saved optimizer state (either format) back. Under FSDP rank 0 alone passes it and the
+    other ranks ``{}``."""
+    from lmforge.errors import CheckpointError, ConfigError
+
+    version = state.get("format_version", 1) if state else OPTIMIZER_FORMAT
+    if version > OPTIMIZER_FORMAT:
+        raise CheckpointError(
+            f"this checkpoint's optimizer state has format {version}, newer than this lmforge reads",
+            "upgrade lmforge",
+        )
+    parts = _parts(optimizer)
+    if state and ("muon" in parts) != ("muon" in state):
+        raise ConfigError(
+            "this checkpoint's optimizer state is "
+            + ("AdamW's, not Muon + AdamW" if "muon" in parts else "Muon + AdamW's, not AdamW's"),
+            "resume with the run's own --optimizer",
+        )
+    if version == 1:
+        state = _by_name(model, parts, state)
+    # saved before the first update: the optimizer stays new (only rank 0 read the file)
+    if not dist.broadcast_object(bool(state.get("state") or state.get("muon"))):
+        return
+    for key, opt in parts.items():
+        dist.load_full_optimizer_state(model, opt, state.get(key, {}) if key else state)
+    if "muon" in parts:
+        optimizer.updates = int(state["updates"])
+
+
+def _by_name(model: nn.Module, parts: dict[str, torch.optim.Optimizer], state: dict[str, Any]) -> dict:
+    """A format-1 optimizer state (integer ids in parameter-group order) keyed by parameter name."""
+    names = {id(p): n for n, p in dist.unwrap(model).named_parameters()}
+
+    def convert(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+        order = [names[id(p)] for group in opt.param_groups for p in group["params"]]
+        return {
+            "state": {order[int(i)]: s for i, s in saved["state"].items()},
+            "param_groups": [
+                {**g, "params": [order[int(i)] for i in g["params"]]} for g in saved["param_groups"]
+            ],
+        }
+
+    if "muon" in parts:
+        return {
+            "muon": convert(parts["muon"], state["muon"]),
+            "adamw": convert(parts["adamw"], state["adamw"]),
+            "updates": state["updates"],
+        }
+    return convert(parts[""], state)
 
 
 def _trainer_state(path: Path) -> dict[str, Any]:
