@@ -18,7 +18,7 @@ from lmforge.config import TrainingConfig
 from lmforge.errors import LmforgeError, UsageError
 from lmforge.fileio import FileLock, is_disk_full
 from lmforge.runs.record import JsonlWriter, RunRecord, truncate_after
-from lmforge.train.state import Progress
+from lmforge.train.state import RunProgress
 from lmforge.units import now_iso
 from lmforge.workspace import RunDir
 
@@ -26,7 +26,7 @@ from lmforge.workspace import RunDir
 class RunFiles:
     """The files of the run in ``run``; ``progress`` is what ``run.json`` keeps up to date."""
 
-    def __init__(self, run: RunDir, progress: Progress, *, enabled: bool) -> None:
+    def __init__(self, run: RunDir, progress: RunProgress, *, enabled: bool) -> None:
         from lmforge.observe.wandb_logger import NullLogger
 
         self.run = run
@@ -178,6 +178,13 @@ class RunFiles:
             wb["train/mfu"] = mfu
         wb.update({f"grad_norm/{k}": v for k, v in (layer_norms or {}).items()})
         self.logger.log(wb, step=step)
+
+    def eval_record(self, val_loss: float, val_ppl: float) -> None:
+        """An evaluation's line in ``metrics.jsonl`` and its W&B values, at the current step."""
+        step, tokens = self.progress.step, self.progress.tokens
+        record = {"kind": "eval", "step": step, "val_loss": val_loss, "val_ppl": val_ppl}
+        self.metric(record | {"tokens": tokens, "time": time.time()})
+        self.logger.log({"val/loss": val_loss, "val/ppl": val_ppl}, step=step)
 
     def sample(self, prompt: str, text: str) -> None:
         step = self.progress.step

@@ -74,6 +74,24 @@ def stop_on_signals(
             signal.signal(s, h)
 
 
+def announce_signal(warn: Callable[[str], None]) -> Callable[[int, bool], None]:
+    """``stop_on_signals``' ``announce``: says what the signal does the moment it arrives (from the
+    watcher's thread), not after the step."""
+
+    def announce(signum: int, first: bool) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if first:
+            again = "Ctrl-C" if signum == signal.SIGINT else name
+            warn(
+                f"{name}: stopping after this step (a full checkpoint will be saved) — {again} again "
+                "to abort without saving"
+            )
+        else:
+            warn(f"{name} again: aborting now, without saving a checkpoint")
+
+    return announce
+
+
 class _Watcher:
     """A thread that reads the signal numbers the wakeup fd receives, announces them, and makes
     sure a second one reaches the handler (``interrupt_main``) even if it arrived together with
