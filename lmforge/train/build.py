@@ -5,6 +5,8 @@ loader, the model with its optimizer and optimizer step, and the throughput mete
 
 ``make_model_and_step`` seeds the random generators: with the run's seed before the model is
 built (the same initial weights on every rank), with a seed of each rank's own after it.
+
+May import ``data``, ``device``, ``observe.throughput`` and the train modules of the parts it builds.
 """
 
 from __future__ import annotations

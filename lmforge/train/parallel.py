@@ -16,6 +16,8 @@ same FSDP-sharded one).
   whole model on its device, and the initial weights are exactly those of one process
   with the same seed (rank 0 draws them with the same generator, in the same order),
   which initialising each shard on its own rank could not give.
+
+May import ``model``, ``checkpoint`` (the weights of ``--init-from``) and ``distributed``.
 """
 
 from __future__ import annotations

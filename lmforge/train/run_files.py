@@ -4,6 +4,8 @@
 ``metrics.jsonl`` and ``samples.jsonl`` in the run directory (``RunDir``), and the
 W&B logger. Rank 0 writes them; on the other ranks a ``RunFiles(..., enabled=False)``
 writes nothing, so the loop has no rank branches.
+
+May import ``runs.record``, ``fileio``, ``workspace`` and ``observe.wandb_logger``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ class RunFiles:
         self._metrics: JsonlWriter | None = None
         self._samples: JsonlWriter | None = None
         # held from create()/lock() to close(): what tells `runs list` and a second
-        # `train --resume` that this run is alive (the kernel drops it if the process dies)
+        # `train --resume` that this run is alive (the kernel drops it if the process dies).
+        # fcntl.flock through fileio rather than the filelock package: readers probe it with a
+        # shared lock that neither creates the file nor contends (lock_held), check_present reads
+        # its descriptor, and filelock falls back to a marker file (left behind by a killed
+        # process) where flock is missing
         self._lock: FileLock | None = None
 
     def create(self) -> None:

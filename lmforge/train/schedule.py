@@ -7,6 +7,8 @@ checkpoint: a resumed run recomputes the same value from the restored step. Rais
 already taken (``resume_warning`` says so); with ``wsd`` it only moves the decay later, so a
 run resumed before its decay began continues the plateau as if it had been planned longer
 (warmup-stable-decay: Hu et al. 2024, MiniCPM; the schedule modded-nanogpt and nanochat use).
+
+May import ``config`` only.
 """
 
 from __future__ import annotations

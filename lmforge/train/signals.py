@@ -5,6 +5,8 @@ thread is inside one long backward pass (tens of seconds for GPT-2 small on a CP
 handler waits, and so would any message it printed. The C-level handler writes the
 signal's number to a wakeup fd at once, though (``signal.set_wakeup_fd``): a watcher
 thread reads it and announces the signal while the step is still running.
+
+Imports nothing from lmforge.
 """
 
 from __future__ import annotations

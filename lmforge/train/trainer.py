@@ -255,6 +255,11 @@ class TrainingManager:
             if stop_reason != "steps":
                 break
 
+        return self._end(stop_reason, t_start, p.tokens - tokens_at_start)
+
+    def _end(self, stop_reason: str, t_start: float, tokens_trained: int) -> TrainResult:
+        """The final validation and full checkpoint, and the run's result (timed from ``t_start``)."""
+        p = self.progress
         if self.hw.world_size > 1:
             self._stop_signal = self._agreed_stop  # a signal too late for the last step is not acted on
         if stop_reason == "steps" and p.last_eval_step != p.step:
@@ -271,10 +276,10 @@ class TrainingManager:
             status="interrupted" if stop_reason == "signal" else "finished",
             stop_reason=stop_reason,
             step=p.step,
-            total_steps=total,
+            total_steps=self.config.train.steps,
             tokens=p.tokens,
             elapsed_s=elapsed,
-            tokens_per_sec=(p.tokens - tokens_at_start) / max(elapsed, 1e-9),
+            tokens_per_sec=tokens_trained / max(elapsed, 1e-9),
             last_loss=self._last_loss,
             last_val_loss=p.last_val_loss,
             best_val_loss=p.best_val_loss,
