@@ -61,6 +61,18 @@ def test_init_from_options_versus_a_whole_config(trained, tiny_train_config):
     assert plan.init_from == trained.run_dir("base") / "checkpoints" / "best"  # RUN: its best
 
 
+def test_init_from_takes_the_training_defaults_of_the_checkpoints_preset(trained):
+    spec = resolve_run(trained, init_from="base")  # base: a tiny run
+    c = spec.config
+    assert c.preset == "tiny" and c.model.n_layer == 2
+    assert (c.train.steps, c.train.batch_size, c.train.grad_accum, c.train.eval_tokens) == (200, 4, 1, 8192)
+    assert (c.optim.lr, c.optim.min_lr, c.optim.warmup_steps) == (1e-3, 1e-4, 20)
+    # an option still wins, and --preset names other defaults
+    assert resolve_run(trained, overrides={("optim", "lr"): 5e-4}, init_from="base").config.optim.lr == 5e-4
+    gpt2 = resolve_run(trained, preset="gpt2", init_from="base").config
+    assert gpt2.preset == "gpt2" and gpt2.optim.lr == 1.5e-4 and gpt2.train.steps == 300_000
+
+
 def test_the_callers_config_is_not_changed(trained, tiny_train_config):
     config = tiny_train_config(n_layer=4)
     resolve_run(trained, config, init_from="base")

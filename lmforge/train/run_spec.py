@@ -117,15 +117,20 @@ def resolve_run(
             config = check_resumed_config(run_dir, config)
         return _fitted(RunSpec(_private_copy(config), resume_dir=run_dir))
 
-    given = config is not None
-    if config is None:
-        config = resolve_config(config_file, preset, overrides)
     if init_from is None:
+        config = config if config is not None else resolve_config(config_file, preset, overrides)
         return _fitted(RunSpec(_private_copy(config)))
     from lmforge.checkpoint.meta import read_meta
 
     path = find_checkpoint(workspace, init_from)
     meta = read_meta(path)
+    given = config is not None
+    if config is None:
+        # the checkpoint's preset and recipe bring their training defaults (under a file and options)
+        base_preset, base_recipe = _preset_and_recipe(meta, where=f"checkpoint {path}")
+        config = resolve_config(
+            config_file, preset, overrides, base_preset=base_preset, base_recipe=base_recipe
+        )
     if given:
         # a whole config: its architecture gives way to the checkpoint's, the rest is the caller's
         chosen = {
@@ -382,6 +387,15 @@ def next_step_hint(run_dir: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- init-from, vocabulary
+
+
+def _preset_and_recipe(meta: dict[str, Any], where: str) -> tuple[str, str]:
+    """The preset and recipe a checkpoint was trained with (gpt2 for names this lmforge lacks)."""
+    from lmforge.presets import PRESETS, RECIPES
+
+    saved = TrainingConfig.from_dict(meta["config"], source=f"{where}/meta.json")
+    preset = saved.preset if saved.preset in PRESETS else "gpt2"
+    return preset, saved.recipe if saved.recipe in RECIPES else "gpt2"
 
 
 def init_config(
