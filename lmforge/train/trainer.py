@@ -245,7 +245,7 @@ class TrainingManager:
                 raise LmforgeError(decision.error, DIVERGED_HINT)
             # one process: the signal as it arrives; several: the one the ranks agreed on in the step
             stop = self._stop_signal if self.hw.world_size == 1 else self._agreed_stop
-            if stop is not None:
+            if stop is not None and p.step < total:  # after the last step there is nothing to stop
                 stop_reason = "signal"
                 where = " (by a rank)" if self.hw.world_size > 1 else ""
                 self.reporter.warning(
@@ -260,8 +260,6 @@ class TrainingManager:
     def _end(self, stop_reason: str, t_start: float, tokens_trained: int) -> TrainResult:
         """The final validation and full checkpoint, and the run's result (timed from ``t_start``)."""
         p = self.progress
-        if self.hw.world_size > 1:
-            self._stop_signal = self._agreed_stop  # a signal too late for the last step is not acted on
         if stop_reason == "steps" and p.last_eval_step != p.step:
             self._evaluate()  # the final validation loss
         final = (
@@ -270,6 +268,10 @@ class TrainingManager:
             else self.checkpoints.latest_full()
         )
         elapsed = time.perf_counter() - t_start
+        # the signal acted on: one that came after the last step (during the final evaluation or
+        # save, say) was not, and the run finished (several processes: the one the ranks agreed on)
+        acted_on = self._stop_signal if self.hw.world_size == 1 else self._agreed_stop
+        self._stop_signal = acted_on if stop_reason == "signal" else None
         result = TrainResult(
             run=self.run_name,
             run_dir=self.run_dir,
