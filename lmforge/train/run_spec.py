@@ -120,18 +120,23 @@ def resolve_run(
     if init_from is None:
         config = config if config is not None else resolve_config(config_file, preset, overrides)
         return _fitted(RunSpec(_private_copy(config)))
+    path = find_checkpoint(workspace, init_from)
+    return _fitted(_initialised(path, config, config_file, preset, overrides))
+
+
+def _initialised(
+    path: Path,
+    config: TrainingConfig | None,
+    config_file: str | Path | None,
+    preset: str | None,
+    overrides: dict[tuple[str, ...], Any],
+) -> RunSpec:
+    """A new run from the weights of the checkpoint at ``path``: its architecture, and (unless a
+    whole ``config`` is given) the training defaults of its preset and recipe."""
     from lmforge.checkpoint.meta import read_meta
 
-    path = find_checkpoint(workspace, init_from)
     meta = read_meta(path)
-    given = config is not None
-    if config is None:
-        # the checkpoint's preset and recipe bring their training defaults (under a file and options)
-        base_preset, base_recipe = _preset_and_recipe(meta, where=f"checkpoint {path}")
-        config = resolve_config(
-            config_file, preset, overrides, base_preset=base_preset, base_recipe=base_recipe
-        )
-    if given:
+    if config is not None:
         # a whole config: its architecture gives way to the checkpoint's, the rest is the caller's
         chosen = {
             ("preset",): config.preset,
@@ -139,9 +144,14 @@ def resolve_run(
             ("model", "gradient_checkpointing"): config.model.gradient_checkpointing,
         }
     else:
+        # the checkpoint's preset and recipe bring their training defaults (under a file and options)
+        base_preset, base_recipe = _preset_and_recipe(meta, where=f"checkpoint {path}")
+        config = resolve_config(
+            config_file, preset, overrides, base_preset=base_preset, base_recipe=base_recipe
+        )
         chosen = {**overrides, ("preset",): preset} if preset else overrides
     config = init_config(config, meta, chosen, where=f"checkpoint {path}")
-    return _fitted(RunSpec(_private_copy(config), init_from=path, init_meta=meta))
+    return RunSpec(_private_copy(config), init_from=path, init_meta=meta)
 
 
 def check_run_start(workspace: Workspace, spec: RunSpec, dataset: Any) -> RunSpec:
