@@ -8,9 +8,9 @@ The model file knows nothing of this: parallelism is applied to a plain
 trainer has no ``if distributed:`` branches beyond choosing a wrapper.
 
 Checkpoints hold the *full* state: the plain ``GPT`` state dict and the
-optimizer state in ``torch.optim``'s own format (integer parameter ids in
-parameter-group order), gathered to rank 0 under FSDP. So a checkpoint saved
-by any number of processes, with either strategy, loads in any other.
+optimizer state keyed by parameter name (``torch.distributed.checkpoint``'s
+state-dict helpers), gathered to rank 0 under FSDP. So a checkpoint saved by any
+number of processes, with either strategy, loads in any other.
 """
 
 from __future__ import annotations
@@ -299,53 +299,28 @@ def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor], from
     set_model_state_dict(model, state, options=_full_options(broadcast_from_rank0=from_rank0))
 
 
-def _param_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """Names of the optimizer's parameters, in its own (integer id) order."""
-    names = {id(p): n for n, p in unwrap(model).named_parameters()}
-    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
-
-
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """``optimizer.state_dict()`` of the unsharded model. Under FSDP the shards are gathered to
-    rank 0 (a collective; other ranks get ``{}``) and re-keyed from parameter names to the
-    integer ids a single process uses, so the file is the same for any strategy."""
-    if not is_fsdp(model):
-        return optimizer.state_dict()
+    """The full (unsharded) state of ``optimizer``, keyed by parameter name
+    (``torch.distributed.checkpoint``'s layout: the same file for any strategy and number of
+    processes). On the CPU, on rank 0 (a collective under FSDP: other ranks get ``{}``).
+
+    Call it on an optimizer that has stepped: torch makes the state of one that has not by
+    stepping it once with zero gradients."""
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
-    by_name = get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
-    if not by_name:
-        return {}
-    index = {name: i for i, name in enumerate(_param_names(model, optimizer))}
-    return {
-        "state": {index[name]: s for name, s in by_name["state"].items()},
-        "param_groups": [
-            {**g, "params": [index[name] for name in g["params"]]} for g in by_name["param_groups"]
-        ],
-    }
+    return get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
 
 
 def load_full_optimizer_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
 ) -> None:
-    """Load an ``optimizer.state_dict()`` saved by any strategy. Without FSDP every rank passes
-    all of it; under FSDP rank 0 alone does (the others pass ``{}``: see ``without_optimizer``)
-    and each rank keeps its shard of what rank 0 broadcasts, tensor by tensor."""
-    if not is_fsdp(model):
-        optimizer.load_state_dict(state)
-        return
+    """Load a ``full_optimizer_state``. Without FSDP every rank passes all of it; under FSDP rank 0
+    alone does (the others pass ``{}``: see ``without_optimizer``) and each rank keeps its shard
+    of what rank 0 broadcasts, tensor by tensor."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
-    by_name: dict[str, Any] = {}
-    if state:
-        names = _param_names(model, optimizer)
-        by_name = {
-            "state": {names[int(i)]: s for i, s in state["state"].items()},
-            "param_groups": [
-                {**g, "params": [names[int(i)] for i in g["params"]]} for g in state["param_groups"]
-            ],
-        }
-    set_optimizer_state_dict(model, optimizer, by_name, options=_full_options(broadcast_from_rank0=True))
+    options = _full_options(broadcast_from_rank0=is_fsdp(model))
+    set_optimizer_state_dict(model, optimizer, state, options=options)
 
 
 def without_optimizer(state: dict[str, Any] | None) -> dict[str, Any]:

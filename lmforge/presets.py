@@ -106,6 +106,9 @@ def resolve_config(
     config_file: str | Path | None = None,
     preset: str | None = None,
     overrides: dict[tuple[str, ...], Any] | None = None,
+    *,
+    base_preset: str = "gpt2",
+    base_recipe: str = "gpt2",
 ) -> TrainingConfig:
     """Layer the sources of a run's config: defaults < the preset's training defaults
     (``PRESET_TRAINING``) < recipe < TOML file < preset < overrides.
@@ -115,23 +118,24 @@ def resolve_config(
     context) over the file's, and never any other model value the file gave;
     ``overrides`` (``{("optim", "lr"): 3e-4}``, from the other options) win. The recipe works
     like the preset: ``--recipe`` (``overrides[("recipe",)]``) beats the file's recipe values,
-    a file's own ``recipe`` key is the base its values go on top of.
+    a file's own ``recipe`` key is the base its values go on top of. ``base_preset`` and
+    ``base_recipe`` are what neither names (``--init-from``: the checkpoint's).
     """
     data = _without_own_run_name(load_toml(config_file), config_file) if config_file else {}
     overrides = dict(overrides or {})
     recipe = overrides.pop(("recipe",), None)
-    file_preset = data.get("preset", "gpt2")
+    file_preset = data.get("preset", base_preset)
     # the preset's whole model (its dropout too) is the base the file's values go on top of
-    base = preset or (file_preset if isinstance(file_preset, str) else "gpt2")
+    base = preset or (file_preset if isinstance(file_preset, str) else base_preset)
     config = dataclasses.replace(TrainingConfig(), preset=base, model=_check_preset(base))
     if base in PRESET_TRAINING:
         config = with_overrides(config, PRESET_TRAINING[base])  # under the recipe, file and options
     # the gpt2 recipe's values are the base's own (its preset's lr, say), not the bare defaults
     gpt2_values = {path: _get(config, path) for path in RECIPES["gpt2"]}
-    file_recipe = data.get("recipe", "gpt2")
-    base_recipe = recipe or (file_recipe if isinstance(file_recipe, str) else "gpt2")
-    if base_recipe != "gpt2":
-        config = apply_recipe(config, base_recipe)
+    file_recipe = data.get("recipe", base_recipe)
+    under = recipe or (file_recipe if isinstance(file_recipe, str) else base_recipe)
+    if under != "gpt2":
+        config = apply_recipe(config, under)
     if data:
         merged = config.to_dict()
         for key, value in data.items():

@@ -27,7 +27,7 @@ from lmforge.checkpoint.store import load_model, load_trainer_state, save_checkp
 from lmforge.config import ModelConfig, TrainingConfig
 from lmforge.model.gpt import GPT
 from lmforge.observe.reporting import Reporter
-from lmforge.train.setup import resume_config
+from lmforge.train.run_spec import resume_config
 
 pytestmark = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),

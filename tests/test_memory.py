@@ -11,7 +11,7 @@ import torch
 from lmforge.config import TrainingConfig
 from lmforge.errors import LmforgeError
 from lmforge.train import memory
-from lmforge.train.memory import check_fits, estimate
+from lmforge.train.memory import check_fits, step_memory
 
 GiB = 2**30
 
@@ -24,19 +24,19 @@ def _config(**model) -> TrainingConfig:
 
 
 def test_activations_grow_with_the_context_and_checkpointing_cuts_them():
-    base = estimate(_config(), "bf16", device_type="cuda")
-    long = estimate(_config(block_size=100_000), "bf16", device_type="cuda")
+    base = step_memory(_config(), "bf16", device_type="cuda")
+    long = step_memory(_config(block_size=100_000), "bf16", device_type="cuda")
     # gpt2 at batch 4 x 100,000 tokens: ~34 bytes x 768 x 12 blocks per token at 16 bits
     assert long.activations > 100 * GiB > 2 * base.total
     assert long.activations == pytest.approx(base.activations * 100_000 / 1024, rel=0.05)
-    ckpt = estimate(_config(block_size=100_000, gradient_checkpointing=True), "bf16", device_type="cuda")
+    ckpt = step_memory(_config(block_size=100_000, gradient_checkpointing=True), "bf16", device_type="cuda")
     assert ckpt.activations < long.activations / 5
-    assert estimate(_config(), "fp32", device_type="cuda").activations > 1.9 * base.activations
+    assert step_memory(_config(), "fp32", device_type="cuda").activations > 1.9 * base.activations
 
 
 def test_sharding_divides_the_training_state():
-    one = estimate(_config(), "fp32")
-    four = estimate(_config(), "fp32", world_size=4, sharded=True)
+    one = step_memory(_config(), "fp32")
+    four = step_memory(_config(), "fp32", world_size=4, sharded=True)
     assert four.state == pytest.approx(one.state / 4, rel=1e-6) and four.activations == one.activations
 
 

@@ -38,6 +38,7 @@ def _batches(seed: int, n: int = 2):
 def _fsdp_rank(rank: int) -> None:
     from lmforge import distributed as dist
     from lmforge.model.gpt import GPT
+    from lmforge.train.hardware import Hardware
     from lmforge.train.optim import build_optimizer
     from lmforge.train.parallel import build_train_model, initial_model
     from lmforge.train.step import TrainStep
@@ -46,9 +47,8 @@ def _fsdp_rank(rank: int) -> None:
     real_init = GPT.init_weights
     GPT.init_weights = lambda self: (inits.append(1), real_init(self))[1]
     torch.manual_seed(0)
-    model, train_model = build_train_model(
-        CFG, strategy="fsdp", device=CPU, compiled=False, dtype="fp32", rank=rank
-    )
+    hw = Hardware(CPU, "fp32", "fsdp", rank, 2)
+    model, train_model = build_train_model(CFG, hw, compiled=False)
     GPT.init_weights = real_init
     # rank 0 alone drew the full model; the others allocated their shards only
     assert len(inits) == (1 if rank == 0 else 0), inits
@@ -66,8 +66,7 @@ def _fsdp_rank(rank: int) -> None:
         optimizer,
         torch.amp.GradScaler("cpu", enabled=False),
         train_model=train_model,
-        world_size=2,
-        sharded=True,
+        hardware=hw,
     )
     for seed in (1, 2):
         assert step(_batches(seed + rank), lr=1e-2).status == "ok"
@@ -87,10 +86,12 @@ def _fsdp_rank(rank: int) -> None:
 def _ddp_rank(rank: int) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    from lmforge.train.hardware import Hardware
     from lmforge.train.optim import build_optimizer
     from lmforge.train.parallel import build_train_model
     from lmforge.train.step import TrainStep
 
+    hw = Hardware(CPU, "fp32", "ddp", rank, 2)
     real_compile = torch.compile
     # the graph capture and DDPOptimizer's bucket split, without inductor's C++ build (minutes here)
     torch.compile = lambda m, **kw: real_compile(m, backend="aot_eager")
@@ -98,9 +99,7 @@ def _ddp_rank(rank: int) -> None:
     try:
         for compiled in (False, True):
             torch.manual_seed(0)
-            model, train_model = build_train_model(
-                CFG, strategy="ddp", device=CPU, compiled=compiled, dtype="fp32", rank=rank
-            )
+            model, train_model = build_train_model(CFG, hw, compiled=compiled)
             if compiled:  # compiled around DDP, not DDP around a compiled module
                 assert isinstance(train_model._orig_mod, DDP) and train_model._orig_mod.module is model
             else:
@@ -111,7 +110,7 @@ def _ddp_rank(rank: int) -> None:
                 optimizer,
                 torch.amp.GradScaler("cpu", enabled=False),
                 train_model=train_model,
-                world_size=2,
+                hardware=hw,
             )
             losses = [step(_batches(seed + rank), lr=1e-2).loss.item() for seed in (1, 2, 3)]
             results.append((losses, [p.detach().clone() for p in model.parameters()]))

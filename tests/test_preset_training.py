@@ -8,7 +8,7 @@ import pytest
 from lmforge.config import TrainingConfig
 from lmforge.presets import PRESET_TRAINING, resolve_config
 from lmforge.train.fit import fit_to_run
-from lmforge.train.setup import FIXED_ON_RESUME, resume_config
+from lmforge.train.run_spec import FIXED_ON_RESUME, resume_config
 
 
 def test_tiny_brings_the_quick_starts_training_values():

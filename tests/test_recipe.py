@@ -104,7 +104,7 @@ def test_muon_wsd_resume_with_more_steps_before_the_decay_is_the_longer_run_bitw
 
     if cpu == "no fast bf16":
         monkeypatch.setattr(lmforge.device, "_read_cpuinfo", lambda: "model name : Old\nflags : avx2\n")
-    from lmforge.train.setup import resume_config
+    from lmforge.train.run_spec import resume_config
 
     def config(run, steps):
         return tiny_train_config(
@@ -134,7 +134,7 @@ def test_muon_wsd_resume_with_more_steps_before_the_decay_is_the_longer_run_bitw
 
 
 def test_cosine_warns_when_more_steps_change_the_past_schedule(train_workspace, tiny_train_config):
-    from lmforge.train.setup import resume_config
+    from lmforge.train.run_spec import resume_config
 
     cos = tiny_train_config(steps=6, sample_tokens=0, run="cos")
     TrainingManager(cos, train_workspace, reporter=Reporter()).train()

@@ -17,22 +17,22 @@ from rich.console import Console
 from lmforge.observe.dashboard import RichReporter
 from lmforge.observe.reporting import StepStats
 from lmforge.presets import resolve_config
+from lmforge.train.dry_run import dry_run_report
 from lmforge.train.estimate import estimate_time
-from lmforge.train.plan import plan
-from lmforge.train.setup import check_resume_point, next_step_hint
+from lmforge.train.run_spec import check_resume_point, next_step_hint
 from lmforge.train.signals import AbortedBySignal, stop_on_signals
 
 # ----------------------------------------------------------------------------- 3: estimate, progress
 
 
 def test_the_estimate_of_gpt2_on_a_cpu_says_what_to_do():
-    report = plan(resolve_config())
+    report = dry_run_report(resolve_config())
     est = estimate_time(report["flops_per_step"], 300_000, "cpu", lambda: 2e11)
     assert est.seconds == pytest.approx(300_000 * report["flops_per_step"] / (2e11 * 0.25))
     assert est.seconds > 30 * 86400  # GPT-2 small for 300k steps on a CPU: months
     assert "300,000 steps" in est.describe() and "200 GFLOP/s" in est.describe()
     assert "on a CPU, try --preset tiny" in est.advice("gpt2")
-    tiny = plan(resolve_config(preset="tiny"))
+    tiny = dry_run_report(resolve_config(preset="tiny"))
     quick = estimate_time(tiny["flops_per_step"], 200, "cpu", lambda: 2e11)
     assert quick.seconds < 600 and quick.advice("tiny") is None
     assert estimate_time(report["flops_per_step"], 300_000, "cuda", lambda: 4e14).advice("gpt2") is None

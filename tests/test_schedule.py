@@ -62,3 +62,19 @@ def test_optimizer_is_adamw_with_config_values():
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.param_groups[0]["betas"] == (0.9, 0.99)
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+
+
+def test_resume_warnings_name_the_saved_schedule_and_any_change():
+    from lmforge.train.schedule import WSDSchedule
+
+    wsd = WSDSchedule(1e-3, 1e-4, 2, 32, 0.25)
+    cosine = CosineSchedule(1e-3, 1e-4, 2, 32)
+    # another schedule at the same --steps: the past changed, and the message names the saved one
+    message = cosine.resume_warning(wsd.state_dict(), 10)
+    assert message.startswith("the run was trained on wsd (") and "on cosine (" in message
+    assert "other learning rates" in message
+    assert "trained on wsd" in CosineSchedule(1e-3, 1e-4, 2, 64).resume_warning(wsd.state_dict(), 10)
+    # only the decay fraction, before the decay: the steps to come change
+    later = WSDSchedule(1e-3, 1e-4, 2, 32, 0.5).resume_warning(wsd.state_dict(), 10)
+    assert "the learning rates change from step 18 on" in later
+    assert wsd.resume_warning(wsd.state_dict(), 10) is None and cosine.resume_warning(None, 10) is None

@@ -118,20 +118,19 @@ def test_fp16_bad_steps_roll_back_then_training_goes_on_as_if_they_never_happene
     for s in (step, twin_step):
         s(_batches(), lr=1e-3)
     saved = copy.deepcopy((model.state_dict(), optimizer.state_dict(), step.scaler.state_dict()))
-    records, warnings = [], []
-    recovery = Recovery(2, records.append, warnings.append)
+    recovery = Recovery(2)
     handle = _nan_loss(model)
-    due = [recovery.step_skipped(step(_batches(), lr=1e-3), step=1, tokens=64) for _ in range(2)]
+    decisions = [recovery.decide(step(_batches(), lr=1e-3), 1, 64, Path("step-1")) for _ in range(2)]
     handle.remove()
+    due = [d.action == "roll_back" for d in decisions]
     assert due == [False, True]
 
-    def restore(path):
-        model.load_state_dict(saved[0])
-        optimizer.load_state_dict(saved[1])
-        step.scaler.load_state_dict(saved[2])
-        return 1, 64
-
-    recovery.roll_back(Path("step-1"), 1, restore)
+    # the loop's part of a rollback: load the checkpoint, then record it
+    model.load_state_dict(saved[0])
+    optimizer.load_state_dict(saved[1])
+    step.scaler.load_state_dict(saved[2])
+    done = recovery.rolled_back(decisions[-1].checkpoint, 1, 1, 64)
+    records = [d.record for d in decisions] + [done.record]
     assert [r["kind"] for r in records] == ["bad_step", "bad_step", "rollback"]
     assert step(_batches(), lr=1e-3).status == "ok"
     assert twin_step(_batches(), lr=1e-3).status == "ok"

@@ -359,3 +359,27 @@ def test_early_stopping_after_patience(train_workspace, tiny_train_config):
     assert result.stop_reason == "early_stopping" and result.step == 6 and result.status == "finished"
     assert result.best_val_loss == 3.0 and result.best_step == 2
     assert read_meta(train_workspace / "runs" / "early" / "checkpoints" / "best")["step"] == 2
+
+
+@pytest.mark.parametrize("eval_interval", [4, 3])  # the last step's evaluation, or the final one
+def test_a_signal_during_the_final_evaluation_leaves_the_run_finished(
+    train_workspace, tiny_train_config, eval_interval
+):
+    import signal
+
+    config = tiny_train_config(
+        steps=4, eval_interval=eval_interval, sample_tokens=0, run=f"late{eval_interval}"
+    )
+    m = TrainingManager(config, train_workspace, reporter=Reporter())
+    real = m.evaluate
+
+    def evaluate():
+        if m.step == 4:
+            m.request_stop(signal.SIGTERM)  # as the handler does when SIGTERM arrives
+        return real()
+
+    m.evaluate = evaluate
+    result = m.train()
+    assert (result.status, result.stop_reason, result.step, result.exit_code) == ("finished", "steps", 4, 0)
+    run = json.loads((train_workspace / "runs" / f"late{eval_interval}" / "run.json").read_text())
+    assert run["status"] == "finished" and run["step"] == 4

@@ -83,7 +83,7 @@ def train(
         raise UsageError(
             "--nproc cannot be used under torchrun", "torchrun already chose the processes: drop --nproc"
         )
-    from lmforge.train.setup import plan_run
+    from lmforge.train.run_spec import resolve_run
 
     overrides = dict(overrides or {})
     preset = overrides.pop(("preset",), None)
@@ -91,17 +91,17 @@ def train(
     if isinstance(run_name, str) and not run_name.strip():  # the config reads "" as "not given"
         raise UsageError(f"--run {run_name!r} is empty", "name the run, or leave --run out to get a name")
     ws = workspace(ctx)
-    run_plan = plan_run(
+    run_spec = resolve_run(
         ws, config_file=config_file, preset=preset, overrides=overrides, resume=resume, init_from=init_from
     )
-    config = run_plan.config
+    config = run_spec.config
     if dry_run:
-        for message in run_plan.warnings:  # a run reports them as it starts
+        for message in run_spec.warnings:  # a run reports them as it starts
             err_console.print(f"[yellow]warning:[/yellow] {escape(message)}", highlight=False)
         _warn_if_not_prepared(ws, config.data.name)
-        from lmforge.train.plan import plan
+        from lmforge.train.dry_run import dry_run_report
 
-        report = plan(config, world_size=nproc or int(os.environ.get("WORLD_SIZE", 1)))
+        report = dry_run_report(config, world_size=nproc or int(os.environ.get("WORLD_SIZE", 1)))
         if as_json:
             print_json(report)
         else:
@@ -122,7 +122,7 @@ def train(
         reporter = _reporter(ctx) if group.is_main else None
         manager = TrainingManager(
             workspace=ws,
-            plan=run_plan,
+            spec=run_spec,
             reporter=reporter,
             rank=group.rank,
             world_size=group.world_size,
@@ -131,7 +131,7 @@ def train(
             result = manager.train()
         except KeyboardInterrupt as exc:  # a second Ctrl-C: nothing saved, run.json says aborted
             if group.is_main:
-                from lmforge.train.setup import next_step_hint
+                from lmforge.train.run_spec import next_step_hint
 
                 err_console.print(
                     f"[bold red]Aborted:[/bold red] run {manager.run_name} stopped without saving; "

@@ -1,61 +1,53 @@
-"""Evaluation during training: the validation loss at every ``--eval-interval``, its
-records (``metrics.jsonl``, W&B, the reporter) and a text sample.
+"""Evaluation during training: the validation loss and a text sample of the model being
+trained, computed when the loop asks (it records them).
 
 Several processes: each rank scores its share of the validation windows and the mean
 is reduced. An FSDP model's forward is a collective, so every rank also generates the
 sample (the same text, from the same seed), for a fixed number of tokens.
+
+May import ``eval``, ``data`` and ``distributed``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import time
-from collections.abc import Callable
+from typing import Any
 
-import torch
 import torch.nn as nn
 
 from lmforge import distributed as dist
 from lmforge.config import TrainingConfig
+from lmforge.data.store import PreparedDataset
 from lmforge.errors import LmforgeError
-from lmforge.observe.reporting import EvalStats, Reporter
-from lmforge.train.run_files import RunFiles
-from lmforge.train.state import Progress
+from lmforge.train.hardware import Hardware
+from lmforge.workspace import Workspace
 
 
 class Evaluation:
-    """Scores ``model`` on ``val_tokens`` and records the result in ``progress`` and ``files``;
-    ``generate(prompt, max_tokens, **options)`` makes the samples."""
+    """Scores ``model`` on ``dataset``'s validation split and samples text with its tokenizer
+    (loaded on first use). ``compiled``: the model's blocks are compiled (FSDP runs them eagerly
+    here)."""
 
     def __init__(
         self,
         model: nn.Module,
-        val_tokens,
+        dataset: PreparedDataset,
         config: TrainingConfig,
+        hardware: Hardware,
         *,
-        device: torch.device,
-        dtype: str,
-        rank: int,
-        world_size: int,
-        strategy: str,
         compiled: bool,
-        progress: Progress,
-        files: RunFiles,
-        reporter: Reporter,
-        generate: Callable[..., str],
+        workspace: Workspace,
     ) -> None:
-        self.model, self.val_tokens, self.config = model, val_tokens, config
-        self.device, self.dtype, self.rank, self.world_size = device, dtype, rank, world_size
-        self.fsdp = strategy == "fsdp"
+        self.model, self.config, self.hw = model, config, hardware
+        self.val_tokens = dataset.tokens("validation")
+        self.tokenizer_identity, self.workspace = dict(dataset.tokenizer_identity), workspace
         self.compiled = compiled
-        self.progress, self.files, self.reporter = progress, files, reporter
-        self.generate = generate
-        self.samples_ok = config.logging.sample_tokens > 0
+        self.samples_on = config.logging.sample_tokens > 0
+        self._tokenizer = None
 
     def eager(self) -> contextlib.AbstractContextManager:
         # FSDP compiles the blocks themselves, which evaluation and samples share (see dist.eager)
-        return dist.eager() if self.fsdp and self.compiled else contextlib.nullcontext()
+        return dist.eager() if self.hw.sharded and self.compiled else contextlib.nullcontext()
 
     def loss(self) -> float:
         """Mean validation loss (``eval_tokens`` targets, or the whole split)."""
@@ -73,52 +65,51 @@ class Evaluation:
                     stride=min(c.window_stride, block),
                     batch_size=c.train.batch_size,
                     max_tokens=c.train.eval_tokens or None,
-                    device=self.device,
-                    dtype=self.dtype,
-                    rank=self.rank,
-                    world_size=self.world_size,
+                    device=self.hw.device,
+                    dtype=self.hw.dtype,
+                    rank=self.hw.rank,
+                    world_size=self.hw.world_size,
                 ),
             )
         dist.reshard(self.model)
         return result.loss
 
-    def record(self, val_loss: float) -> bool:
-        """Record ``val_loss`` at the current step; True when it is the best so far."""
-        p = self.progress
-        improved = p.add_eval(val_loss)
-        val_ppl = math.exp(min(val_loss, 700.0))
-        self.files.metric(
-            {"kind": "eval", "step": p.step, "val_loss": val_loss, "val_ppl": val_ppl}
-            | {"tokens": p.tokens, "time": time.time()}
-        )
-        self.files.logger.log({"val/loss": val_loss, "val/ppl": val_ppl}, step=p.step)
-        best = p.best_val_loss if p.best_val_loss is not None else val_loss
-        self.reporter.evaluation(
-            EvalStats(p.step, val_loss, val_ppl, best, p.best_step or p.step, improved, p.evals_since_best)
-        )
-        return improved
+    @property
+    def tokenizer(self):
+        """The dataset's tokenizer (loaded on first use)."""
+        if self._tokenizer is None:
+            from lmforge.data.tokenizer import tokenizer_from_identity
 
-    def sample(self) -> None:
-        """A text sample from the prompt (recorded and reported); turned off for the rest of the
-        run, with a warning, if the tokenizer cannot be loaded."""
-        if not self.samples_ok or not (self.rank == 0 or self.fsdp):
-            return
-        prompt, step = self.config.logging.sample_prompt, self.progress.step
+            self._tokenizer = tokenizer_from_identity(self.tokenizer_identity, workspace=self.workspace)
+        return self._tokenizer
+
+    def generate(self, prompt: str, max_tokens: int = 50, **kwargs: Any) -> str:
+        """A completion of ``prompt`` (``lmforge.eval.generate.generate``'s options as keyword
+        arguments: temperature, top_k, top_p, greedy, seed ...)."""
+        from lmforge.eval.generate import generate
+
+        kwargs.setdefault("dtype", self.hw.dtype)
+        return generate(self.model, self.tokenizer, prompt, max_tokens=max_tokens, **kwargs)[0]
+
+    def sample(self, step: int) -> str | None:
+        """The text sample of ``step`` from the configured prompt; None when samples are off or
+        this rank does not make them. A tokenizer that cannot be loaded turns samples off for
+        the rest of the run (the ``LmforgeError`` says why)."""
+        if not self.samples_on or not (self.hw.is_main or self.hw.sharded):
+            return None
+        logging = self.config.logging
         try:
             # a seed of its own: samples never touch the training RNG (exact resume)
             with self.eager():
-                text = self.generate(
-                    prompt,
-                    self.config.logging.sample_tokens,
+                return self.generate(
+                    logging.sample_prompt,
+                    logging.sample_tokens,
                     seed=self.config.train.seed + step,
                     # not stopping at end-of-text, which could differ by a bit between ranks
-                    **({"stop_at_eot": False} if self.fsdp else {}),
+                    **({"stop_at_eot": False} if self.hw.sharded else {}),
                 )
-        except LmforgeError as exc:
-            self.samples_ok = False
-            self.reporter.warning(f"text samples are off: {exc}")
-            return
+        except LmforgeError:
+            self.samples_on = False
+            raise
         finally:
             dist.reshard(self.model)
-        self.files.sample(prompt, text)
-        self.reporter.sample(step, prompt, text)

@@ -11,6 +11,8 @@ Each is valid on its own and wrong beside the others, so ``__post_init__`` canno
   only warned: clamping mid-run would jump the learning rate.
 - A sliding-window stride above the block size leaves the tokens between windows out of
   training.
+
+May import ``config`` only.
 """
 
 from __future__ import annotations

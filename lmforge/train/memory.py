@@ -1,9 +1,6 @@
-"""Will a training step fit? Estimated before the model is built, refused when it cannot.
-
-A run too large for its device used to fail late and badly: ``--vocab-size
-100000000000`` with a raw allocation error, ``--block-size 100000`` after ten
-minutes in a first step that swapped (and did not see a SIGTERM). The estimate
-per process is
+"""Will a training step fit? Its memory, computed from the shapes before the model is built,
+and a run refused when it cannot fit (rather than an allocation error, or a first step that
+swaps for minutes). Per process, a step needs
 
 - the training state: fp32 weights, gradients and AdamW's two moments (16 bytes a
   parameter; a quarter of that per rank and kind under FSDP, which shards all
@@ -17,8 +14,10 @@ per process is
 - the loss's buffers: the gradient of the hidden states, the fp32 gradient of the
   head's weight, and one chunk of logits (``model.loss`` never makes all of them).
 
-It is an estimate (allocator caching and fragmentation come on top), so a run is
-refused only when the estimate alone exceeds what the device has free.
+Allocator caching and fragmentation come on top, so a run is refused only when this
+alone exceeds what the device has free.
+
+May import ``model`` (shapes on the meta device, the loss's chunk sizes).
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ ACTIVATIONS_HINT = (
 
 
 @dataclass(frozen=True)
-class MemoryEstimate:
+class StepMemory:
     """Bytes one process needs for a training step, by part."""
 
     state: int  # weights, gradients, AdamW moments (this rank's shards under FSDP), autocast copies
@@ -75,18 +74,24 @@ class MemoryEstimate:
         return ACTIVATIONS_HINT
 
 
-def estimate(
+def build_on_meta(config: TrainingConfig) -> nn.Module:
+    """The model on the meta device: exact shapes and counts, no memory, no init cost."""
+    from lmforge.model import build_model
+
+    with torch.device("meta"):
+        return build_model(config.model)
+
+
+def step_memory(
     config: TrainingConfig,
     dtype: str,
     world_size: int = 1,
     sharded: bool = False,
     device_type: str = "cuda",
     model: nn.Module | None = None,
-) -> MemoryEstimate:
-    """The ``MemoryEstimate`` of ``config`` at ``dtype`` (fp32/bf16/fp16) on a ``device_type``
+) -> StepMemory:
+    """The ``StepMemory`` of ``config`` at ``dtype`` (fp32/bf16/fp16) on a ``device_type``
     device, from the shapes of ``model`` (built on the meta device when not given: no memory)."""
-    from lmforge.train.plan import build_on_meta
-
     model = model if model is not None else build_on_meta(config)
     m = config.model
     C, L, T, B = m.n_embd, m.n_layer, m.block_size, config.train.batch_size
@@ -109,7 +114,7 @@ def estimate(
         activations += blocks * B * m.n_head * T * T * SCORE_BYTES_PER_ACT_BYTE * act_bytes
     chunk_rows = max(1, CHUNK_ELEMENTS.get(device_type, DEFAULT_CHUNK_ELEMENTS) // V)
     loss = B * T * C * act_bytes + 4 * rows * C + LOSS_CHUNK_COPIES * 4 * min(chunk_rows, B * T) * V
-    return MemoryEstimate(state, activations, loss, vocab_params / params)
+    return StepMemory(state, activations, loss, vocab_params / params)
 
 
 def available_bytes(device: torch.device) -> int | None:
@@ -159,10 +164,10 @@ def check_fits(
     world_size: int = 1,
     sharded: bool = False,
     local_processes: int = 1,
-) -> MemoryEstimate:
-    """Raise when a training step of ``config`` cannot fit on ``device``; return the estimate.
+) -> StepMemory:
+    """Raise when a training step of ``config`` cannot fit on ``device``; return its ``StepMemory``.
     ``local_processes``: processes sharing this machine's RAM (CPU runs under torchrun)."""
-    need = estimate(config, dtype, world_size, sharded, device.type)
+    need = step_memory(config, dtype, world_size, sharded, device.type)
     free = available_bytes(device)
     share = local_processes if device.type == "cpu" else 1
     if free is not None and need.total * share > free:

@@ -11,6 +11,8 @@ only, so the embeddings, an untied head and the vectors (gains, biases) stay on 
 Each group has its own peak learning rate, as a ratio to ``--lr`` (``lr_scale``): the block
 matrices ``--lr``, the embeddings and vectors ``--embed-lr``, an untied head ``--head-lr``. The
 schedule gives the lr of ``--lr`` for each step, and every group follows it at its ratio.
+
+May import ``config`` and ``errors`` only (no model, no training loop).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ same FSDP-sharded one).
   whole model on its device, and the initial weights are exactly those of one process
   with the same seed (rank 0 draws them with the same generator, in the same order),
   which initialising each shard on its own rank could not give.
+
+May import ``model``, ``checkpoint`` (the weights of ``--init-from``) and ``distributed``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn as nn
 
 from lmforge import distributed as dist
 from lmforge.config import ModelConfig
+from lmforge.train.hardware import Hardware
 
 
 def initial_model(config: ModelConfig, init_from: Path | None = None) -> nn.Module:
@@ -41,42 +44,28 @@ def initial_model(config: ModelConfig, init_from: Path | None = None) -> nn.Modu
 
 
 def build_train_model(
-    config: ModelConfig,
-    *,
-    strategy: str,
-    device: torch.device,
-    compiled: bool,
-    dtype: str,
-    rank: int = 0,
-    init_from: Path | None = None,
+    config: ModelConfig, hw: Hardware, *, compiled: bool, init_from: Path | None = None
 ) -> tuple[nn.Module, nn.Module]:
-    """``(model, train_model)`` for ``strategy`` single / ddp / fsdp (see the module docstring).
-    Call on every rank; the caller seeds the generator first (the same seed on every rank)."""
-    if strategy == "fsdp":
-        model = _sharded(config, device, compiled=compiled, dtype=dtype, rank=rank, init_from=init_from)
+    """``(model, train_model)`` for ``hw.strategy`` single / ddp / fsdp (see the module
+    docstring). Call on every rank; the caller seeds the generator first (the same seed on every
+    rank)."""
+    if hw.sharded:
+        model = _sharded(config, hw, compiled=compiled, init_from=init_from)
         return model, model
-    model = initial_model(config, init_from).to(device)
-    wrapped = dist.apply_ddp(model, device) if strategy == "ddp" else model
+    model = initial_model(config, init_from).to(hw.device)
+    wrapped = dist.apply_ddp(model, hw.device) if hw.strategy == "ddp" else model
     return model, dist.apply_compile(wrapped) if compiled else wrapped
 
 
-def _sharded(
-    config: ModelConfig,
-    device: torch.device,
-    *,
-    compiled: bool,
-    dtype: str,
-    rank: int,
-    init_from: Path | None,
-) -> nn.Module:
+def _sharded(config: ModelConfig, hw: Hardware, *, compiled: bool, init_from: Path | None) -> nn.Module:
     from lmforge.model import build_model
 
-    full = initial_model(config, init_from).state_dict() if rank == 0 else {}
+    full = initial_model(config, init_from).state_dict() if hw.is_main else {}
     with torch.device("meta"):
         model = build_model(config)
     if compiled:
         dist.apply_compile(model, whole=False)  # each block: the hooks between blocks stay eager
-    dist.apply_fsdp(model, mixed_precision=torch.bfloat16 if dtype == "bf16" else None)
-    model.to_empty(device=device)  # this rank's shards only, uninitialised until the broadcast
+    dist.apply_fsdp(model, mixed_precision=torch.bfloat16 if hw.dtype == "bf16" else None)
+    model.to_empty(device=hw.device)  # this rank's shards only, uninitialised until the broadcast
     dist.load_full_model_state(model, full, from_rank0=True)
     return model

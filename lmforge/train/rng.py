@@ -3,6 +3,8 @@ containers and tensors so that they fit ``torch.load(weights_only=True)``.
 
 Restoring them is what makes a resumed run draw the same dropout masks as an
 uninterrupted one.
+
+Imports nothing from lmforge.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@
 ``metrics.jsonl`` and ``samples.jsonl`` in the run directory (``RunDir``), and the
 W&B logger. Rank 0 writes them; on the other ranks a ``RunFiles(..., enabled=False)``
 writes nothing, so the loop has no rank branches.
+
+May import ``runs.record``, ``fileio``, ``workspace`` and ``observe.wandb_logger``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from lmforge.config import TrainingConfig
 from lmforge.errors import LmforgeError, UsageError
 from lmforge.fileio import FileLock, is_disk_full
 from lmforge.runs.record import JsonlWriter, RunRecord, truncate_after
-from lmforge.train.state import Progress
+from lmforge.train.state import RunProgress
 from lmforge.units import now_iso
 from lmforge.workspace import RunDir
 
@@ -26,7 +28,7 @@ from lmforge.workspace import RunDir
 class RunFiles:
     """The files of the run in ``run``; ``progress`` is what ``run.json`` keeps up to date."""
 
-    def __init__(self, run: RunDir, progress: Progress, *, enabled: bool) -> None:
+    def __init__(self, run: RunDir, progress: RunProgress, *, enabled: bool) -> None:
         from lmforge.observe.wandb_logger import NullLogger
 
         self.run = run
@@ -37,7 +39,11 @@ class RunFiles:
         self._metrics: JsonlWriter | None = None
         self._samples: JsonlWriter | None = None
         # held from create()/lock() to close(): what tells `runs list` and a second
-        # `train --resume` that this run is alive (the kernel drops it if the process dies)
+        # `train --resume` that this run is alive (the kernel drops it if the process dies).
+        # fcntl.flock through fileio rather than the filelock package: readers probe it with a
+        # shared lock that neither creates the file nor contends (lock_held), check_present reads
+        # its descriptor, and filelock falls back to a marker file (left behind by a killed
+        # process) where flock is missing
         self._lock: FileLock | None = None
 
     def create(self) -> None:
@@ -178,6 +184,13 @@ class RunFiles:
             wb["train/mfu"] = mfu
         wb.update({f"grad_norm/{k}": v for k, v in (layer_norms or {}).items()})
         self.logger.log(wb, step=step)
+
+    def eval_record(self, val_loss: float, val_ppl: float) -> None:
+        """An evaluation's line in ``metrics.jsonl`` and its W&B values, at the current step."""
+        step, tokens = self.progress.step, self.progress.tokens
+        record = {"kind": "eval", "step": step, "val_loss": val_loss, "val_ppl": val_ppl}
+        self.metric(record | {"tokens": tokens, "time": time.time()})
+        self.logger.log({"val/loss": val_loss, "val/ppl": val_ppl}, step=step)
 
     def sample(self, prompt: str, text: str) -> None:
         step = self.progress.step

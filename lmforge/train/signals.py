@@ -5,6 +5,8 @@ thread is inside one long backward pass (tens of seconds for GPT-2 small on a CP
 handler waits, and so would any message it printed. The C-level handler writes the
 signal's number to a wakeup fd at once, though (``signal.set_wakeup_fd``): a watcher
 thread reads it and announces the signal while the step is still running.
+
+Imports nothing from lmforge.
 """
 
 from __future__ import annotations
@@ -72,6 +74,24 @@ def stop_on_signals(
         watcher.close()
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def announce_signal(warn: Callable[[str], None]) -> Callable[[int, bool], None]:
+    """``stop_on_signals``' ``announce``: says what the signal does the moment it arrives (from the
+    watcher's thread), not after the step."""
+
+    def announce(signum: int, first: bool) -> None:
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        if first:
+            again = "Ctrl-C" if signum == signal.SIGINT else name
+            warn(
+                f"{name}: stopping after this step (a full checkpoint will be saved) — {again} again "
+                "to abort without saving"
+            )
+        else:
+            warn(f"{name} again: aborting now, without saving a checkpoint")
+
+    return announce
 
 
 class _Watcher:

@@ -69,7 +69,7 @@ def run_sweep(
 ) -> SweepResult:
     """Write the sweep's manifest and run its points in order (see the module's docstring).
     ``on_point(i, n, point, state)`` is called before each point, also for skipped ones."""
-    from lmforge.train.setup import plan_run
+    from lmforge.train.run_spec import resolve_run
     from lmforge.train.trainer import TrainingManager
 
     write_manifest(workspace, sweep)
@@ -83,14 +83,14 @@ def run_sweep(
             result.skipped.append(point.run)
             continue
         if state == "resume":
-            plan = plan_run(workspace, resume=point.run)
+            spec = resolve_run(workspace, resume=point.run)
         else:
             run_dir = workspace.runs_dir / point.run
             if run_dir.is_dir():  # this sweep's own run, stopped before its first full checkpoint
                 remove_dir(run_dir)
             preset, overrides = point_overrides(sweep, point)
-            plan = plan_run(workspace, preset=preset, overrides=overrides)
-        outcome = TrainingManager(workspace=workspace, plan=plan, reporter=reporter).train()
+            spec = resolve_run(workspace, preset=preset, overrides=overrides)
+        outcome = TrainingManager(workspace=workspace, spec=spec, reporter=reporter).train()
         if outcome.exit_code:
             result.exit_code = outcome.exit_code
             result.stopped_at = point.run

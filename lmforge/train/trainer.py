@@ -1,27 +1,30 @@
-"""The training loop: ``TrainingManager(config).train()``.
+"""The training loop: ``TrainingManager(config).train()``, one optimizer step at a time.
 
-Set-up first: ``lmforge.train.setup`` decides what the run is (config, resumed run, initial
-checkpoint, name); ``lmforge.train.build`` makes its parts (data loader, model - compiled,
-DDP-wrapped or FSDP-sharded - with its optimizer and step, throughput meter, checkpointer).
-Each iteration of the loop is one optimizer step (``lmforge.train.step``); around it come
-logging, periodic evaluation with a text sample, checkpoints (what they hold:
-``lmforge.train.state``), bad steps and rollback (``lmforge.train.recovery``), and the run's
-files and W&B (``lmforge.train.run_files``). Progress goes to a ``Reporter``
+One step reads top to bottom in ``_loop`` and ``train_step``: the schedule's learning rate,
+the micro-batches' forward and backward and the update (``lmforge.train.step``), then what
+follows it as ``lmforge.train.recovery`` decides (go on, skip, roll back, stop); around it,
+logging, evaluation with a text sample (``lmforge.train.evaluation``), checkpoints
+(``lmforge.train.state``) and the run's files and W&B (``lmforge.train.run_files``).
+Set-up first: ``lmforge.train.run_spec`` decides what the run is, ``Hardware`` where it
+computes, and ``lmforge.train.build`` makes its parts. Progress goes to a ``Reporter``
 (``lmforge.observe.reporting``) that the caller chooses; the loop itself prints nothing.
 
 Multi-process (``torchrun``; see ``lmforge.distributed``): every rank builds the
 same model from the same seed, which is then wrapped for DDP or sharded with
 FSDP2; each rank takes its slice of every global batch (the global order does
 not depend on the number of processes). Rank 0 alone writes files and reports.
-Ranks agree once per optimizer step (inside the step) on whether it was finite and
+Ranks agree once per optimizer step (inside the update) on whether it was finite and
 whether any of them received a stop signal; everything else that decides what
 happens next (logging, evaluation, checkpoints) depends on the step number only, so
 every rank takes the same path through the loop. Checkpoints hold the full
 (unsharded) state plus every rank's RNG state.
+
+May import every other part of lmforge but the CLI.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -34,17 +37,18 @@ from lmforge import distributed as dist
 from lmforge.checkpoint.listing import latest_full
 from lmforge.config import TrainingConfig
 from lmforge.data.store import open_dataset
-from lmforge.errors import UsageError
-from lmforge.observe.reporting import Reporter, StepStats, TrainResult
+from lmforge.errors import LmforgeError, UsageError
+from lmforge.observe.reporting import EvalStats, Reporter, StepStats, TrainResult
 from lmforge.train import build
 from lmforge.train.evaluation import Evaluation
-from lmforge.train.recovery import Recovery
+from lmforge.train.hardware import Hardware
+from lmforge.train.recovery import DIVERGED_HINT, Recovery
 from lmforge.train.run_files import RunFiles
+from lmforge.train.run_spec import RunSpec, check_run_start, pad_vocab, replaced_by_data, resolve_run
 from lmforge.train.schedule import build_schedule
-from lmforge.train.setup import RunPlan, pad_vocab, plan_run, replaced_by_data, resolve_hardware, start_run
-from lmforge.train.signals import stop_on_signals
-from lmforge.train.state import Progress, TrainingState
-from lmforge.train.step import StepOutcome
+from lmforge.train.signals import announce_signal, stop_on_signals
+from lmforge.train.state import Checkpointer, RunProgress, TrainingState
+from lmforge.train.step import Batch, StepOutcome
 from lmforge.workspace import RunDir, Workspace
 
 # Per-layer gradient norms go to W&B at this multiple of the log interval.
@@ -57,9 +61,9 @@ class TrainingManager:
     ``resume`` (a run name, ``"latest"`` or a run directory) continues a run from its
     newest full checkpoint; ``config`` then defaults to the run's own. ``init_from`` (a
     checkpoint name or path) starts a new run from a checkpoint's weights, with the
-    checkpoint's architecture. ``plan`` (from ``lmforge.train.setup.plan_run``, as the CLI
-    makes it) replaces all three. ``reporter`` receives the progress (plain lines on stderr
-    when not given).
+    checkpoint's architecture. ``spec`` (from ``lmforge.train.run_spec.resolve_run``, as the
+    CLI makes it) replaces all three. ``reporter`` receives the progress (plain lines on
+    stderr when not given).
 
     Under ``torchrun``, call ``lmforge.distributed.init_distributed(device_type)`` first;
     ``rank``/``world_size`` default to the initialised process group's.
@@ -73,12 +77,12 @@ class TrainingManager:
         reporter: Reporter | None = None,
         resume: str | Path | None = None,
         init_from: str | Path | None = None,
-        plan: RunPlan | None = None,
+        spec: RunSpec | None = None,
         rank: int | None = None,
         world_size: int | None = None,
     ) -> None:
-        if plan is not None and (config is not None or resume is not None or init_from is not None):
-            raise TypeError("pass either plan, or config/resume/init_from")
+        if spec is not None and (config is not None or resume is not None or init_from is not None):
+            raise TypeError("pass either spec, or config/resume/init_from")
         if reporter is None:
             from lmforge.observe.dashboard import PlainReporter
 
@@ -92,100 +96,65 @@ class TrainingManager:
                     "launched by torchrun, but torch.distributed is not initialised",
                     "call lmforge.distributed.init_distributed(device_type) first (`lmforge train` does)",
                 )
-        self.rank = group.rank if rank is None else rank
-        self.world_size = group.world_size if world_size is None else world_size
-        self.is_main = self.rank == 0
-        self.reporter = reporter if self.is_main else Reporter()
+        rank = group.rank if rank is None else rank
+        world_size = group.world_size if world_size is None else world_size
+        self.reporter = reporter if rank == 0 else Reporter()
 
         # --- what to train (decided on rank 0: it is about to change the run's files)
-        if plan is None:
-            plan = dist.on_main(lambda: plan_run(ws, config, resume=resume, init_from=init_from))
-        self.dataset = open_dataset(ws, plan.config.data.name)
-        checked = plan
-        plan = dist.on_main(lambda: start_run(ws, checked, self.dataset))
-        config = self.config = plan.config
-        self.resume_dir, self.init_from = plan.resume_dir, plan.init_from
-        self._replaced = replaced_by_data(checked.config, plan.config, self.dataset.name)
-        self.plan_warnings = list(plan.warnings)
+        if spec is None:
+            spec = dist.on_main(lambda: resolve_run(ws, config, resume=resume, init_from=init_from))
+        self.dataset = open_dataset(ws, spec.config.data.name)
+        chosen = spec
+        spec = dist.on_main(lambda: check_run_start(ws, chosen, self.dataset))
+        config = self.config = spec.config
+        self.resume_dir, self.init_from = spec.resume_dir, spec.init_from
+        self.start_warnings = replaced_by_data(chosen.config, spec.config, self.dataset.name) + spec.warnings
         self.run_name = config.run
         self.run_dir = self.resume_dir or ws.run_dir(config.run)
-        self.tokenizer_identity = dict(self.dataset.tokenizer_identity)
 
-        # --- device, precision
+        # --- where it computes: device, precision, strategy
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
-        self.device, self.dtype, self.strategy, self.dtype_reason = resolve_hardware(
-            config, self.world_size, group.local_rank, cache_dir=ws.cache_dir
+        self.hw = Hardware.resolve(
+            config, rank=rank, world_size=world_size, local_rank=group.local_rank, cache_dir=ws.cache_dir
         )
-        config.model = pad_vocab(config.model, self.device.type, resumed=self.resume_dir is not None)
-        if self.device.type == "cuda":
+        config.model = pad_vocab(config.model, self.hw.device.type, resumed=self.resume_dir is not None)
+        if self.hw.device.type == "cuda":
             # TF32 tensor cores for the fp32 matmuls that remain (Ampere+): ~8x faster, 10-bit mantissa
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        # fp16 needs loss scaling against underflowing gradients; bf16 has fp32's range and does not
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
 
         # --- the components: data loader, model with optimizer and step, schedule, throughput meter
-        self.loader = build.make_train_loader(config, self.dataset, self.device, self.rank, self.world_size)
-        built = build.make_model_and_step(
-            config,
-            strategy=self.strategy,
-            device=self.device,
-            dtype=self.dtype,
-            scaler=self.scaler,
-            rank=self.rank,
-            world_size=self.world_size,
-            init_from=self.init_from,
-            on_compile_failure=self._compile_failed,
-            cache_dir=ws.cache_dir,
-        )
-        self.model, self.optimizer, self.train_step = built.model, built.optimizer, built.train_step
+        self.loader = build.make_train_loader(config, self.dataset, self.hw)
+        built = build.make_model_and_step(config, self.hw, init_from=self.init_from, cache_dir=ws.cache_dir)
+        self.model, self.optimizer, self.stepper = built.model, built.optimizer, built.step
         self.param_counts = built.param_counts
         self.compiled, self.compile_reason = built.compiled, built.compile_reason
         self.schedule = build_schedule(config.optim, config.train.steps)
-        self.meter = build.make_throughput_meter(self.model, config, self.device, self.dtype, self.world_size)
+        self.meter = build.make_throughput_meter(self.model, config, self.hw)
 
-        # --- the run's state, files and bad-step policy (the run directory is created in train())
-        self.progress = Progress()
-        self.files = RunFiles(RunDir(self.run_dir), self.progress, enabled=self.is_main)
-        self.recovery = Recovery(config.train.max_bad_steps, self.files.metric, self.reporter.warning)
+        # --- the run's state, files, checkpoints, bad-step policy and evaluation
+        # (the run directory is created in train())
+        self.progress = RunProgress()
+        self.files = RunFiles(RunDir(self.run_dir), self.progress, enabled=self.hw.is_main)
+        self.recovery = Recovery(config.train.max_bad_steps, self.progress.bad_steps)
         self.state = TrainingState(
-            self.model,
-            self.optimizer,
-            self.scaler,
-            self.schedule,
-            self.loader,
-            self.progress,
-            self.recovery.counts,
-            self.tokenizer_identity,
-            rank=self.rank,
-            world_size=self.world_size,
-            seed=config.train.seed,
+            self.model, self.optimizer, self.stepper.scaler, self.schedule, self.loader, self.progress
         )
-        self.checkpoints = build.make_checkpointer(
-            self.state, self.files.run, config, self.dataset, strategy=self.strategy, device=self.device
-        )
+        meta = {
+            "config": config.to_dict(),
+            "tokenizer": dict(self.dataset.tokenizer_identity),
+            "dataset": self.dataset.name,
+        }
+        self.checkpoints = Checkpointer(self.state, self.files.run, config, self.hw, meta)
         self.evaluation = Evaluation(
-            self.model,
-            self.dataset.tokens("validation"),
-            config,
-            device=self.device,
-            dtype=self.dtype,
-            rank=self.rank,
-            world_size=self.world_size,
-            strategy=self.strategy,
-            compiled=self.compiled,
-            progress=self.progress,
-            files=self.files,
-            reporter=self.reporter,
-            generate=self.generate_sample,
+            self.model, self.dataset, config, self.hw, compiled=self.compiled, workspace=ws
         )
         self.resumed_from_step: int | None = None
         self._stop_signal: int | None = None
         self._agreed_stop: int | None = None  # several processes: the signal all ranks stop on
         self._estimate = None  # lmforge.train.estimate.TimeEstimate, made at the start of train()
         self._layer_norms_wanted = False
-        self._tokenizer = None
         self._last_loss: float | None = None
         dist.barrier()  # every rank has read what it needs before rank 0 starts writing
 
@@ -200,26 +169,20 @@ class TrainingManager:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.config.tokens_per_step * self.world_size
+        return self.config.tokens_per_step * self.hw.world_size
 
     @property
-    def tokenizer(self):
-        """The dataset's tokenizer (loaded on first use, for samples)."""
-        if self._tokenizer is None:
-            from lmforge.data.tokenizer import tokenizer_from_identity
+    def device(self) -> torch.device:
+        return self.hw.device
 
-            self._tokenizer = tokenizer_from_identity(self.tokenizer_identity, workspace=self.workspace)
-        return self._tokenizer
+    @property
+    def dtype(self) -> str:
+        return self.hw.dtype
 
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device)
-
-    def next_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def next_batches(self) -> list[Batch]:
         """The ``grad_accum`` micro-batches of the next step, already on their way to the device."""
         return [
-            (self._to_device(x), self._to_device(y))
+            (self.hw.to_device(x), self.hw.to_device(y))
             for x, y in (next(self.loader) for _ in range(self.config.train.grad_accum))
         ]
 
@@ -227,7 +190,9 @@ class TrainingManager:
 
     def train(self) -> TrainResult:
         """Train to ``config.train.steps`` (or an interruption, or early stopping)."""
-        with stop_on_signals(self.request_stop, lambda: self._stop_signal is not None, self._announce_signal):
+        with stop_on_signals(
+            self.request_stop, lambda: self._stop_signal is not None, announce_signal(self.reporter.warning)
+        ):
             try:
                 self._open_run()
                 result = self._loop()
@@ -241,18 +206,11 @@ class TrainingManager:
 
     def _loop(self) -> TrainResult:
         cfg, p = self.config, self.progress
-        total = cfg.train.steps
-        log_every = cfg.logging.log_interval
+        total, log_every = cfg.train.steps, cfg.logging.log_interval
         t_start = time.perf_counter()
         tokens_at_start = p.tokens
         stop_reason = "steps"
-        self.reporter.start(self._start_info())
-        for message in self._replaced:
-            self.reporter.warning(message)
-        for message in self.plan_warnings:
-            self.reporter.warning(message)
-        if self._estimate is not None and self._estimate.advice(cfg.preset):
-            self.reporter.warning(self._estimate.advice(cfg.preset))
+        self._report_start()
         self.meter.reset()
 
         while p.step < total:
@@ -261,22 +219,15 @@ class TrainingManager:
             layer_norms = (
                 will_log and self._layer_norms_wanted and (p.step + 1) % (log_every * LAYER_NORM_EVERY) == 0
             )
-            out = self.train_step(
-                self.next_batches(),
-                lr,
-                layer_norms,
-                self._stop_signal,
-                on_micro_batch=lambda done, of: self.reporter.micro_batch(p.step + 1, total, done, of),
-            )
+            out = self.train_step(self.next_batches(), lr, layer_norms)
             self._agreed_stop = out.stop_signal
-            if out.status != "ok":
-                if self.recovery.step_skipped(out, p.step, p.tokens):
-                    latest = dist.broadcast_object(self.checkpoints.latest_full())
-                    self.recovery.roll_back(latest, p.step, self._roll_back_to)
-            else:
+            # a bad step may be the one that calls for a rollback: where to (the same on every rank)
+            latest = dist.broadcast_object(self.checkpoints.latest_full()) if out.status == "bad" else None
+            decision = self.recovery.decide(out, p.step, p.tokens, latest)
+            self._note(decision.record, decision.warning)
+            if decision.action == "continue":
                 p.step += 1
                 p.tokens += self.tokens_per_step
-                self.recovery.step_ok()
                 self.meter.step(self.tokens_per_step)
                 if will_log:
                     self._log_step(out, lr, total, time.perf_counter() - t_start)
@@ -285,11 +236,18 @@ class TrainingManager:
                     if cfg.train.patience and p.evals_since_best >= cfg.train.patience:
                         stop_reason = "early_stopping"
                 self._periodic_checkpoints()
+            elif decision.action == "roll_back":
+                from_step = p.step
+                self._restore(decision.checkpoint, resume=False)
+                done = self.recovery.rolled_back(decision.checkpoint, from_step, p.step, p.tokens)
+                self._note(done.record, done.warning)
+            elif decision.action == "stop":
+                raise LmforgeError(decision.error, DIVERGED_HINT)
             # one process: the signal as it arrives; several: the one the ranks agreed on in the step
-            stop = self._stop_signal if self.world_size == 1 else self._agreed_stop
-            if stop is not None:
+            stop = self._stop_signal if self.hw.world_size == 1 else self._agreed_stop
+            if stop is not None and p.step < total:  # after the last step there is nothing to stop
                 stop_reason = "signal"
-                where = " (by a rank)" if self.world_size > 1 else ""
+                where = " (by a rank)" if self.hw.world_size > 1 else ""
                 self.reporter.warning(
                     f"{signal.Signals(stop).name} received{where}: saving a full checkpoint at step "
                     f"{p.step}, then stopping"
@@ -297,8 +255,11 @@ class TrainingManager:
             if stop_reason != "steps":
                 break
 
-        if self.world_size > 1:
-            self._stop_signal = self._agreed_stop  # a signal too late for the last step is not acted on
+        return self._end(stop_reason, t_start, p.tokens - tokens_at_start)
+
+    def _end(self, stop_reason: str, t_start: float, tokens_trained: int) -> TrainResult:
+        """The final validation and full checkpoint, and the run's result (timed from ``t_start``)."""
+        p = self.progress
         if stop_reason == "steps" and p.last_eval_step != p.step:
             self._evaluate()  # the final validation loss
         final = (
@@ -307,21 +268,25 @@ class TrainingManager:
             else self.checkpoints.latest_full()
         )
         elapsed = time.perf_counter() - t_start
+        # the signal acted on: one that came after the last step (during the final evaluation or
+        # save, say) was not, and the run finished (several processes: the one the ranks agreed on)
+        acted_on = self._stop_signal if self.hw.world_size == 1 else self._agreed_stop
+        self._stop_signal = acted_on if stop_reason == "signal" else None
         result = TrainResult(
             run=self.run_name,
             run_dir=self.run_dir,
             status="interrupted" if stop_reason == "signal" else "finished",
             stop_reason=stop_reason,
             step=p.step,
-            total_steps=total,
+            total_steps=self.config.train.steps,
             tokens=p.tokens,
             elapsed_s=elapsed,
-            tokens_per_sec=(p.tokens - tokens_at_start) / max(elapsed, 1e-9),
+            tokens_per_sec=tokens_trained / max(elapsed, 1e-9),
             last_loss=self._last_loss,
             last_val_loss=p.last_val_loss,
             best_val_loss=p.best_val_loss,
             best_step=p.best_step,
-            bad_steps=self.recovery.counts.total,
+            bad_steps=p.bad_steps.total,
             checkpoint=final,
             signal=self._stop_signal,
         )
@@ -329,10 +294,33 @@ class TrainingManager:
         self.reporter.end(result)
         return result
 
+    def train_step(self, batches: list[Batch], lr: float, layer_norms: bool = False) -> StepOutcome:
+        """One optimizer step at ``lr`` over ``batches`` (its micro-batches): forward and backward
+        of each, gradients averaged across ranks after the last; then clip, the finite check and
+        the update (``TrainStep.update``: a step whose loss or gradients are not finite updates
+        nothing and comes back ``"bad"``). The step counter is the loop's."""
+        self.stepper.set_lr(lr)
+        n, step = len(batches), self.progress.step + 1
+        loss = torch.zeros((), device=self.hw.device)
+        for i, (x, y) in enumerate(batches):
+            loss += self.stepper.forward_backward(x, y, last=i == n - 1, accum=n)
+            # no host sync: a step that takes minutes still shows progress
+            self.reporter.micro_batch(step, self.config.train.steps, i + 1, n)
+        out = self.stepper.update(loss, layer_norms=layer_norms, stop_signal=self._stop_signal)
+        if out.compile_error is not None:
+            self._compile_failed(out.compile_error)
+        return out
+
+    def _note(self, record: dict[str, Any] | None, warning: str | None) -> None:
+        if record is not None:
+            self.files.metric(record)
+        if warning is not None:
+            self.reporter.warning(warning)
+
     def _log_step(self, out: StepOutcome, lr: float, total: int, elapsed: float) -> None:
         # the mean over ranks (the gradient norm is global already); .item(): device-to-host syncs,
         # at logging steps only
-        loss_t = dist.all_reduce_mean(out.loss.clone()) if self.world_size > 1 else out.loss
+        loss_t = dist.all_reduce_mean(out.loss.clone()) if self.hw.world_size > 1 else out.loss
         loss, grad_norm = loss_t.item(), out.grad_norm.item()
         self._last_loss = loss
         step, tokens = self.progress.step, self.progress.tokens
@@ -343,6 +331,15 @@ class TrainingManager:
         self.files.train_record(loss, lr, grad_norm, tps, mfu, norms)
         self.reporter.step(StepStats(step, total, loss, lr, grad_norm, tps, mfu, tokens, eta, elapsed))
 
+    def _compile_failed(self, exc: Exception) -> None:
+        """The first compiled step raised; the step trains the plain module from now on."""
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        self.reporter.warning(
+            f"torch.compile failed ({type(exc).__name__}: {first}); training without compilation "
+            "(--compile off skips the attempt)"
+        )
+        self.compiled, self.compile_reason = False, f"compilation failed: {type(exc).__name__}"
+
     # ------------------------------------------------------------------ evaluation and samples
 
     def evaluate(self) -> float:
@@ -350,18 +347,33 @@ class TrainingManager:
         return self.evaluation.loss()
 
     def _evaluate(self) -> None:
-        if self.evaluation.record(self.evaluate()):
+        """Validation (recorded; the best so far saved as ``best``), then a text sample."""
+        p = self.progress
+        val_loss = self.evaluate()
+        improved = p.add_eval(val_loss)
+        val_ppl = math.exp(min(val_loss, 700.0))
+        self.files.eval_record(val_loss, val_ppl)
+        best = p.best_val_loss if p.best_val_loss is not None else val_loss
+        self.reporter.evaluation(
+            EvalStats(p.step, val_loss, val_ppl, best, p.best_step or p.step, improved, p.evals_since_best)
+        )
+        if improved:
             self._save("best")
-        self.evaluation.sample()
+        try:
+            text = self.evaluation.sample(p.step)
+        except LmforgeError as exc:
+            self.reporter.warning(f"text samples are off: {exc}")
+            text = None
+        if text is not None:
+            prompt = self.config.logging.sample_prompt
+            self.files.sample(prompt, text)
+            self.reporter.sample(p.step, prompt, text)
         self.files.update()
 
     def generate_sample(self, prompt: str = "The history of", max_tokens: int = 50, **kwargs: Any) -> str:
         """A completion of ``prompt`` by the current model (``lmforge.eval.generate.generate`` options
         as keyword arguments: temperature, top_k, top_p, greedy, seed ...)."""
-        from lmforge.eval.generate import generate
-
-        kwargs.setdefault("dtype", self.dtype)
-        return generate(self.model, self.tokenizer, prompt, max_tokens=max_tokens, **kwargs)[0]
+        return self.evaluation.generate(prompt, max_tokens, **kwargs)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -385,15 +397,11 @@ class TrainingManager:
 
     def _restore(self, path: Path, *, resume: bool = True) -> None:
         saved_world = self.checkpoints.load(path, resume=resume)
-        if resume and saved_world != self.world_size:
+        if resume and saved_world != self.hw.world_size:
             self.reporter.warning(
-                f"resuming a {saved_world}-process checkpoint on {self.world_size} process(es): "
+                f"resuming a {saved_world}-process checkpoint on {self.hw.world_size} process(es): "
                 f"{self.tokens_per_step:,} tokens per step from now on"
             )
-
-    def _roll_back_to(self, path: Path) -> tuple[int, int]:
-        self._restore(path, resume=False)
-        return self.progress.step, self.progress.tokens
 
     # ------------------------------------------------------------------ run directory
 
@@ -421,16 +429,26 @@ class TrainingManager:
         # device_type: what pad_vocab_multiple = 0 ("auto") became (`runs show` compares with it)
         record = {
             "dataset": self.dataset.name,
-            "tokenizer": self.tokenizer_identity,
-            "device_type": self.device.type,
+            "tokenizer": dict(self.dataset.tokenizer_identity),
+            "device_type": self.hw.device.type,
         }
         self.files.open(self.config, record, on_warning=self.reporter.warning)
         # per-layer gradient norms (for W&B) are a collective under FSDP: all ranks must agree
         self._layer_norms_wanted = dist.broadcast_object(self.files.logger.wants_layer_norms)
 
+    def _report_start(self) -> None:
+        """What the run is and will cost, and the warnings of its set-up."""
+        self._estimate = self._estimate_time() if self.hw.is_main else None
+        self.reporter.start(self._start_info())
+        for message in self.start_warnings:
+            self.reporter.warning(message)
+        advice = self._estimate.advice(self.config.preset) if self._estimate else None
+        if advice:
+            self.reporter.warning(advice)
+
     def _start_info(self) -> dict[str, Any]:
-        multi = f" x{self.world_size} ({self.strategy})" if self.world_size > 1 else ""
-        self._estimate = self._estimate_time() if self.is_main else None
+        hw = self.hw
+        multi = f" x{hw.world_size} ({hw.strategy})" if hw.world_size > 1 else ""
         return {
             "run": self.run_name,
             "run_dir": str(self.run_dir),
@@ -440,11 +458,11 @@ class TrainingManager:
             "estimate": self._estimate.describe() if self._estimate else None,
             "estimate_s": self._estimate.seconds if self._estimate else None,
             "param_groups": self.param_counts.to_dict(),
-            "device": str(self.device) + multi,
-            "world_size": self.world_size,
-            "strategy": self.strategy,
-            "dtype": self.dtype,
-            "dtype_reason": self.dtype_reason,
+            "device": str(hw.device) + multi,
+            "world_size": hw.world_size,
+            "strategy": hw.strategy,
+            "dtype": hw.dtype,
+            "dtype_reason": hw.dtype_reason,
             "compile": self.compiled,
             "compile_reason": self.compile_reason,
             "tokens_per_step": self.tokens_per_step,
@@ -464,31 +482,9 @@ class TrainingManager:
         return estimate_time(
             flops_per_step,
             c.train.steps - self.progress.step,
-            self.device.type,
-            lambda: measure_matmul_flops(self.device, self.dtype),
+            self.hw.device.type,
+            lambda: measure_matmul_flops(self.hw.device, self.hw.dtype),
         )
-
-    def _compile_failed(self, exc: Exception) -> torch.nn.Module:
-        """The first compiled step raised: warn once and train the plain module from now on."""
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        self.reporter.warning(
-            f"torch.compile failed ({type(exc).__name__}: {first}); training without compilation "
-            "(--compile off skips the attempt)"
-        )
-        self.compiled, self.compile_reason = False, f"compilation failed: {type(exc).__name__}"
-        return self.model
-
-    def _announce_signal(self, signum: int, first: bool) -> None:
-        """Said the moment a signal arrives (from the signal watcher's thread), not after the step."""
-        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        if first:
-            again = "Ctrl-C" if signum == signal.SIGINT else name
-            self.reporter.warning(
-                f"{name}: stopping after this step (a full checkpoint will be saved) — {again} again "
-                "to abort without saving"
-            )
-        else:
-            self.reporter.warning(f"{name} again: aborting now, without saving a checkpoint")
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Ask the loop to stop after the current step, as Ctrl-C does (for callers and tests)."""

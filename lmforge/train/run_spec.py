@@ -1,10 +1,10 @@
-"""The rules for new, resumed and initialised runs: the one place that decides what a run is.
+"""What a run is: the rules for new, resumed and initialised runs, in one place.
 
-``plan_run`` resolves what to train, for the CLI (``--config``, ``--preset``, options,
+``resolve_run`` resolves what to train, for the CLI (``--config``, ``--preset``, options,
 ``--resume``, ``--init-from``) and the Python API (``TrainingManager(config, resume=...,
-init_from=...)``) alike, into a ``RunPlan``: the config, the run to continue, the
+init_from=...)``) alike, into a ``RunSpec``: the config, the run to continue, the
 checkpoint to start from. It needs neither the data nor a device, so ``--dry-run``
-and ``--nproc`` use it before anything starts. ``start_run`` then checks the plan
+and ``--nproc`` use it before anything starts. ``check_run_start`` then checks the spec
 against the dataset and the run directory, just before training.
 
 A run is a directory ``runs/<name>/``. Names are generated as
@@ -14,6 +14,9 @@ its ``config.toml``; options given with ``--resume`` may change how it trains (s
 lr, eval and checkpoint intervals, device, dtype...) but not what it is (the
 architecture, the tokenizer, the data and its order). A run started ``--init-from`` a
 checkpoint takes the checkpoint's architecture and must use its tokenizer.
+
+May import ``config``, ``presets``, ``workspace``, ``checkpoint``, ``runs`` and ``data``; never
+torch at import time (the CLI resolves a run before it imports torch).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ CUDA_VOCAB_MULTIPLE = 64
 
 
 @dataclass
-class RunPlan:
+class RunSpec:
     """What to train: the resolved config, and where the run starts from."""
 
     config: TrainingConfig
@@ -76,7 +79,7 @@ class RunPlan:
     warnings: list[str] = dataclasses.field(default_factory=list)  # lmforge.train.fit's, to show
 
 
-def plan_run(
+def resolve_run(
     workspace: Workspace,
     config: TrainingConfig | None = None,
     *,
@@ -85,8 +88,8 @@ def plan_run(
     overrides: dict[tuple[str, ...], Any] | None = None,
     resume: str | Path | None = None,
     init_from: str | Path | None = None,
-) -> RunPlan:
-    """The ``RunPlan`` of a run, from a whole ``config`` (the Python API; on ``resume`` it
+) -> RunSpec:
+    """The ``RunSpec`` of a run, from a whole ``config`` (the Python API; on ``resume`` it
     defaults to the run's own) or from ``config_file``, ``preset`` and ``overrides`` (the CLI).
 
     ``resume``: a run name, ``latest`` or a run directory. ``init_from``: a checkpoint name
@@ -107,23 +110,33 @@ def plan_run(
         if ("run",) in overrides:
             raise UsageError("--run cannot be combined with --resume", f"use --resume {overrides[('run',)]}")
         run_dir = find_run(workspace, resume)
-        check_not_running(run_dir)  # before `--nproc` launches anything (start_run checks again)
+        check_not_running(run_dir)  # before `--nproc` launches anything (check_run_start checks again)
         if config is None:
             config = resume_config(run_dir, overrides, preset)
         else:
             config = check_resumed_config(run_dir, config)
-        return _fitted(RunPlan(_private_copy(config), resume_dir=run_dir))
+        return _fitted(RunSpec(_private_copy(config), resume_dir=run_dir))
 
-    given = config is not None
-    if config is None:
-        config = resolve_config(config_file, preset, overrides)
     if init_from is None:
-        return _fitted(RunPlan(_private_copy(config)))
+        config = config if config is not None else resolve_config(config_file, preset, overrides)
+        return _fitted(RunSpec(_private_copy(config)))
+    path = find_checkpoint(workspace, init_from)
+    return _fitted(_initialised(path, config, config_file, preset, overrides))
+
+
+def _initialised(
+    path: Path,
+    config: TrainingConfig | None,
+    config_file: str | Path | None,
+    preset: str | None,
+    overrides: dict[tuple[str, ...], Any],
+) -> RunSpec:
+    """A new run from the weights of the checkpoint at ``path``: its architecture, and (unless a
+    whole ``config`` is given) the training defaults of its preset and recipe."""
     from lmforge.checkpoint.meta import read_meta
 
-    path = find_checkpoint(workspace, init_from)
     meta = read_meta(path)
-    if given:
+    if config is not None:
         # a whole config: its architecture gives way to the checkpoint's, the rest is the caller's
         chosen = {
             ("preset",): config.preset,
@@ -131,47 +144,52 @@ def plan_run(
             ("model", "gradient_checkpointing"): config.model.gradient_checkpointing,
         }
     else:
+        # the checkpoint's preset and recipe bring their training defaults (under a file and options)
+        base_preset, base_recipe = _preset_and_recipe(meta, where=f"checkpoint {path}")
+        config = resolve_config(
+            config_file, preset, overrides, base_preset=base_preset, base_recipe=base_recipe
+        )
         chosen = {**overrides, ("preset",): preset} if preset else overrides
     config = init_config(config, meta, chosen, where=f"checkpoint {path}")
-    return _fitted(RunPlan(_private_copy(config), init_from=path, init_meta=meta))
+    return RunSpec(_private_copy(config), init_from=path, init_meta=meta)
 
 
-def start_run(workspace: Workspace, plan: RunPlan, dataset: Any) -> RunPlan:
-    """``plan`` checked against ``dataset`` (its tokenizer and vocabulary) and the run
+def check_run_start(workspace: Workspace, spec: RunSpec, dataset: Any) -> RunSpec:
+    """``spec`` checked against ``dataset`` (its tokenizer and vocabulary) and the run
     directory (a resumed run is not being trained and has a checkpoint to go on from; a new
     one gets its name, which must be free). Nothing is written."""
-    config = _private_copy(plan.config)
+    config = _private_copy(spec.config)
     identity = dict(dataset.tokenizer_identity)
     config.tokenizer = identity.get("name", config.tokenizer)
     from lmforge.data.store import check_tokenizer_match
 
-    if plan.init_from is not None:
-        recorded = (plan.init_meta or {}).get("tokenizer") or {}
-        check_tokenizer_match(identity, recorded, f"checkpoint {plan.init_from}")
-    if plan.resume_dir is not None:
+    if spec.init_from is not None:
+        recorded = (spec.init_meta or {}).get("tokenizer") or {}
+        check_tokenizer_match(identity, recorded, f"checkpoint {spec.init_from}")
+    if spec.resume_dir is not None:
         from lmforge.runs.record import RunRecord
 
-        check_not_running(plan.resume_dir)
-        recorded = RunRecord.read(plan.resume_dir).get("tokenizer")
+        check_not_running(spec.resume_dir)
+        recorded = RunRecord.read(spec.resume_dir).get("tokenizer")
         if recorded:
-            check_tokenizer_match(identity, recorded, f"run {plan.resume_dir.name}")
-    fixed = plan.init_from is not None or plan.resume_dir is not None
+            check_tokenizer_match(identity, recorded, f"run {spec.resume_dir.name}")
+    fixed = spec.init_from is not None or spec.resume_dir is not None
     config.model = resolve_vocab(config.model, int(dataset.vocab_size), dataset.name, fixed)
-    if plan.resume_dir is not None:
-        check_resume_point(plan.resume_dir, config.train.steps)
-        config.run = plan.resume_dir.name
+    if spec.resume_dir is not None:
+        check_resume_point(spec.resume_dir, config.train.steps)
+        config.run = spec.resume_dir.name
     else:
         config.run = config.run or generate_run_name(workspace, config)
         check_new_run(workspace, config.run)
-    return dataclasses.replace(plan, config=config)
+    return dataclasses.replace(spec, config=config)
 
 
-def _fitted(plan: RunPlan) -> RunPlan:
-    """``plan`` with ``lmforge.train.fit``'s adjustments and warnings."""
+def _fitted(spec: RunSpec) -> RunSpec:
+    """``spec`` with ``lmforge.train.fit``'s adjustments and warnings."""
     from lmforge.train.fit import fit_to_run
 
-    config, warnings = fit_to_run(plan.config, resumed=plan.resume_dir is not None)
-    return dataclasses.replace(plan, config=config, warnings=warnings)
+    config, warnings = fit_to_run(spec.config, resumed=spec.resume_dir is not None)
+    return dataclasses.replace(spec, config=config, warnings=warnings)
 
 
 def _private_copy(config: TrainingConfig) -> TrainingConfig:
@@ -381,6 +399,15 @@ def next_step_hint(run_dir: Path) -> str:
 # ----------------------------------------------------------------------------- init-from, vocabulary
 
 
+def _preset_and_recipe(meta: dict[str, Any], where: str) -> tuple[str, str]:
+    """The preset and recipe a checkpoint was trained with (gpt2 for names this lmforge lacks)."""
+    from lmforge.presets import PRESETS, RECIPES
+
+    saved = TrainingConfig.from_dict(meta["config"], source=f"{where}/meta.json")
+    preset = saved.preset if saved.preset in PRESETS else "gpt2"
+    return preset, saved.recipe if saved.recipe in RECIPES else "gpt2"
+
+
 def init_config(
     config: TrainingConfig,
     checkpoint_meta: dict[str, Any],
@@ -435,7 +462,7 @@ def resolve_vocab(model: ModelConfig, data_vocab: int, dataset: str, fixed: bool
 
 
 def replaced_by_data(chosen: TrainingConfig, started: TrainingConfig, dataset: str) -> list[str]:
-    """Warnings for what ``start_run`` replaced in the config the user chose (``chosen``) to
+    """Warnings for what ``check_run_start`` replaced in the config the user chose (``chosen``) to
     fit the dataset: a tokenizer other than the default that is not the data's (and with it
     the vocabulary). The default tokenizer and vocabulary giving way to the data's is the
     documented rule and not warned about."""
@@ -457,27 +484,3 @@ def pad_vocab(model: ModelConfig, device_type: str, resumed: bool) -> ModelConfi
         return model
     multiple = CUDA_VOCAB_MULTIPLE if device_type == "cuda" else 1
     return dataclasses.replace(model, pad_vocab_multiple=multiple)
-
-
-def resolve_hardware(
-    config: TrainingConfig, world_size: int, local_rank: int, cache_dir: Path | None = None
-) -> tuple[Any, str, str, str]:
-    """The device (one GPU per process), dtype and parallel strategy of a run, and why that dtype:
-    ``(torch.device, "bf16" | "fp16" | "fp32", "single" | "ddp" | "fsdp", reason)``. ``cache_dir``
-    keeps the CPU's bf16 measurement between runs."""
-    import torch
-
-    from lmforge.device import resolve_device, resolve_precision
-
-    t = config.train
-    device = resolve_device(t.device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    dtype, why = resolve_precision(t.dtype, device, cache_dir)
-    strategy = t.strategy if world_size > 1 else "single"
-    if strategy == "fsdp" and dtype == "fp16":
-        raise UsageError(
-            "--strategy fsdp does not support --dtype fp16 (its loss scaler sees only local shards)",
-            "use --dtype bf16 (or fp32), or --strategy ddp",
-        )
-    return device, dtype, strategy, why

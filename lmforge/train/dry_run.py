@@ -1,4 +1,8 @@
-"""What a run will cost, computed without data or a device (``train --dry-run``)."""
+"""``train --dry-run``'s report: what a run will cost (parameters, tokens, FLOPs, memory),
+computed without data or a device.
+
+May import ``model`` and ``lmforge.train.memory``.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +12,13 @@ import torch
 import torch.nn as nn
 
 from lmforge.config import TrainingConfig
-from lmforge.model import build_model
+from lmforge.train.memory import build_on_meta, step_memory
 
 # fp32 master weights (4) + fp32 gradients (4) + AdamW's two fp32 moments (8)
 BYTES_PER_PARAM_TRAINING = 16
 
 
-def build_on_meta(config: TrainingConfig) -> nn.Module:
-    """The model on the meta device: exact shapes and counts, no memory, no init cost."""
-    with torch.device("meta"):
-        return build_model(config.model)
-
-
-def plan(config: TrainingConfig, world_size: int = 1) -> dict[str, Any]:
+def dry_run_report(config: TrainingConfig, world_size: int = 1) -> dict[str, Any]:
     """Parameter counts, tokens per step, FLOPs and memory for ``config``."""
     model = build_on_meta(config)
     n_total = model.get_num_params(non_embedding=False)
@@ -57,14 +55,12 @@ def plan(config: TrainingConfig, world_size: int = 1) -> dict[str, Any]:
 
 
 def _step_memory(config: TrainingConfig, world_size: int, model: nn.Module):
-    """The training step's ``memory.MemoryEstimate`` on the device the run would take, at its
-    dtype (fp32 for ``auto``: the larger activations, so the dry run never says less)."""
-    from lmforge.train.memory import estimate
-
+    """The training step's ``StepMemory`` on the device the run would take, at its dtype (fp32
+    for ``auto``: the larger activations, so the dry run never says less)."""
     t = config.train
     device_type = t.device.split(":")[0]
     if device_type == "auto":
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = t.dtype if t.dtype in ("bf16", "fp16") else "fp32"
     sharded = t.strategy == "fsdp" and world_size > 1
-    return estimate(config, dtype, world_size, sharded, device_type, model=model)
+    return step_memory(config, dtype, world_size, sharded, device_type, model=model)
