@@ -255,6 +255,11 @@ def _muon_with_ns_dtype(base: type[torch.optim.Optimizer]) -> type[torch.optim.O
         update exactly: momentum, Nesterov, the shape-adjusted lr, decoupled weight decay, and
         the same state, so a checkpoint moves between the two (a test runs this step in bf16
         against torch's and gets the same bits).
+
+        It is also where the Muon levers live, each off by default: ``ns_coefficients_schedule``
+        (``polar-express``: Polar Express's per-iteration coefficients), ``normuon`` (rows
+        evened out by a running second moment, kept in ``state["second_moment"]``) and
+        ``cautious_wd`` (decay only where update and weight agree in sign).
         """
 
         def __init__(
