@@ -4,6 +4,7 @@ NorMuon's state in the checkpoint, the config (refusals, TOML, --dry-run) and an
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -246,3 +247,28 @@ def test_resume_with_every_lever_on_is_the_straight_run_bitwise(train_workspace,
 
     assert curve("halves", "train", "loss") == curve("straight", "train", "loss")  # bitwise equal
     assert curve("halves", "eval", "val_loss") == curve("straight", "eval", "val_loss")
+
+
+def test_a_lever_can_be_turned_on_or_off_at_a_resume():
+    plain = _matrices()
+    torch_muon = torch.optim.Muon([{"params": plain, "weight_decay": 0.1}], lr=0.02, momentum=0.95)
+    _steps(torch_muon, plain, 2)
+    # torch's checkpoint into NorMuon: the momentum carries over, the second moments start at zero
+    on = [torch.nn.Parameter(p.detach().clone()) for p in plain]
+    normuon = _muon_ns(on, **{**MUON_LEVERS_OFF, "normuon": True})
+    normuon.load_state_dict(torch_muon.state_dict())
+    _steps(normuon, on, 1, first=2)
+    assert all("second_moment" in normuon.state[p] and "momentum_buffer" in normuon.state[p] for p in on)
+    # and back: torch.optim.Muon carries the second moments along unused
+    state = normuon.state_dict()
+    bare = copy.deepcopy(state)
+    for s in bare["state"].values():
+        del s["second_moment"]
+    stepped = []
+    for saved in (state, bare):
+        params = [torch.nn.Parameter(p.detach().clone()) for p in on]
+        back = torch.optim.Muon([{"params": params, "weight_decay": 0.1}], lr=0.02, momentum=0.95)
+        back.load_state_dict(saved)
+        _steps(back, params, 1, first=3)
+        stepped.append(params)
+    assert all(torch.equal(a, b) for a, b in zip(*stepped, strict=True))
