@@ -196,7 +196,23 @@ class OptimizerConfig:
         "Steps over which Muon's momentum rises linearly from 0.85 to --muon-momentum.", default=300
     )
     weight_decay: float = doc(
-        "AdamW weight decay on matrices (not biases, LayerNorm, embeddings).", default=0.01
+        "Decoupled weight decay on the matrices, Muon's and AdamW's (not biases, norms, embeddings).",
+        default=0.01,
+    )
+    cautious_wd: bool = doc(
+        "Muon: decay a weight only where its update has the same sign (cautious weight decay; "
+        "needs --weight-decay > 0 to act).",
+        default=False,
+    )
+    ns_coefficients: Literal["muon", "polar-express"] = doc(
+        "Muon's Newton-Schulz coefficients: muon = torch.optim.Muon's constant quintic; "
+        "polar-express = the Polar Express per-iteration schedule (Amsel et al. 2025).",
+        default="muon",
+    )
+    normuon: bool = doc(
+        "Muon: normalise each row of the orthogonalised update by its running second moment "
+        "(NorMuon), keeping the update's RMS.",
+        default=False,
     )
     beta1: float = doc("AdamW beta1.", default=0.9)
     beta2: float = doc("AdamW beta2.", default=0.95)
@@ -219,6 +235,17 @@ class OptimizerConfig:
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.optimizer != "muon":
+            muon_only = {
+                "--cautious-wd": self.cautious_wd,
+                "--ns-coefficients": self.ns_coefficients != "muon",
+                "--normuon": self.normuon,
+            }
+            for flag, given in muon_only.items():
+                if given:
+                    raise ConfigError(
+                        f"{flag} needs --optimizer muon", "add --recipe modern (or --optimizer muon)"
+                    )
 
 
 @dataclass

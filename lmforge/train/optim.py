@@ -12,12 +12,17 @@ Each group has its own peak learning rate, as a ratio to ``--lr`` (``lr_scale``)
 matrices ``--lr``, the embeddings and vectors ``--embed-lr``, an untied head ``--head-lr``. The
 schedule gives the lr of ``--lr`` for each step, and every group follows it at its ratio.
 
+Three Muon levers, off by default (torch.optim.Muon runs when all are off): ``--cautious-wd``,
+``--ns-coefficients polar-express`` and ``--normuon`` (``MuonNS``). Each acts on one matrix at a
+time, so under DDP (every rank holds the full, all-reduced gradient) nothing changes.
+
 May import ``config`` and ``errors`` only (no model, no training loop).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,23 +169,82 @@ def fused_adamw(device: torch.device) -> bool | None:
     return True if device.type in ("cuda", "cpu") else None
 
 
-def orthogonalise(
-    update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float, dtype: torch.dtype
+Coefficients = tuple[float, float, float]
+
+# Polar Express (Amsel, Persson, Musco, Gower 2025, "The Polar Express: Optimal Matrix Sign
+# Methods and Their Application to the Muon Algorithm", arXiv:2505.16932): a different quintic
+# per iteration, each optimal for the singular-value interval the previous ones leave, so five
+# iterations get much closer to 1 than five of one constant quintic. These are the values
+# modded-nanogpt uses (computed for 5 iterations, safety factor 2e-2, cushion 2); the safety
+# factor also shrinks the start below spectral norm 1, for rounding in low precision.
+POLAR_EXPRESS_COEFFICIENTS: tuple[Coefficients, ...] = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+POLAR_EXPRESS_SAFETY = 2e-2
+
+# NorMuon (Li et al. 2025, arXiv:2510.05491): the decay of the rows' running second moment, and
+# the floor under its square root
+NORMUON_BETA2 = 0.95
+NORMUON_EPS = 1e-10
+
+
+def newton_schulz(
+    update: torch.Tensor,
+    schedule: Sequence[Coefficients],
+    eps: float,
+    dtype: torch.dtype,
+    safety: float = 0.0,
 ) -> torch.Tensor:
-    """Muon's Newton-Schulz iteration in ``dtype``: the quintic ``x <- a x + (b A + c A^2) x`` with
-    ``A = x x^T``, which pushes every singular value of the normalised update toward ~1 (not all
-    the way: the coefficients trade exactness for speed). Iterated on the orientation with fewer
-    rows, so ``A`` is the smaller Gram matrix. Step for step what ``torch.optim.Muon`` computes."""
-    a, b, c = coefficients
+    """Muon's Newton-Schulz iteration in ``dtype``: per ``(a, b, c)`` of ``schedule`` the quintic
+    ``x <- a x + (b A + c A^2) x`` with ``A = x x^T``, which pushes every singular value of the
+    normalised update toward ~1 (how close depends on the coefficients: torch's constant ones
+    trade exactness for speed). Iterated on the orientation with fewer rows, so ``A`` is the
+    smaller Gram matrix. With one triple repeated and ``safety`` 0, step for step what
+    ``torch.optim.Muon`` computes."""
     x = update.to(dtype)
     tall = x.size(0) > x.size(1)
     if tall:
         x = x.T
-    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm = 1
-    for _ in range(steps):
+    norm = x.norm() * (1 + safety) if safety else x.norm()
+    x = x / norm.clamp(min=eps)  # spectral norm <= Frobenius norm = 1
+    for a, b, c in schedule:
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if tall else x
+
+
+def orthogonalise(
+    update: torch.Tensor, coefficients: Coefficients, steps: int, eps: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """``newton_schulz`` with torch.optim.Muon's constant coefficients, ``steps`` times."""
+    return newton_schulz(update, [coefficients] * steps, eps, dtype)
+
+
+def normuon_normalise(
+    update: torch.Tensor, second_moment: torch.Tensor, beta2: float, eps: float
+) -> torch.Tensor:
+    """NorMuon's step after the orthogonalisation: divide each row (one output neuron of a
+    Linear weight) by the root of its running mean square, updated in place in
+    ``second_moment`` (rows x 1, fp32), then rescale the whole matrix to the Frobenius norm it
+    had, so the update's RMS, and with it Muon's lr, mean what they meant. Orthogonalisation
+    evens out the singular values but not the rows' norms; this evens out those too."""
+    u = update.float()
+    second_moment.lerp_(u.square().mean(dim=1, keepdim=True), 1 - beta2)  # (rows, 1)
+    normalised = u / (second_moment.sqrt() + eps)
+    return normalised * (u.norm() / normalised.norm().clamp(min=eps))
+
+
+def cautious_decay_(param: torch.Tensor, update: torch.Tensor, decay: float) -> None:
+    """Decoupled weight decay ``param -= decay * param`` only where ``update`` (the direction the
+    step subtracts) has the sign of ``param``: there the update already pulls the weight toward
+    zero and the decay goes along; elsewhere the decay would fight the gradient (cautious weight
+    decay, as in modded-nanogpt)."""
+    mask = (update * param) > 0
+    param.sub_(param * mask, alpha=decay)
 
 
 def _muon_with_ns_dtype(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
@@ -193,11 +257,36 @@ def _muon_with_ns_dtype(base: type[torch.optim.Optimizer]) -> type[torch.optim.O
         update exactly: momentum, Nesterov, the shape-adjusted lr, decoupled weight decay, and
         the same state, so a checkpoint moves between the two (a test runs this step in bf16
         against torch's and gets the same bits).
+
+        It is also where the Muon levers live, each off by default: ``ns_coefficients_schedule``
+        (``polar-express``: Polar Express's per-iteration coefficients), ``normuon`` (rows
+        evened out by a running second moment, kept in ``state["second_moment"]``) and
+        ``cautious_wd`` (decay only where update and weight agree in sign).
         """
 
-        def __init__(self, params: Any, *, ns_dtype: torch.dtype, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            params: Any,
+            *,
+            ns_dtype: torch.dtype,
+            ns_coefficients_schedule: str = "muon",
+            normuon: bool = False,
+            cautious_wd: bool = False,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(params, **kwargs)
             self.ns_dtype = ns_dtype
+            # the levers (``--ns-coefficients``, ``--normuon``, ``--cautious-wd``) come from the
+            # run's config each time it is built, so they are not in the saved param groups;
+            # NorMuon's second moments are state, saved and restored with the momentum buffers
+            self.ns_coefficients_schedule = ns_coefficients_schedule
+            self.normuon = normuon
+            self.cautious_wd = cautious_wd
+
+        def _schedule(self, group: dict[str, Any]) -> tuple[Sequence[Coefficients], float]:
+            if self.ns_coefficients_schedule == "polar-express":
+                return POLAR_EXPRESS_COEFFICIENTS, POLAR_EXPRESS_SAFETY
+            return [group["ns_coefficients"]] * group["ns_steps"], 0.0
 
         @torch.no_grad()
         def step(self, closure: Any = None) -> None:
@@ -216,14 +305,26 @@ def _muon_with_ns_dtype(base: type[torch.optim.Optimizer]) -> type[torch.optim.O
                     buf = state["momentum_buffer"]
                     buf.lerp_(p.grad, 1 - momentum)
                     update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
-                    update = orthogonalise(
-                        update, group["ns_coefficients"], group["ns_steps"], group["eps"], self.ns_dtype
-                    )
+                    schedule, safety = self._schedule(group)
+                    update = newton_schulz(update, schedule, group["eps"], self.ns_dtype, safety)
+                    if self.normuon:
+                        if "second_moment" not in state:
+                            state["second_moment"] = torch.zeros(
+                                p.shape[0], 1, dtype=torch.float32, device=p.device
+                            )
+                        update = normuon_normalise(update, state["second_moment"], NORMUON_BETA2, NORMUON_EPS)
                     rows, cols = p.shape[:2]
-                    p.mul_(1 - group["lr"] * group["weight_decay"])
+                    if self.cautious_wd:
+                        cautious_decay_(p, update, group["lr"] * group["weight_decay"])
+                    else:
+                        p.mul_(1 - group["lr"] * group["weight_decay"])
                     p.add_(update, alpha=-group["lr"] * math.sqrt(max(1, rows / cols)))
 
     return MuonNS
+
+
+# MuonNS's levers when they change nothing: torch.optim.Muon's own step
+MUON_LEVERS_OFF = {"ns_coefficients_schedule": "muon", "normuon": False, "cautious_wd": False}
 
 
 def _require_muon() -> type[torch.optim.Optimizer]:
@@ -244,8 +345,8 @@ def build_optimizer(
 ) -> tuple[torch.optim.Optimizer | MuonAdamW, ParamGroupCounts]:
     """AdamW over ``param_groups`` (the fused kernel: one pass over all tensors), or
     ``MuonAdamW`` with ``--optimizer muon``: ``torch.optim.Muon`` itself when its Newton-Schulz
-    iteration runs in bf16 (``ns_dtype``; ``lmforge.device.newton_schulz_dtype`` decides),
-    ``MuonNS`` otherwise."""
+    iteration runs in bf16 (``ns_dtype``; ``lmforge.device.newton_schulz_dtype`` decides) and
+    the Muon levers are off, ``MuonNS`` otherwise."""
     groups, counts = param_groups(model, config.weight_decay, config)
     adamw_groups = [g for g in groups if g["optimizer"] == "adamw"]
     adamw = torch.optim.AdamW(
@@ -259,11 +360,16 @@ def build_optimizer(
         return adamw, counts
     muon_class = _require_muon()
     muon_groups = [g for g in groups if g["optimizer"] == "muon"]
-    if ns_dtype == torch.bfloat16:
+    levers = {
+        "ns_coefficients_schedule": config.ns_coefficients,
+        "normuon": config.normuon,
+        "cautious_wd": config.cautious_wd,
+    }
+    if ns_dtype == torch.bfloat16 and levers == MUON_LEVERS_OFF:
         muon = muon_class(muon_groups, lr=config.lr, momentum=config.muon_momentum)
     else:
         muon = _muon_with_ns_dtype(muon_class)(
-            muon_groups, lr=config.lr, momentum=config.muon_momentum, ns_dtype=ns_dtype
+            muon_groups, lr=config.lr, momentum=config.muon_momentum, ns_dtype=ns_dtype, **levers
         )
     return MuonAdamW(muon, adamw, config), counts
 
