@@ -55,6 +55,12 @@ def _finite(obj: Any) -> None:
             raise ConfigError(f"--{_flag(f.name)} must be a finite number, got {value}")
 
 
+# Token-embedding rows are padded to a multiple of this on CUDA (pad_vocab_multiple = 0, "auto"): the
+# head's matmuls then run at tensor-core-friendly sizes (50,257 -> 50,304 for GPT-2). It lives here,
+# beside the field, rather than in device.py, so that run listings can read it without importing torch.
+CUDA_VOCAB_MULTIPLE = 64
+
+
 @dataclass
 class ModelConfig:
     """The GPT-2 architecture."""

@@ -81,5 +81,5 @@ def test_the_callers_config_is_not_changed(trained, tiny_train_config):
 
 @pytest.mark.parametrize("name", ["latest", "best", "-x", "a/b", "x" * 201])
 def test_invalid_run_names(name):
-    with pytest.raises(UsageError, match="invalid run name"):
+    with pytest.raises(UsageError, match="invalid run name|is reserved"):
         check_run_name(name)

@@ -12,11 +12,34 @@ with tiktoken's speed and the same ids the Hugging Face tokenizer gives.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import cache
 
 from lmforge.errors import UsageError
-from lmforge.interop.hf_tokenizer import bytes_to_unicode, onig_pattern
 
 MIN_VOCAB = 256 + 1  # every byte, and end-of-text
+
+
+def onig_pattern(pattern: str) -> str:
+    """A tiktoken split pattern (Rust ``fancy-regex``) for Hugging Face ``tokenizers``
+    (Oniguruma, Ruby syntax), with the same matches: there ``$`` is an end of *line* (the
+    end of text is ``\\z``) and ``{1,3}+`` repeats ``{1,3}`` instead of being possessive
+    (possessive or not, nothing after it in its branch could backtrack into it)."""
+    return pattern.replace("$", r"\z").replace("}+", "}")
+
+
+@cache
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character table (``encoder.py`` of the release)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    bs += list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def train_bpe_ranks(

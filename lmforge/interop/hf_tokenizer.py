@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmforge.data.bpe import bytes_to_unicode, onig_pattern
 from lmforge.data.tokenizer import ENDOFTEXT, GPT2_PATTERN, Tokenizer
 
 if TYPE_CHECKING:
@@ -29,14 +29,6 @@ SPECIAL_TOKENS_JSON = "special_tokens_map.json"
 TOKENIZER_FILE_NAMES = (VOCAB_JSON, MERGES_TXT, TOKENIZER_JSON, TOKENIZER_CONFIG_JSON, SPECIAL_TOKENS_JSON)
 
 
-def onig_pattern(pattern: str) -> str:
-    """A tiktoken split pattern (Rust ``fancy-regex``) for Hugging Face ``tokenizers``
-    (Oniguruma, Ruby syntax), with the same matches: there ``$`` is an end of *line* (the
-    end of text is ``\\z``) and ``{1,3}+`` repeats ``{1,3}`` instead of being possessive
-    (possessive or not, nothing after it in its branch could backtrack into it)."""
-    return pattern.replace("$", r"\z").replace("}+", "}")
-
-
 def tiktoken_pattern(onig: str) -> str:
     """The inverse of ``onig_pattern`` for lmforge's patterns (``SPLIT_PATTERNS``)."""
     from lmforge.data.tokenizer import SPLIT_PATTERNS
@@ -45,21 +37,6 @@ def tiktoken_pattern(onig: str) -> str:
         if onig_pattern(pattern) == onig:
             return pattern
     return onig.replace(r"\z", "$")
-
-
-@cache
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character table (``encoder.py`` of the release)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    bs += list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def _token_str(token: bytes) -> str:

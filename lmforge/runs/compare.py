@@ -60,7 +60,7 @@ def _auto_values(run_dir: Path) -> dict[str, tuple[Any, ...]]:
     """What the "auto" defaults that the trainer resolves before writing ``config.toml`` become:
     those values are the default, not a change the user made. The vocabulary padding follows
     the device the run recorded (either choice for runs that recorded none)."""
-    from lmforge.train.run_spec import CUDA_VOCAB_MULTIPLE
+    from lmforge.config import CUDA_VOCAB_MULTIPLE
 
     device = str(RunRecord.read(run_dir).get("device_type") or "")
     pads = (CUDA_VOCAB_MULTIPLE,) if device == "cuda" else (1,) if device else (1, CUDA_VOCAB_MULTIPLE)

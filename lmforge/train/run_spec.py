@@ -29,12 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import ModelConfig, TrainingConfig, with_overrides
+from lmforge.config import CUDA_VOCAB_MULTIPLE, ModelConfig, TrainingConfig, with_overrides
 from lmforge.errors import ConfigError, UsageError
 from lmforge.presets import apply_preset, resolve_config
-from lmforge.workspace import RunDir, Workspace, is_valid_name
-
-RESERVED_NAMES = {"latest", "best"}
+from lmforge.workspace import RunDir, Workspace
 
 # Fields that define what a run is: changing them on --resume would not continue the same run.
 # The data fields and batch size fix the order of the batches the data position counts.
@@ -64,8 +62,6 @@ ARCHITECTURE_FIELDS = (
     "logit_softcap",
 )
 _DEFAULT_VOCAB = ModelConfig().vocab_size
-# Token-embedding rows are padded to a multiple of this on CUDA (pad_vocab_multiple = 0, "auto").
-CUDA_VOCAB_MULTIPLE = 64
 
 
 @dataclass
@@ -119,9 +115,12 @@ def resolve_run(
 
     if init_from is None:
         config = config if config is not None else resolve_config(config_file, preset, overrides)
-        return _fitted(RunSpec(_private_copy(config)))
-    path = find_checkpoint(workspace, init_from)
-    return _fitted(_initialised(path, config, config_file, preset, overrides))
+        spec = RunSpec(_private_copy(config))
+    else:
+        spec = _initialised(find_checkpoint(workspace, init_from), config, config_file, preset, overrides)
+    if spec.config.run:  # refused here, so that --dry-run refuses it too
+        check_run_name(spec.config.run)
+    return _fitted(spec)
 
 
 def _initialised(
@@ -200,12 +199,10 @@ def _private_copy(config: TrainingConfig) -> TrainingConfig:
 
 
 def check_run_name(name: str) -> str:
-    if name in RESERVED_NAMES or not is_valid_name(name):
-        raise UsageError(
-            f"invalid run name {name!r}",
-            "use letters, digits, '.', '_' and '-' (not 'latest' or 'best'), starting with a letter or digit",
-        )
-    return name
+    """``name`` when it may name a new run: valid, and not a reserved word such as ``latest``."""
+    from lmforge.runs.names import check_new_run_name
+
+    return check_new_run_name(name)
 
 
 def generate_run_name(

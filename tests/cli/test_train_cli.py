@@ -50,7 +50,9 @@ def test_generated_run_name(cli, train_workspace, train_flags):
         (["--steps", "0"], 2, "--steps must be positive"),
         (["--lr", "-1"], 2, "--lr must be positive"),
         (["--block-size", "100000"], 1, "block_size"),
-        (["--run", "latest"], 2, "invalid run name"),
+        (["--run", "latest"], 2, "--run 'latest' is reserved"),
+        (["--run", "best", "--dry-run"], 2, "--run 'best' is reserved"),
+        (["--run", "no/slash"], 2, "invalid run name"),
         (["--resume", "ghost"], 2, "unknown run 'ghost'"),
     ],
 )
