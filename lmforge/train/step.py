@@ -18,6 +18,7 @@ May import ``lmforge.distributed`` and ``lmforge.train.hardware``.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -50,8 +51,9 @@ class TrainStep:
     ``model`` is the plain module whose parameters the optimizer holds (clipping and the
     per-layer norms read it); ``train_model`` the one the forward passes run (compiled,
     DDP-wrapped; ``model`` itself by default). ``fall_back_to_eager``: a compiled
-    ``train_model`` whose first call fails (inductor without a working C++ compiler, say) is
-    replaced by ``model`` once, and the step says so in ``StepOutcome.compile_error``.
+    ``train_model`` whose first call fails to compile (inductor without a working C++ compiler,
+    say: ``is_compiler_failure``; any other error of the step stands) is replaced by ``model``
+    once, and the step says so in ``StepOutcome.compile_error``.
     """
 
     def __init__(
@@ -84,9 +86,9 @@ class TrainStep:
         mean over all micro-batches, as one big batch would give); that share, detached."""
         try:
             return self._forward_backward(x, y, last, accum)
-        except Exception as exc:  # torch.compile's errors have no common base class
-            if not self._may_fall_back:
-                raise
+        except Exception as exc:
+            if not (self._may_fall_back and is_compiler_failure(exc)):
+                raise  # out of memory, a device assert, a NCCL error: with its own message
             self._may_fall_back = False
             self._compile_error = exc
             self.optimizer.zero_grad(set_to_none=True)  # a failed pass may have left gradients
@@ -151,6 +153,40 @@ class TrainStep:
         for i, (x, y) in enumerate(batches):
             loss += self.forward_backward(x, y, last=i == len(batches) - 1, accum=len(batches))
         return self.update(loss, layer_norms=layer_norms, stop_signal=stop_signal)
+
+
+def _compiler_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions torch.compile raises when compiling fails, by the names this torch has:
+    Dynamo's ``BackendCompilerFailed`` (Inductor's ``InductorError`` is one from torch 2.7 on),
+    its internal errors, and Inductor's compiler errors (no C++ toolchain, no nvcc)."""
+    names = {
+        "torch._dynamo.exc": ("BackendCompilerFailed", "InternalTorchDynamoError"),
+        "torch._inductor.exc": ("InductorError", "CppCompileError", "CUDACompileError"),
+    }
+    found: list[type[BaseException]] = []
+    for module_name, classes in names.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        found += [c for c in (getattr(module, n, None) for n in classes) if isinstance(c, type)]
+    return tuple(found)
+
+
+def is_compiler_failure(exc: BaseException) -> bool:
+    """``exc`` is torch.compile failing to compile (worth an eager retry), not a failure of the
+    step itself: an out-of-memory (also one raised while Inductor benchmarks its kernels) stays
+    an out-of-memory."""
+    if not isinstance(exc, _compiler_errors()):
+        return False
+    cause: BaseException | None = exc
+    for _ in range(8):  # the wrapped errors (a chain of a few; bounded, a chain may loop)
+        if cause is None:
+            break
+        if isinstance(cause, torch.OutOfMemoryError):
+            return False
+        cause = getattr(cause, "inner_exception", None) or cause.__cause__
+    return True
 
 
 def layer_grad_norms(model: nn.Module, sharded: bool = False) -> dict[str, torch.Tensor]:
