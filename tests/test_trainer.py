@@ -383,3 +383,51 @@ def test_a_signal_during_the_final_evaluation_leaves_the_run_finished(
     assert (result.status, result.stop_reason, result.step, result.exit_code) == ("finished", "steps", 4, 0)
     run = json.loads((train_workspace / "runs" / f"late{eval_interval}" / "run.json").read_text())
     assert run["status"] == "finished" and run["step"] == 4
+
+
+class _Recording:
+    """A loader that records each batch it hands out in ``events``."""
+
+    def __init__(self, loader, events):
+        self.loader, self.events = loader, events
+
+    def __next__(self):
+        self.events.append("fetch")
+        return next(self.loader)
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+def test_the_next_steps_batches_are_fetched_before_the_host_sync(
+    train_workspace, tiny_train_config, monkeypatch
+):
+    """The GPU does not idle at a step boundary while the host reads data: the next step's
+    micro-batches are fetched (and their copies started) before the step's one host sync; the
+    batches reach the model contiguous (pin_memory would copy a view to pageable memory first)."""
+    import lmforge.train.step as step_module
+
+    events: list[str] = []
+    sync = step_module.host_sync
+    monkeypatch.setattr(step_module, "host_sync", lambda flags: events.append("sync") or sync(flags))
+    config = tiny_train_config(steps=3, grad_accum=2, eval_interval=3, sample_tokens=0, run="ahead")
+    m = TrainingManager(config, train_workspace, reporter=Reporter())
+    m.batches.loader = _Recording(m.loader, events)
+    contiguous: list[bool] = []
+    m.model.register_forward_pre_hook(
+        lambda module, args: contiguous.extend(t.is_contiguous() for t in args) if module.training else None
+    )
+    m.train()
+    fetch2 = ["fetch", "fetch"]
+    # step 1: its own batches, then step 2's before the sync; step 3 (the last) fetches nothing
+    assert events == fetch2 + fetch2 + ["sync"] + fetch2 + ["sync", "sync"]
+    assert len(contiguous) == 12 and all(contiguous)  # 3 steps x 2 micro-batches x (x, y)
+
+
+def test_a_checkpoint_saves_the_data_position_of_the_step_taken(train_workspace, tiny_train_config):
+    """With the next step's batches fetched, a full checkpoint still points at them (not past)."""
+    config = tiny_train_config(steps=4, full_interval=2, eval_interval=4, sample_tokens=0, run="pos")
+    m = TrainingManager(config, train_workspace, reporter=Reporter())
+    m.train()
+    saved = load_trainer_state(train_workspace / "runs" / "pos" / "checkpoints" / "step-2")
+    assert saved["loader"]["batch"] == 2 and saved["step"] == 2

@@ -83,7 +83,10 @@ class Hardware:
         return torch.autocast(device_type=self.device.type, dtype=self.torch_dtype)
 
     def to_device(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` on its way to the device (pinned and asynchronous to a GPU)."""
+        """``x``, contiguous, on its way to the device (pinned and asynchronous to a GPU). The
+        loader's batches are views of one (B, T + 1) gather: pinned as they are, each would go
+        through a pageable contiguous copy first."""
+        x = x.contiguous()
         if self.device.type == "cuda":
             return x.pin_memory().to(self.device, non_blocking=True)
         return x.to(self.device)

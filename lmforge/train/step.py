@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,13 +106,22 @@ class TrainStep:
         return loss.detach()
 
     def update(
-        self, loss: torch.Tensor, *, layer_norms: bool = False, stop_signal: int | None = None
+        self,
+        loss: torch.Tensor,
+        *,
+        layer_norms: bool = False,
+        stop_signal: int | None = None,
+        before_sync: Callable[[], None] | None = None,
     ) -> StepOutcome:
         """Clip, check and apply the accumulated gradients; ``loss`` is the step's (summed over its
-        micro-batches). ``stop_signal``: one this rank received, shared with the others."""
+        micro-batches). ``stop_signal``: one this rank received, shared with the others.
+        ``before_sync``: host work for the time the device still computes this step (the next
+        step's batches: ``StepBatches.prefetch``), called before the step's host sync."""
         self.scaler.unscale_(self.optimizer)  # no-op unless fp16: clip the true gradients
         grad_norm = dist.clip_grad_norm(self.model, self.max_norm)
         norms = layer_grad_norms(self.model, self.hw.sharded) if layer_norms else None
+        if before_sync is not None:
+            before_sync()  # the device is busy with the backward pass and the clip meanwhile
         # Host sync, once per optimizer step (not per micro-batch): whether the step may be
         # applied decides the step counter and the schedule, which live on the host. It waits
         # for the backward pass only, which the optimizer step would wait for anyway.
@@ -121,7 +131,7 @@ class TrainStep:
             # a stop signal received by any rank (its number; MAX), so all ranks save and stop
             stop = torch.tensor([float(stop_signal or 0)], device=self.hw.device)
             flags = dist.all_reduce_max(torch.cat([flags, stop]))
-        bad_loss, bad_grads, *agreed = flags.tolist()
+        bad_loss, bad_grads, *agreed = host_sync(flags)
         agreed_stop = (int(agreed[0]) or None) if agreed else None
         status = self._status(loss_ok=not bad_loss, grads_ok=not bad_grads)
         if status != "bad":
@@ -153,6 +163,11 @@ class TrainStep:
         for i, (x, y) in enumerate(batches):
             loss += self.forward_backward(x, y, last=i == len(batches) - 1, accum=len(batches))
         return self.update(loss, layer_norms=layer_norms, stop_signal=stop_signal)
+
+
+def host_sync(flags: torch.Tensor) -> list[float]:
+    """The step's flags on the host: the one point where the host waits for the device."""
+    return flags.tolist()
 
 
 def _compiler_errors() -> tuple[type[BaseException], ...]:

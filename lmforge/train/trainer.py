@@ -13,8 +13,9 @@ Multi-process (``torchrun``; see ``lmforge.distributed``): every rank builds the
 same model from the same seed, which is then wrapped for DDP or sharded with
 FSDP2; each rank takes its slice of every global batch (the global order does
 not depend on the number of processes). Rank 0 alone writes files and reports.
-Ranks agree once per optimizer step (inside the update) on whether it was finite and
-whether any of them received a stop signal; everything else that decides what
+Ranks agree once per optimizer step (inside the update, after the next step's batches
+are fetched: ``lmforge.train.batches``) on whether it was finite and whether any of them
+received a stop signal; everything else that decides what
 happens next (logging, evaluation, checkpoints) depends on the step number only, so
 every rank takes the same path through the loop. Checkpoints hold the full
 (unsharded) state plus every rank's RNG state.
@@ -40,6 +41,7 @@ from lmforge.data.store import open_dataset
 from lmforge.errors import LmforgeError, UsageError
 from lmforge.observe.reporting import EvalStats, Reporter, StepStats, TrainResult
 from lmforge.train import build
+from lmforge.train.batches import StepBatches
 from lmforge.train.evaluation import Evaluation
 from lmforge.train.hardware import Hardware
 from lmforge.train.recovery import DIVERGED_HINT, Recovery
@@ -126,6 +128,7 @@ class TrainingManager:
 
         # --- the components: data loader, model with optimizer and step, schedule, throughput meter
         self.loader = build.make_train_loader(config, self.dataset, self.hw)
+        self.batches = StepBatches(self.loader, config.train.grad_accum, self.hw.to_device)
         built = build.make_model_and_step(config, self.hw, init_from=self.init_from, cache_dir=ws.cache_dir)
         self.model, self.optimizer, self.stepper = built.model, built.optimizer, built.step
         self.param_counts = built.param_counts
@@ -139,7 +142,7 @@ class TrainingManager:
         self.files = RunFiles(RunDir(self.run_dir), self.progress, enabled=self.hw.is_main)
         self.recovery = Recovery(config.train.max_bad_steps, self.progress.bad_steps)
         self.state = TrainingState(
-            self.model, self.optimizer, self.stepper.scaler, self.schedule, self.loader, self.progress
+            self.model, self.optimizer, self.stepper.scaler, self.schedule, self.batches, self.progress
         )
         meta = {
             "config": config.to_dict(),
@@ -181,10 +184,7 @@ class TrainingManager:
 
     def next_batches(self) -> list[Batch]:
         """The ``grad_accum`` micro-batches of the next step, already on their way to the device."""
-        return [
-            (self.hw.to_device(x), self.hw.to_device(y))
-            for x, y in (next(self.loader) for _ in range(self.config.train.grad_accum))
-        ]
+        return self.batches.next()
 
     # ------------------------------------------------------------------ the loop
 
@@ -219,7 +219,8 @@ class TrainingManager:
             layer_norms = (
                 will_log and self._layer_norms_wanted and (p.step + 1) % (log_every * LAYER_NORM_EVERY) == 0
             )
-            out = self.train_step(self.next_batches(), lr, layer_norms)
+            # the next step's batches are fetched during this one (the last step has none)
+            out = self.train_step(self.next_batches(), lr, layer_norms, prefetch=p.step + 1 < total)
             self._agreed_stop = out.stop_signal
             # a bad step may be the one that calls for a rollback: where to (the same on every rank)
             latest = dist.broadcast_object(self.checkpoints.latest_full()) if out.status == "bad" else None
@@ -294,11 +295,14 @@ class TrainingManager:
         self.reporter.end(result)
         return result
 
-    def train_step(self, batches: list[Batch], lr: float, layer_norms: bool = False) -> StepOutcome:
+    def train_step(
+        self, batches: list[Batch], lr: float, layer_norms: bool = False, *, prefetch: bool = False
+    ) -> StepOutcome:
         """One optimizer step at ``lr`` over ``batches`` (its micro-batches): forward and backward
         of each, gradients averaged across ranks after the last; then clip, the finite check and
         the update (``TrainStep.update``: a step whose loss or gradients are not finite updates
-        nothing and comes back ``"bad"``). The step counter is the loop's."""
+        nothing and comes back ``"bad"``). ``prefetch``: fetch the next step's batches before the
+        step's host sync (``next_batches`` gives them). The step counter is the loop's."""
         self.stepper.set_lr(lr)
         n, step = len(batches), self.progress.step + 1
         loss = torch.zeros((), device=self.hw.device)
@@ -306,7 +310,12 @@ class TrainingManager:
             loss += self.stepper.forward_backward(x, y, last=i == n - 1, accum=n)
             # no host sync: a step that takes minutes still shows progress
             self.reporter.micro_batch(step, self.config.train.steps, i + 1, n)
-        out = self.stepper.update(loss, layer_norms=layer_norms, stop_signal=self._stop_signal)
+        out = self.stepper.update(
+            loss,
+            layer_norms=layer_norms,
+            stop_signal=self._stop_signal,
+            before_sync=self.batches.prefetch if prefetch else None,
+        )
         if out.compile_error is not None:
             self._compile_failed(out.compile_error)
         return out
