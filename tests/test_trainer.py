@@ -21,10 +21,12 @@ def _records(run_dir, kind):
 
 
 def _nan_after(model, calls: set[int]):
-    """Make the loss of the forward passes numbered in ``calls`` (1-based) NaN."""
+    """Make the loss of the training forward passes numbered in ``calls`` (1-based) NaN."""
     count = {"n": 0}
 
     def hook(module, args, output):
+        if not module.training:
+            return None  # evaluation (the batch before the first step, say)
         count["n"] += 1
         if count["n"] in calls:
             logits, loss = output
@@ -431,3 +433,41 @@ def test_a_checkpoint_saves_the_data_position_of_the_step_taken(train_workspace,
     m.train()
     saved = load_trainer_state(train_workspace / "runs" / "pos" / "checkpoints" / "step-2")
     assert saved["loader"]["batch"] == 2 and saved["step"] == 2
+
+
+def test_one_evaluation_batch_runs_before_the_first_step_and_changes_no_loss(
+    train_workspace, tiny_train_config, monkeypatch
+):
+    """Evaluation's memory is tried before training starts (a misfit fails in the first
+    seconds, not at the first evaluation), and the probe draws no random numbers: the losses
+    (with dropout) are bitwise those of a run without it."""
+    from lmforge.train.evaluation import Evaluation
+
+    def run(name):
+        config = tiny_train_config(steps=4, dropout=0.1, eval_interval=2, sample_tokens=0, run=name)
+        m = TrainingManager(config, train_workspace, reporter=Reporter())
+        modes: list[tuple[bool, int]] = []
+        m.model.register_forward_pre_hook(lambda module, args: modes.append((module.training, len(args[0]))))
+        m.train()
+        return modes, [r["loss"] for r in _records(train_workspace / "runs" / name, "train")]
+
+    modes, losses = run("probed")
+    batch = tiny_train_config().train.batch_size
+    assert modes[0] == (False, batch) and modes[1][0] is True  # one eval batch, then training
+    monkeypatch.setattr(Evaluation, "probe", lambda self: None)
+    _, unprobed = run("unprobed")
+    assert losses == unprobed and len(losses) == 4
+
+
+def test_an_evaluation_that_cannot_fit_fails_before_training(train_workspace, tiny_train_config, monkeypatch):
+    import lmforge.eval.evaluate as evaluate
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    monkeypatch.setattr(evaluate, "evaluate_tokens", out_of_memory)
+    m = TrainingManager(tiny_train_config(steps=3, run="nofit"), train_workspace, reporter=Reporter())
+    with pytest.raises(torch.OutOfMemoryError):
+        m.train()
+    metrics = train_workspace / "runs" / "nofit" / "metrics.jsonl"
+    assert m.step == 0 and (not metrics.exists() or _records(metrics.parent, "train") == [])

@@ -51,6 +51,19 @@ class Evaluation:
 
     def loss(self) -> float:
         """Mean validation loss (``eval_tokens`` targets, or the whole split)."""
+        return self._loss(self.config.train.eval_tokens or None)
+
+    def probe(self) -> None:
+        """One evaluation batch per rank, scored and thrown away: run before the first training
+        step (as litgpt does), so that evaluation's memory, on top of the model's and the
+        optimizer's, fails in the first seconds rather than at the first ``eval_interval``. It
+        draws no random numbers (eval mode, no dropout): the run's losses stay the same."""
+        c = self.config
+        block = c.model.block_size
+        windows = c.train.batch_size * self.hw.world_size
+        self._loss(block + (windows - 1) * min(c.window_stride, block))
+
+    def _loss(self, max_tokens: int | None) -> float:
         from lmforge.eval.evaluate import evaluate_tokens
         from lmforge.eval.options import EvalOptions
 
@@ -64,7 +77,7 @@ class Evaluation:
                     block_size=block,
                     stride=min(c.window_stride, block),
                     batch_size=c.train.batch_size,
-                    max_tokens=c.train.eval_tokens or None,
+                    max_tokens=max_tokens,
                     device=self.hw.device,
                     dtype=self.hw.dtype,
                     rank=self.hw.rank,

@@ -211,6 +211,8 @@ class TrainingManager:
         tokens_at_start = p.tokens
         stop_reason = "steps"
         self._report_start()
+        if p.step < total:
+            self.evaluation.probe()  # evaluation's memory too: a misfit fails now, not at eval_interval
         self.meter.reset()
 
         while p.step < total:
