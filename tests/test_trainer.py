@@ -471,3 +471,43 @@ def test_an_evaluation_that_cannot_fit_fails_before_training(train_workspace, ti
         m.train()
     metrics = train_workspace / "runs" / "nofit" / "metrics.jsonl"
     assert m.step == 0 and (not metrics.exists() or _records(metrics.parent, "train") == [])
+
+
+def test_cuda_rng_of_another_gpu_count_is_not_restored_and_says_so(monkeypatch):
+    import lmforge.train.rng as rng
+
+    restored: list = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    saved = rng.get_rng_state() | {"cuda": [torch.zeros(16, dtype=torch.uint8)] * 2}
+    monkeypatch.setattr(rng, "_cuda_devices", lambda: 2)
+    assert rng.set_rng_state(saved) is None and len(restored) == 1  # the same count: restored
+    monkeypatch.setattr(rng, "_cuda_devices", lambda: 1)
+    note = rng.set_rng_state(saved)
+    assert "CUDA random state is for 2 GPU(s) and this process sees 1: not restored" in note
+    assert len(restored) == 1
+    monkeypatch.setattr(rng, "_cuda_devices", lambda: 0)  # resumed on a CPU: nothing to restore
+    assert rng.set_rng_state(saved) is None
+
+
+def test_resume_on_another_gpu_count_warns_once(train_workspace, tiny_train_config, monkeypatch):
+    import lmforge.train.rng as rng
+    import lmforge.train.state as state
+
+    fake_cuda = [torch.zeros(16, dtype=torch.uint8)] * 2  # saved on a 2-GPU machine
+    monkeypatch.setattr(state, "get_rng_state", lambda: rng.get_rng_state() | {"cuda": fake_cuda})
+    config = tiny_train_config(steps=3, eval_interval=2, sample_tokens=0, run="gpus")
+    stopper = _StopAt(2)
+    stopper.manager = TrainingManager(config, train_workspace, reporter=stopper)
+    assert stopper.manager.train().step == 2
+
+    warnings: list[str] = []
+
+    class Collect(Reporter):
+        def warning(self, message):
+            warnings.append(message)
+
+    monkeypatch.setattr(rng, "_cuda_devices", lambda: 1)  # resumed where one GPU is seen
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: None)
+    resumed = TrainingManager(None, train_workspace, resume="gpus", reporter=Collect())
+    assert resumed.train().step == 3
+    assert sum("CUDA random state is for 2 GPU(s)" in w for w in warnings) == 1

@@ -38,7 +38,15 @@ def get_rng_state() -> dict[str, Any]:
     }
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def _cuda_devices() -> int:
+    """The CUDA devices this process sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def set_rng_state(state: dict[str, Any]) -> str | None:
+    """Put ``state`` back. Returns why the CUDA generators were not restored, when they could
+    not be (the state is per device: saved with another number of GPUs than this process
+    sees); the others are restored all the same."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
@@ -52,8 +60,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    devices = _cuda_devices()
+    if not cuda or not devices:
+        return None  # nothing saved, or nothing here to restore it to (no CUDA draws either)
+    if len(cuda) != devices:
+        return (
+            f"the checkpoint's CUDA random state is for {len(cuda)} GPU(s) and this process sees "
+            f"{devices}: not restored, so dropout draws differ from an uninterrupted run (the "
+            "training goes on)"
+        )
+    torch.cuda.set_rng_state_all(cuda)
+    return None
 
 
 def derive_seed(seed: int, step: int, rank: int) -> int:
@@ -72,13 +89,14 @@ def rank_rng_state(states: list[dict[str, Any]] | None, rank: int) -> dict[str, 
     return None
 
 
-def restore_rank_rng(state: dict[str, Any], rank: int, *, seed: int, step: int) -> None:
+def restore_rank_rng(state: dict[str, Any], rank: int, *, seed: int, step: int) -> str | None:
     """This rank's RNG state from a full checkpoint. Saved by as many processes as now: each
     rank gets its own back (an exact resume). Saved by fewer: the new ranks are reseeded
-    from (seed, step, rank); by more: the extra states go unused."""
+    from (seed, step, rank); by more: the extra states go unused. Returns ``set_rng_state``'s
+    word on CUDA generators it could not restore."""
     per_rank = state.get("rng_per_rank") or [state["rng"]]  # older checkpoints: rank 0's only
     own = rank_rng_state(per_rank, rank)
     if own is not None:
-        set_rng_state(own)
-    else:
-        seed_everything(derive_seed(seed, step, rank))
+        return set_rng_state(own)
+    seed_everything(derive_seed(seed, step, rank))
+    return None

@@ -126,6 +126,7 @@ class Checkpointer:
     ) -> None:
         self.state, self.run, self.config, self.hw, self.meta = state, run, config, hardware, meta
         self.last_full_step: int | None = None  # in memory: every rank must agree, files may lag
+        self.rng_warning: str | None = None  # the last load's: CUDA generators not restored
 
     def save(self, kind: str) -> Path | None:
         """A ``full``, ``light`` or ``best`` checkpoint at the current step; its path on rank 0."""
@@ -178,7 +179,8 @@ class Checkpointer:
             ckpt.load_weights(model, ckpt.load_state_dict(path), where=path)
             trainer_state = _trainer_state(path)
         self.state.load_state_dict(trainer_state, resume=resume)
-        restore_rank_rng(
+        # a word on CUDA generators that could not be restored (another GPU count), for the caller
+        self.rng_warning = restore_rank_rng(
             trainer_state, self.hw.rank, seed=self.config.train.seed, step=self.state.progress.step
         )
         set_hyperparameters(self.state.optimizer, self.config.optim, self.hw.device)

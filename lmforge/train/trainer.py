@@ -408,6 +408,8 @@ class TrainingManager:
 
     def _restore(self, path: Path, *, resume: bool = True) -> None:
         saved_world = self.checkpoints.load(path, resume=resume)
+        if resume and self.checkpoints.rng_warning:  # once: a rollback is to this run's own GPUs
+            self.reporter.warning(self.checkpoints.rng_warning)
         if resume and saved_world != self.hw.world_size:
             self.reporter.warning(
                 f"resuming a {saved_world}-process checkpoint on {self.hw.world_size} process(es): "
