@@ -53,6 +53,20 @@ def test_a_warmup_longer_than_the_run_is_clamped_with_a_warning(cli):
     assert report["config"]["optim"]["warmup_steps"] == 20 and "warming up" not in stderr
 
 
+@pytest.mark.parametrize(
+    ("steps", "said"),
+    [
+        (5, "(5 steps), so the learning rate would never reach its peak: no warmup instead"),
+        (1, "(1 step), so the learning rate would never reach its peak: no warmup instead"),
+        (10, "warming up for 1 step (a tenth of the run) instead"),
+    ],
+)
+def test_a_run_too_short_for_a_tenth_is_not_warmed_up_for_0_steps(steps, said):
+    fitted, warnings = fit_to_run(resolve_config(overrides={("train", "steps"): steps}))
+    assert fitted.optim.warmup_steps == steps // 10 and said in warnings[0]
+    assert "for 0 steps" not in warnings[0] and " 1 steps" not in warnings[0]
+
+
 def test_a_resumed_run_is_warned_not_clamped():
     config = resolve_config(overrides={("train", "steps"): 3000})
     fitted, warnings = fit_to_run(config, resumed=True)

@@ -511,3 +511,12 @@ def test_resume_on_another_gpu_count_warns_once(train_workspace, tiny_train_conf
     resumed = TrainingManager(None, train_workspace, resume="gpus", reporter=Collect())
     assert resumed.train().step == 3
     assert sum("CUDA random state is for 2 GPU(s)" in w for w in warnings) == 1
+
+
+def test_a_single_bad_step_allowed_is_one_step_in_the_words():
+    from lmforge.train.recovery import Recovery
+    from lmforge.train.step import StepOutcome
+
+    nan = torch.tensor(float("nan"))
+    decision = Recovery(1).decide(StepOutcome(nan, nan, "bad"), step=4, tokens=0, latest_full=None)
+    assert decision.action == "stop" and decision.error.startswith("training diverged: 1 step in a row had")

@@ -12,7 +12,7 @@ Each is valid on its own and wrong beside the others, so ``__post_init__`` canno
 - A sliding-window stride above the block size leaves the tokens between windows out of
   training.
 
-May import ``config`` only.
+May import ``config`` and ``units``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 
 from lmforge.config import TrainingConfig
+from lmforge.units import plural
 
 # What a too-long warmup is clamped to, as a fraction of the run's steps.
 CLAMPED_WARMUP_FRACTION = 0.1
@@ -32,15 +33,20 @@ def fit_to_run(config: TrainingConfig, *, resumed: bool = False) -> tuple[Traini
     if warmup >= steps:
         if resumed:
             warnings.append(
-                f"the warmup ({warmup:,} steps) is not shorter than the run ({steps:,} steps): the "
+                f"the warmup ({plural(warmup, 'step')}) is not shorter than the run "
+                f"({plural(steps, 'step')}): the "
                 "learning rate never reaches its peak; give --warmup-steps to change it"
             )
         else:
             fitted = int(steps * CLAMPED_WARMUP_FRACTION)
+            # a run under ten steps has no tenth to warm up for
+            instead = (
+                f"warming up for {plural(fitted, 'step')} (a tenth of the run)" if fitted else "no warmup"
+            )
             warnings.append(
-                f"--warmup-steps {warmup:,} is not shorter than the run ({steps:,} steps), so the "
-                f"learning rate would never reach its peak: warming up for {fitted:,} steps (a "
-                "tenth of the run) instead; give --warmup-steps below --steps to choose"
+                f"--warmup-steps {warmup:,} is not shorter than the run ({plural(steps, 'step')}), so "
+                f"the learning rate would never reach its peak: {instead} instead; give "
+                "--warmup-steps below --steps to choose"
             )
             optim = dataclasses.replace(config.optim, warmup_steps=fitted)
             config = dataclasses.replace(config, optim=optim)

@@ -10,7 +10,7 @@ checkpoint to go back to, or past that, it stops. fp16 loss-scale overflows are 
 finding its level: skipped, not counted.
 
 The policy only decides; the loop writes the records and loads the checkpoint.
-May import ``lmforge.train.step`` (the outcome it judges).
+May import ``lmforge.train.step`` (the outcome it judges) and ``units``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lmforge.train.step import StepOutcome
+from lmforge.units import plural
 
 # Rollbacks to the last full checkpoint before a diverging run is given up.
 MAX_ROLLBACKS = 3
@@ -96,14 +97,14 @@ class Recovery:
         if c.consecutive < self.max_bad_steps:
             return Decision("skip", record=record, warning=warning)
         what = (
-            f"training diverged: {c.consecutive} steps in a row had a non-finite loss or gradient "
+            f"training diverged: {plural(c.consecutive, 'step')} in a row had a non-finite loss or gradient "
             f"(at step {attempted})"
         )
         if latest_full is None:
             error = f"{what}, and there is no full checkpoint to roll back to"
             return Decision("stop", record=record, warning=warning, error=error)
         if c.rollbacks >= MAX_ROLLBACKS:
-            error = f"{what}, after {c.rollbacks} rollbacks to {latest_full}"
+            error = f"{what}, after {plural(c.rollbacks, 'rollback')} to {latest_full}"
             return Decision("stop", record=record, warning=warning, error=error)
         c.rollbacks += 1
         c.consecutive = 0

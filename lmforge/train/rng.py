@@ -65,8 +65,8 @@ def set_rng_state(state: dict[str, Any]) -> str | None:
         return None  # nothing saved, or nothing here to restore it to (no CUDA draws either)
     if len(cuda) != devices:
         return (
-            f"the checkpoint's CUDA random state is for {len(cuda)} GPU(s) and this process sees "
-            f"{devices}: not restored, so dropout draws differ from an uninterrupted run (the "
+            f"the checkpoint's CUDA random state is for {len(cuda)} GPU{'s' * (len(cuda) != 1)} and this "
+            f"process sees {devices}: not restored, so dropout draws differ from an uninterrupted run (the "
             "training goes on)"
         )
     torch.cuda.set_rng_state_all(cuda)

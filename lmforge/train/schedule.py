@@ -10,7 +10,7 @@ run resumed before its decay began continues the plateau as if it had been plann
 Any other change on resume (the schedule, its lr, warmup or decay fraction) is warned about
 whenever it changes the lr of a step taken or to come, naming the schedule the run was saved with.
 
-May import ``config`` only.
+May import ``config`` and ``units``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.config import OptimizerConfig
+from lmforge.units import plural
 
 
 def _warmup(lr: float, step: int, warmup_steps: int) -> float:
@@ -69,8 +70,9 @@ class CosineSchedule:
         if step <= self.warmup_steps:
             return None
         return (
-            f"--steps {self.total_steps:,} (was {before.total_steps:,}) stretches the cosine decay the first "
-            f"{step:,} steps were trained on: the lr jumps from {before(step):.3g} to {self(step):.3g}; "
+            f"--steps {self.total_steps:,} (was {before.total_steps:,}) stretches the cosine decay the "
+            f"first {plural(step, 'step')} were trained on: the lr jumps from {before(step):.3g} to "
+            f"{self(step):.3g}; "
             "--schedule wsd keeps a plateau that a longer run continues"
         )
 

@@ -51,6 +51,7 @@ from lmforge.train.schedule import build_schedule
 from lmforge.train.signals import announce_signal, stop_on_signals
 from lmforge.train.state import Checkpointer, RunProgress, TrainingState
 from lmforge.train.step import Batch, StepOutcome
+from lmforge.units import plural
 from lmforge.workspace import RunDir, Workspace
 
 # Per-layer gradient norms go to W&B at this multiple of the log interval.
@@ -412,7 +413,8 @@ class TrainingManager:
             self.reporter.warning(self.checkpoints.rng_warning)
         if resume and saved_world != self.hw.world_size:
             self.reporter.warning(
-                f"resuming a {saved_world}-process checkpoint on {self.hw.world_size} process(es): "
+                f"resuming a {saved_world}-process checkpoint on "
+                f"{plural(self.hw.world_size, 'process', 'processes')}: "
                 f"{self.tokens_per_step:,} tokens per step from now on"
             )
 
