@@ -483,7 +483,7 @@ def test_cuda_rng_of_another_gpu_count_is_not_restored_and_says_so(monkeypatch):
     assert rng.set_rng_state(saved) is None and len(restored) == 1  # the same count: restored
     monkeypatch.setattr(rng, "_cuda_devices", lambda: 1)
     note = rng.set_rng_state(saved)
-    assert "CUDA random state is for 2 GPU(s) and this process sees 1: not restored" in note
+    assert "CUDA random state is for 2 GPUs and this process sees 1: not restored" in note
     assert len(restored) == 1
     monkeypatch.setattr(rng, "_cuda_devices", lambda: 0)  # resumed on a CPU: nothing to restore
     assert rng.set_rng_state(saved) is None
@@ -510,7 +510,7 @@ def test_resume_on_another_gpu_count_warns_once(train_workspace, tiny_train_conf
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: None)
     resumed = TrainingManager(None, train_workspace, resume="gpus", reporter=Collect())
     assert resumed.train().step == 3
-    assert sum("CUDA random state is for 2 GPU(s)" in w for w in warnings) == 1
+    assert sum("CUDA random state is for 2 GPUs" in w for w in warnings) == 1
 
 
 def test_a_single_bad_step_allowed_is_one_step_in_the_words():
