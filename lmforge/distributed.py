@@ -220,15 +220,20 @@ def is_fsdp(model: nn.Module) -> bool:
 
 
 def set_grad_sync(model: nn.Module, enabled: bool) -> None:
-    """Whether the next backward averages gradients across ranks: off for all but the last
-    micro-batch of gradient accumulation, so the gradients travel once per optimizer step."""
+    """Whether the next backward averages gradients across ranks. DDP: off for all but the last
+    micro-batch of gradient accumulation, so the gradients travel once per optimizer step.
+
+    FSDP: always on. Without a reduce-scatter every rank would keep the full, unsharded fp32
+    gradients of the whole model between micro-batches (``set_requires_gradient_sync(False)``),
+    which is what FSDP is there to avoid and what ``lmforge.train.memory`` does not count
+    (a shard). Reduce-scattering every micro-batch, as torchtitan does, keeps a shard; it
+    overlaps the backward pass, and FSDP moves more than that per micro-batch anyway (it
+    all-gathers the weights for the forward and again for the backward)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     model = getattr(model, "_orig_mod", model)  # torch.compile(DDP(...))
     if isinstance(model, DDP):
         model.require_backward_grad_sync = enabled  # what DDP.no_sync() toggles (nanoGPT does this)
-    elif is_fsdp(model):
-        model.set_requires_gradient_sync(enabled)
 
 
 def reshard(model: nn.Module) -> None:

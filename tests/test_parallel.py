@@ -83,6 +83,62 @@ def _fsdp_rank(rank: int) -> None:
             assert torch.equal(dist.local_tensor(old[i][name]), dist.local_tensor(new[i][name])), (i, name)
 
 
+def _gradient_bytes(model) -> int:
+    """The gradient memory this rank holds: its shards of ``.grad``, and the unsharded
+    gradients FSDP2 keeps between micro-batches when it does not reduce-scatter."""
+    from torch.distributed.fsdp import FSDPModule
+
+    held = sum(
+        dist_local(p.grad).numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None
+    )
+    for module in model.modules():
+        group = module._get_fsdp_state()._fsdp_param_group if isinstance(module, FSDPModule) else None
+        for fp in group.fsdp_params if group is not None else []:
+            for grad in (
+                getattr(getattr(fp, "_unsharded_param", None), "grad", None),
+                fp.unsharded_accumulated_grad,
+            ):
+                held += grad.numel() * grad.element_size() if grad is not None else 0
+    return held
+
+
+def dist_local(t):
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _fsdp_accumulation_rank(rank: int) -> None:
+    """--grad-accum under FSDP: every micro-batch's gradients are reduce-scattered, so a rank
+    never holds more than its shard of them (what ``train.memory.step_memory`` counts), and the
+    accumulated gradient is that of one big batch."""
+    from lmforge.train.hardware import Hardware
+    from lmforge.train.optim import build_optimizer
+    from lmforge.train.parallel import build_train_model, initial_model
+    from lmforge.train.step import TrainStep
+
+    torch.manual_seed(0)
+    hw = Hardware(CPU, "fp32", "fsdp", rank, 2)
+    model, train_model = build_train_model(CFG, hw, compiled=False)
+    optimizer, _ = build_optimizer(model, OptimizerConfig(), CPU)
+    step = TrainStep(
+        model, optimizer, torch.amp.GradScaler("cpu", enabled=False), train_model=train_model, hardware=hw
+    )
+    full_bytes = 4 * sum(p.numel() for p in model.parameters())
+    micro = _batches(10 + rank)
+    held = []
+    for i, (x, y) in enumerate(micro):
+        step.forward_backward(x, y, last=i == len(micro) - 1, accum=len(micro))
+        held.append(_gradient_bytes(model))
+    assert max(held) <= full_bytes // 2 + 64, (held, full_bytes)  # a shard (and padding), never all
+    grads = {n: p.grad.full_tensor() for n, p in model.named_parameters()}
+    # the reference: one process, all 4 micro-batches (both ranks' 2) as one mean
+    torch.manual_seed(0)
+    reference = initial_model(CFG)
+    every = _batches(10) + _batches(11)
+    sum(reference(x, y)[1] for x, y in every).div(len(every)).backward()
+    for n, p in reference.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
 def _ddp_rank(rank: int) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -128,6 +184,7 @@ def _rank_main(rank: int, port: int) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
         _fsdp_rank(rank)
+        _fsdp_accumulation_rank(rank)
         _ddp_rank(rank)
     finally:
         torch.distributed.destroy_process_group()

@@ -3,8 +3,9 @@ and a run refused when it cannot fit (rather than an allocation error, or a firs
 swaps for minutes). Per process, a step needs
 
 - the training state: fp32 weights, gradients and AdamW's two moments (16 bytes a
-  parameter; a quarter of that per rank and kind under FSDP, which shards all
-  four), plus autocast's 16-bit copies of the weights during a step;
+  parameter; a 1/world_size share of each under FSDP, which shards all four, the
+  gradients included between the micro-batches of ``--grad-accum``: each is reduce-scattered,
+  see ``distributed.set_grad_sync``), plus autocast's 16-bit copies of the weights during a step;
 - the activations autograd keeps for backward, for one micro-batch: about 34
   bytes per token and width in each block at 16 bits (Korthikanti et al. 2022,
   "Reducing Activation Recomputation in Large Transformer Models", section 4.1,

@@ -3,11 +3,12 @@
 ``TrainStep.forward_backward(x, y)``: one micro-batch through the model the steps run
 (compiled, DDP-wrapped or FSDP-sharded), forward under autocast (bf16, or fp16 with a
 GradScaler, or plain fp32) and backward; gradients accumulate, and travel between ranks
-after the last micro-batch only. ``TrainStep.update(loss)``: clip to ``max_grad_norm``, the
-finite check, then the optimizer. A step whose loss or gradient norm is not finite updates
-nothing (weights and optimizer state stay as they were, gradients are dropped) and comes
-back as ``"bad"``; an fp16 loss-scale overflow comes back as ``"overflow"`` (the scaler
-lowers its scale). What follows a bad step is ``lmforge.train.recovery``'s decision.
+after the last micro-batch only (DDP; FSDP reduce-scatters each one's, to keep a shard).
+``TrainStep.update(loss)``: clip to ``max_grad_norm``, the finite check, then the optimizer. A
+step whose loss or gradient norm is not finite updates nothing (weights and optimizer state
+stay as they were, gradients are dropped) and comes back as ``"bad"``; an fp16 loss-scale
+overflow comes back as ``"overflow"`` (the scaler lowers its scale). What follows a bad step is
+``lmforge.train.recovery``'s decision.
 
 Several processes: ranks agree once per step, in one small all-reduce inside ``update``,
 on whether the step was finite and whether any of them received a stop signal, so every
