@@ -435,16 +435,18 @@ def test_a_checkpoint_saves_the_data_position_of_the_step_taken(train_workspace,
     assert saved["loader"]["batch"] == 2 and saved["step"] == 2
 
 
-def test_one_evaluation_batch_runs_before_the_first_step_and_changes_no_loss(
+def test_one_evaluation_batch_runs_after_the_first_step_and_changes_no_loss(
     train_workspace, tiny_train_config, monkeypatch
 ):
-    """Evaluation's memory is tried before training starts (a misfit fails in the first
-    seconds, not at the first evaluation), and the probe draws no random numbers: the losses
-    (with dropout) are bitwise those of a run without it."""
+    """Evaluation's memory is tried beside the optimizer state after the first step (a misfit
+    fails in the first seconds, not at the first evaluation), and the probe draws no random
+    numbers: the losses (with dropout) are bitwise those of a run without it."""
     from lmforge.train.evaluation import Evaluation
 
     def run(name):
-        config = tiny_train_config(steps=4, dropout=0.1, eval_interval=2, sample_tokens=0, run=name)
+        config = tiny_train_config(
+            steps=4, dropout=0.1, eval_interval=2, grad_accum=2, sample_tokens=0, run=name
+        )
         m = TrainingManager(config, train_workspace, reporter=Reporter())
         modes: list[tuple[bool, int]] = []
         m.model.register_forward_pre_hook(lambda module, args: modes.append((module.training, len(args[0]))))
@@ -453,24 +455,27 @@ def test_one_evaluation_batch_runs_before_the_first_step_and_changes_no_loss(
 
     modes, losses = run("probed")
     batch = tiny_train_config().train.batch_size
-    assert modes[0] == (False, batch) and modes[1][0] is True  # one eval batch, then training
+    # step 1 (2 micro-batches), one evaluation batch, step 2
+    assert [m[0] for m in modes[:4]] == [True, True, False, True] and modes[2][1] == batch
     monkeypatch.setattr(Evaluation, "probe", lambda self: None)
     _, unprobed = run("unprobed")
     assert losses == unprobed and len(losses) == 4
 
 
-def test_an_evaluation_that_cannot_fit_fails_before_training(train_workspace, tiny_train_config, monkeypatch):
+def test_an_evaluation_that_cannot_fit_fails_after_the_first_step(
+    train_workspace, tiny_train_config, monkeypatch
+):
     import lmforge.eval.evaluate as evaluate
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
 
     monkeypatch.setattr(evaluate, "evaluate_tokens", out_of_memory)
-    m = TrainingManager(tiny_train_config(steps=3, run="nofit"), train_workspace, reporter=Reporter())
+    config = tiny_train_config(steps=6, eval_interval=5, run="nofit")
+    m = TrainingManager(config, train_workspace, reporter=Reporter())
     with pytest.raises(torch.OutOfMemoryError):
         m.train()
-    metrics = train_workspace / "runs" / "nofit" / "metrics.jsonl"
-    assert m.step == 0 and (not metrics.exists() or _records(metrics.parent, "train") == [])
+    assert m.step == 1  # not 5
 
 
 def test_cuda_rng_of_another_gpu_count_is_not_restored_and_says_so(monkeypatch):

@@ -54,10 +54,12 @@ class Evaluation:
         return self._loss(self.config.train.eval_tokens or None)
 
     def probe(self) -> None:
-        """One evaluation batch per rank, scored and thrown away: run before the first training
-        step (as litgpt does), so that evaluation's memory, on top of the model's and the
-        optimizer's, fails in the first seconds rather than at the first ``eval_interval``. It
-        draws no random numbers (eval mode, no dropout): the run's losses stay the same."""
+        """One evaluation batch per rank, scored and thrown away: run after the first training
+        step (litgpt runs one before it; after it, the optimizer state, which the first step
+        allocates, is there too, as at every evaluation), so that evaluation's memory, on top of
+        the model's and the optimizer's, fails in the first seconds rather than at the first
+        ``eval_interval``. It draws no random numbers (eval mode, no dropout): the run's losses
+        stay the same."""
         c = self.config
         block = c.model.block_size
         windows = c.train.batch_size * self.hw.world_size

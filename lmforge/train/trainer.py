@@ -212,9 +212,8 @@ class TrainingManager:
         tokens_at_start = p.tokens
         stop_reason = "steps"
         self._report_start()
-        if p.step < total:
-            self.evaluation.probe()  # evaluation's memory too: a misfit fails now, not at eval_interval
         self.meter.reset()
+        probe_pending = True  # one evaluation batch after the first step (see below)
 
         while p.step < total:
             lr = self.schedule(p.step)
@@ -239,6 +238,11 @@ class TrainingManager:
                     self._evaluate()
                     if cfg.train.patience and p.evals_since_best >= cfg.train.patience:
                         stop_reason = "early_stopping"
+                elif probe_pending and p.step < total:
+                    # evaluation's memory beside the optimizer state (made by the first step): a
+                    # misfit fails now, not at the first eval_interval
+                    self.evaluation.probe()
+                probe_pending = False
                 self._periodic_checkpoints()
             elif decision.action == "roll_back":
                 from_step = p.step
