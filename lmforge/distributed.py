@@ -167,14 +167,27 @@ def on_main(fn: Callable[[], T]) -> T:
 # ----------------------------------------------------------------------------- wrappers
 
 
+# A test and debugging knob: the torch.compile backend (default Inductor). "aot_eager" traces
+# and partitions the graphs as Inductor would (so guards, recompilations and graph breaks are
+# the same) without generating and building kernels: what the CPU tests use.
+COMPILE_BACKEND_ENV = "LMFORGE_COMPILE_BACKEND"
+
+
+def compile_backend() -> str:
+    """The torch.compile backend: ``$LMFORGE_COMPILE_BACKEND``, else ``"inductor"``."""
+    return os.environ.get(COMPILE_BACKEND_ENV) or "inductor"
+
+
 def apply_compile(model: nn.Module, whole: bool = True) -> nn.Module:
     """``torch.compile``: the whole model (one graph: the fastest, used for one process; for DDP
     pass the DDP module, whose graph DDPOptimizer splits at the gradient buckets), or each block
-    in place (the FSDP2 way: the hooks between blocks stay in eager)."""
+    in place (the FSDP2 way: the hooks between blocks stay in eager). The backend is
+    ``compile_backend()``'s."""
+    backend = compile_backend()
     if whole:
-        return torch.compile(model)
+        return torch.compile(model, backend=backend)
     for block in model.transformer.h:
-        block.compile()
+        block.compile(backend=backend)
     return model
 
 
