@@ -137,6 +137,12 @@ def train(
                     soft_wrap=True,
                 )
             raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+        except RuntimeError as exc:  # a collective failed: another rank was killed or crashed
+            from lmforge.distributed import is_lost_peer, lost_peer_error
+
+            if not (group.enabled and is_lost_peer(exc)):
+                raise
+            raise lost_peer_error(exc, group.rank) from exc
     if group.is_main:
         if as_json:
             print_json(result.to_dict())
