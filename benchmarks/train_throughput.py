@@ -163,7 +163,7 @@ def run_plain(args, ws: Path) -> dict:
     import torch.nn.functional as F
 
     from lmforge.config import ModelConfig
-    from lmforge.device import peak_flops, resolve_device, resolve_dtype
+    from lmforge.device import enable_tf32, peak_flops, resolve_device, resolve_dtype
     from lmforge.model.gpt import GPT
 
     if args.threads > 0:
@@ -171,8 +171,7 @@ def run_plain(args, ws: Path) -> dict:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        enable_tf32()
     n_layer, n_head, n_embd = CONFIGS[args.config]
     torch.manual_seed(1337)
     pad = 64 if device.type == "cuda" else 1  # what lmforge's pad_vocab_multiple=0 (auto) picks

@@ -119,9 +119,9 @@ class TrainingManager:
         )
         config.model = pad_vocab(config.model, self.device.type, resumed=self.resume_dir is not None)
         if self.device.type == "cuda":
-            # TF32 tensor cores for the fp32 matmuls that remain (Ampere+): ~8x faster, 10-bit mantissa
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            from lmforge.device import enable_tf32
+
+            enable_tf32()  # TF32 for the fp32 matmuls that remain, through one API (device.py)
         # fp16 needs loss scaling against underflowing gradients; bf16 has fp32's range and does not
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == "fp16")
 
