@@ -59,12 +59,25 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun set up (nccl on CUDA, gloo on the CPU).
+# The first collective waits for every rank's start-up: the rendezvous, reading the data, rank 0's
+# checks of the run's files, the first step's compilation (minutes for a large model). After the
+# first step a collective that waits this long means a rank is gone or stuck: say so sooner.
+INIT_TIMEOUT = datetime.timedelta(minutes=30)
+STEP_TIMEOUT = datetime.timedelta(minutes=10)
 
-    Returns the single-process ``DistInfo()`` when not launched by torchrun.
+
+def init_distributed(device: str | torch.device) -> DistInfo:
+    """Join the process group torchrun set up (nccl on CUDA, gloo on the CPU), with
+    ``INIT_TIMEOUT`` for the collectives until ``use_step_timeout()``.
+
+    Returns the single-process ``DistInfo()`` when not launched by torchrun; a single process on
+    ``cuda:N`` still makes N the current device (kernels, caches and ``torch.cuda`` calls without
+    a device would otherwise go to GPU 0).
     """
+    device = torch.device(device)
     if not launched_by_torchrun():
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
         return DistInfo()
     info = DistInfo(
         rank=int(os.environ["RANK"]),
@@ -72,11 +85,31 @@ def init_distributed(device_type: str) -> DistInfo:
         world_size=int(os.environ["WORLD_SIZE"]),
     )
     if not is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {}
         if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+            local = torch.device("cuda", info.local_rank)
+            torch.cuda.set_device(local)
+            # the communicator is made now, bound to this GPU (not lazily at the first collective,
+            # and no "barrier(): using the device under current context" guess)
+            kwargs["device_id"] = local
+        dist.init_process_group(backend=backend, timeout=INIT_TIMEOUT, **kwargs)
     return info
+
+
+def use_step_timeout(timeout: datetime.timedelta = STEP_TIMEOUT) -> None:
+    """After the first training step: every rank is past its start-up (a barrier makes sure),
+    so collectives from now on time out after ``timeout`` instead of ``INIT_TIMEOUT``. A no-op
+    in one process, or on a torch without ``_set_pg_timeout`` (then ``INIT_TIMEOUT`` stays)."""
+    if not is_initialized():
+        return
+    from torch.distributed import distributed_c10d
+
+    set_timeout = getattr(distributed_c10d, "_set_pg_timeout", None)
+    if set_timeout is None:
+        return
+    dist.barrier()
+    set_timeout(timeout)
 
 
 def current() -> DistInfo:
@@ -532,9 +565,9 @@ def launch(nproc: int, args: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def process_group(device_type: str) -> Iterator[DistInfo]:
+def process_group(device: str | torch.device) -> Iterator[DistInfo]:
     """``init_distributed`` for the duration of a block; the group is destroyed after it."""
-    info = init_distributed(device_type)
+    info = init_distributed(device)
     try:
         yield info
     finally:

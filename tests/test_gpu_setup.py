@@ -137,3 +137,70 @@ def test_torch_version_comparison(monkeypatch):
     for version, at_least in (("2.9.0", True), ("2.10.1+cu126", True), ("2.8.1", False), ("3.0.0a0", True)):
         monkeypatch.setattr(torch, "__version__", version)
         assert device.torch_version_at_least(2, 9) is at_least
+
+
+# ----------------------------------------------------------------------------- NCCL set-up
+
+
+@pytest.fixture
+def fake_dist(monkeypatch):
+    """``torch.distributed`` and ``torch.cuda`` calls of the set-up, recorded instead of made."""
+    from lmforge import distributed
+
+    calls: list[tuple] = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", torch.device(d))))
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda **kw: calls.append(("init", kw)))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda *a, **k: calls.append(("barrier",)))
+    monkeypatch.setattr(distributed, "is_initialized", lambda: False)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    return calls
+
+
+def test_nccl_group_is_bound_to_the_local_gpu(fake_dist, monkeypatch):
+    from lmforge.distributed import INIT_TIMEOUT, init_distributed
+
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    info = init_distributed(torch.device("cuda", 1))
+    assert info.rank == 3 and info.local_rank == 1 and info.world_size == 4
+    assert fake_dist == [
+        ("set_device", torch.device("cuda", 1)),
+        ("init", {"backend": "nccl", "timeout": INIT_TIMEOUT, "device_id": torch.device("cuda", 1)}),
+    ]
+
+
+def test_gloo_group_has_no_device(fake_dist, monkeypatch):
+    from lmforge.distributed import INIT_TIMEOUT, init_distributed
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    init_distributed("cpu")
+    assert fake_dist == [("init", {"backend": "gloo", "timeout": INIT_TIMEOUT})]
+
+
+def test_one_process_on_cuda_n_makes_n_current(fake_dist):
+    from lmforge.distributed import init_distributed
+
+    assert not init_distributed(torch.device("cuda", 2)).enabled
+    assert fake_dist == [("set_device", torch.device("cuda", 2))]
+    fake_dist.clear()
+    init_distributed("cpu")
+    init_distributed("cuda")  # no index: the current device stays
+    assert fake_dist == []
+
+
+def test_shorter_timeout_after_the_first_step(fake_dist, monkeypatch):
+    from torch.distributed import distributed_c10d
+
+    from lmforge import distributed
+
+    set_to: list = []
+    monkeypatch.setattr(distributed_c10d, "_set_pg_timeout", lambda t, group=None: set_to.append(t))
+    distributed.use_step_timeout()  # one process: nothing to do
+    assert fake_dist == [] and set_to == []
+    monkeypatch.setattr(distributed, "is_initialized", lambda: True)
+    distributed.use_step_timeout()
+    assert fake_dist == [("barrier",)] and set_to == [distributed.STEP_TIMEOUT]
+    assert distributed.STEP_TIMEOUT < distributed.INIT_TIMEOUT

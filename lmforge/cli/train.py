@@ -115,7 +115,7 @@ def train(
     from lmforge.distributed import process_group
     from lmforge.train.trainer import TrainingManager
 
-    with process_group(resolve_device(config.train.device).type) as group:
+    with process_group(resolve_device(config.train.device)) as group:
         reporter = _reporter(ctx) if group.is_main else None
         manager = TrainingManager(
             workspace=ws,
