@@ -58,8 +58,9 @@ CONFIGS = {
 }
 
 
-def make_workspace(root: Path, n_tokens: int, seed: int = 0) -> Path:
-    """A workspace with dataset ``bench``: random GPT-2 token ids in the lmforge layout."""
+def make_workspace(root: Path, n_tokens: int, seed: int = 0, vocab: int = VOCAB) -> Path:
+    """A workspace with dataset ``bench``: random token ids below ``vocab`` (GPT-2's) in the lmforge
+    layout."""
     import numpy as np
 
     data = root / "datasets" / "bench"
@@ -67,15 +68,15 @@ def make_workspace(root: Path, n_tokens: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     splits = {}
     for split, n in (("train", n_tokens), ("validation", 4096)):
-        rng.integers(0, VOCAB, size=n, dtype=np.uint16).tofile(data / f"{split}.bin")
+        rng.integers(0, vocab, size=n, dtype=np.uint16).tofile(data / f"{split}.bin")
         splits[split] = {"file": f"{split}.bin", "tokens": n, "documents": 1, "bytes": n, "words": n}
     meta = {
         "format": "lmforge-dataset",
         "format_version": 1,
         "name": "bench",
         "tokenizer": {"name": "gpt2", "sha256": "benchmark"},
-        "vocab_size": VOCAB,
-        "eot_token": VOCAB - 1,
+        "vocab_size": vocab,
+        "eot_token": vocab - 1,
         "dtype": "uint16",
         "splits": splits,
     }
@@ -103,7 +104,7 @@ def run_lmforge(args, ws: Path) -> dict:
     n_layer, n_head, n_embd = CONFIGS[args.config]
     config = TrainingConfig(preset="tiny", run="bench", tokenizer="gpt2")
     config.model = ModelConfig(
-        vocab_size=VOCAB,
+        vocab_size=args.vocab,
         block_size=args.block_size,
         n_layer=n_layer,
         n_head=n_head,
@@ -176,7 +177,7 @@ def run_plain(args, ws: Path) -> dict:
     torch.manual_seed(1337)
     pad = 64 if device.type == "cuda" else 1  # what lmforge's pad_vocab_multiple=0 (auto) picks
     model_config = ModelConfig(
-        VOCAB, args.block_size, n_layer, n_head, n_embd, dropout=0.0, pad_vocab_multiple=pad
+        args.vocab, args.block_size, n_layer, n_head, n_embd, dropout=0.0, pad_vocab_multiple=pad
     )
     model = GPT(model_config).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -276,7 +277,18 @@ def parse(argv=None):
         action="store_true",
         help="lmforge's --recipe gpt2 against --recipe modern (same shape, dtype and compile choice)",
     )
-    p.add_argument("--recipe", default="gpt2", help=argparse.SUPPRESS)
+    p.add_argument("--recipe", default="gpt2", choices=["gpt2", "modern"], help="lmforge's recipe")
+    p.add_argument(
+        "--impls",
+        default="plain,lmforge",
+        help="which loops to run: plain, lmforge or both (benchmarks/plain_loop.py is the independent one)",
+    )
+    p.add_argument("--vocab", type=int, default=VOCAB, help="vocabulary size (smaller: a quick CPU check)")
+    p.add_argument(
+        "--worker-log",
+        action="store_true",
+        help="copy each run's stderr to ours (e.g. TORCH_LOGS=recompiles,graph_breaks output)",
+    )
     p.add_argument("--worker", choices=["lmforge", "plain"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--workspace", help=argparse.SUPPRESS)
@@ -319,12 +331,13 @@ def main(argv=None) -> None:
         tokens = max(
             200_000, 4 * args.batch_size * args.grad_accum * args.block_size * (args.steps + args.warmup)
         )
-        ws = make_workspace(Path(tmp), tokens)
+        ws = make_workspace(Path(tmp), tokens, vocab=args.vocab)
         forwarded = [
             "--device", args.device, "--dtype", args.dtype, "--compile", args.compile,
             "--batch-size", str(args.batch_size), "--block-size", str(args.block_size),
             "--grad-accum", str(args.grad_accum), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--threads", str(args.threads), "--workspace", str(ws),
+            "--threads", str(args.threads), "--workspace", str(ws), "--vocab", str(args.vocab),
+            "--recipe", args.recipe,
         ]  # fmt: skip
         for config in args.configs.split(","):
             runs: dict[str, list[dict]] = {name: [] for name, _, _ in contenders(args)}
@@ -335,6 +348,8 @@ def main(argv=None) -> None:
                         [sys.executable, __file__, "--worker", impl, "--config", config, *forwarded, *choice],
                         capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"},
                     )  # fmt: skip
+                    if args.worker_log:
+                        sys.stderr.write(out.stderr)
                     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
                     if out.returncode or not line:
                         sys.exit(f"{name} {config} failed:\n{out.stderr[-3000:]}")
@@ -381,7 +396,8 @@ def contenders(args) -> list[tuple[str, str, list[str]]]:
     if args.recipes:
         return [(f"lmforge --recipe {r}", "lmforge", ["--recipe", r]) for r in ("gpt2", "modern")]
     if not args.matrix:
-        return [("plain", "plain", []), ("lmforge", "lmforge", [])]
+        chosen = args.impls.split(",")
+        return [(name, name, []) for name in ("plain", "lmforge") if name in chosen]
     rows = [("plain fp32 eager", "plain", ["--dtype", "fp32", "--compile", "off"])]
     for dtype in ("fp32", "bf16"):
         for compile_ in ("off", "on"):
