@@ -142,8 +142,12 @@ def run_lmforge(args, ws: Path) -> dict:
     manager.train()
     seconds = marks[last] - marks[args.warmup]
     tps = args.steps * config.tokens_per_step / seconds
+    estimate = getattr(manager, "_estimate", None)  # what `train` said before its first step
     return {
         "tokens_per_sec": tps,
+        "estimated_tokens_per_sec": estimate.steps * config.tokens_per_step / estimate.seconds
+        if estimate is not None and estimate.seconds > 0
+        else None,
         "mfu": manager.meter.flops_per_token * tps / manager.meter.peak_flops
         if manager.meter.peak_flops
         else None,
@@ -356,6 +360,7 @@ def main(argv=None) -> None:
                     runs[name].append(json.loads(line[0][7:]))
             for impl, results in runs.items():
                 mfus = [r["mfu"] for r in results if r["mfu"] is not None]
+                estimates = [e for r in results if (e := r.get("estimated_tokens_per_sec"))]
                 rows.append(
                     {
                         "config": config,
@@ -367,6 +372,7 @@ def main(argv=None) -> None:
                         "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in results),
                         "all_tokens_per_sec": [round(r["tokens_per_sec"], 1) for r in results],
                         "mfu": statistics.median(mfus) if mfus else None,
+                        "estimated_tokens_per_sec": statistics.median(estimates) if estimates else None,
                         "peak_memory_mb": statistics.median(r["peak_memory"] for r in results) / 2**20,
                     }
                 )

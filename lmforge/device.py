@@ -157,12 +157,26 @@ def measure_bf16_speedup(size: int = 256, repeats: int = 5) -> float:
     return best(torch.float32) / max(best(torch.bfloat16), 1e-9)
 
 
-def measure_matmul_flops(device: torch.device, dtype: str = "fp32", repeats: int = 5) -> float:
-    """FLOP/s of a square matmul on ``device`` in ``dtype`` (best of ``repeats``), in tens of
-    milliseconds: 512 wide on a CPU, 4096 on a GPU (large enough to reach its tensor cores)."""
+# The probe's matmul width by (device type, dtype). CPU fp32 at 1024: a 512-wide product is
+# dominated by thread start-up on a 2-core AVX2 machine (4-17 GFLOP/s across runs, against
+# ~110 GFLOP/s that training reaches there); bf16 stays at 512, the width its efficiency was
+# calibrated at (on an AVX512-BF16 CPU), and where an emulated bf16 product still takes only
+# tens of milliseconds.
+PROBE_WIDTH = {("cpu", "fp32"): 1024, ("cpu", "bf16"): 512}
+GPU_PROBE_WIDTH = 4096  # large enough to reach a GPU's tensor cores
+
+
+def measure_matmul_flops(device: torch.device, dtype: str = "fp32", repeats: int = 7) -> float:
+    """FLOP/s of a square matmul on ``device`` in ``dtype``: the median of ``repeats`` timed
+    products after two untimed ones (thread pool start, kernel selection, page faults), in well
+    under a second. The median, not the best: on a shared machine the best is a lucky moment."""
+    import statistics
     import time
 
-    size = 512 if device.type == "cpu" else 4096
+    if device.type == "cpu":
+        size = PROBE_WIDTH.get((device.type, dtype), 512)
+    else:
+        size = GPU_PROBE_WIDTH
     dt = TORCH_DTYPES[dtype]
     # a generator of its own: drawing from the global one would change a run's (or a resumed
     # run's) dropout masks and data order from what they were without the measurement
@@ -174,7 +188,7 @@ def measure_matmul_flops(device: torch.device, dtype: str = "fp32", repeats: int
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # kernels are asynchronous: time them, not their launch
 
-    for _ in range(2):  # warm-up: thread pool start, kernel selection, page faults
+    for _ in range(2):  # warm-up
         a @ b
     sync()
     times = []
@@ -183,7 +197,7 @@ def measure_matmul_flops(device: torch.device, dtype: str = "fp32", repeats: int
         a @ b
         sync()
         times.append(time.perf_counter() - t0)
-    return 2 * size**3 / max(min(times), 1e-9)
+    return 2 * size**3 / max(statistics.median(times), 1e-9)
 
 
 def _read_cpuinfo() -> str:

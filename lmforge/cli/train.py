@@ -98,7 +98,12 @@ def train(
         _warn_if_not_prepared(ws, config.data.name)
         from lmforge.train.plan import plan
 
-        report = plan(config, world_size=nproc or int(os.environ.get("WORLD_SIZE", 1)))
+        world_size = nproc or int(os.environ.get("WORLD_SIZE", 1))
+        report = plan(config, world_size=world_size)
+        from lmforge.train.estimate import dry_run_facts
+
+        # this machine's answer: the dtype auto picks, the fit check, the time estimate
+        report["this_machine"] = dry_run_facts(config, world_size, cache_dir=ws.cache_dir)
         if as_json:
             print_json(report)
         else:
@@ -211,6 +216,24 @@ def _print_plan(report: dict[str, Any]) -> None:
         ("memory: activations (a micro-batch)", f"{m['activations'] / 2**30:.2f} GiB"),
         ("memory: training step (per process)", f"{m['step'] / 2**30:.2f} GiB"),
     ]
+    here = report.get("this_machine") or {}
+    if "error" in here:
+        rows.append(("on this machine", f"n/a: {here['error']}"))
+    elif here:
+        from lmforge.units import format_bytes, format_duration
+
+        rows.append(("device, dtype", f"{here['device']}, {here['dtype']} ({here['dtype_reason']})"))
+        if here["fits"] is None:
+            fit = "free memory unknown"
+        else:
+            verdict = "fits" if here["fits"] else f"does NOT fit ({here['fit_hint']})"
+            need, free = format_bytes(here["step_memory_bytes"]), format_bytes(here["free_bytes"])
+            fit = f"{need} of {free} free: {verdict}"
+        rows.append(("memory check", fit))
+        measured = f"{here['matmul_flops'] / 1e9:,.0f} GFLOP/s in a {here['dtype']} matmul here"
+        rows.append(("estimated time", f"~{format_duration(here['estimate_s'])} ({measured})"))
     for key, value in rows:
         table.add_row(key, value)
     out_console.print(table)
+    if here.get("advice"):
+        err_console.print(f"[yellow]warning:[/yellow] {escape(here['advice'])}", highlight=False)

@@ -466,6 +466,7 @@ class TrainingManager:
             c.train.steps - self.progress.step,
             self.device.type,
             lambda: measure_matmul_flops(self.device, self.dtype),
+            dtype=self.dtype,
         )
 
     def _compile_failed(self, exc: Exception) -> torch.nn.Module:
