@@ -20,8 +20,10 @@
 # this checkout (PYTHONPATH). The corpus: `--prepare SOURCE` (a folder with wiki.*.raw, e.g.
 # wikitext-smoke; GPT-2's ranks from $LMFORGE_TOKENIZER_FILE) writes .gpu_check/ws, to be carried.
 # Settings by environment: GPU_CHECK_BATCH (32), GPU_CHECK_STEPS (throughput steps, 20),
-# GPU_CHECK_TRAIN_STEPS (1500), GPU_CHECK_TERM_AFTER (seconds before the SIGTERM, 75),
-# GPU_CHECK_WS (the prepared workspace, .gpu_check/ws), PYTHON (python3).
+# GPU_CHECK_TRAIN_STEPS (1000), GPU_CHECK_TERM_AFTER (seconds before the SIGTERM, 70),
+# GPU_CHECK_BUDGET (seconds for all steps, 450: a step is cut to what is left, and skipped when
+# under 15 s are left, so the JSON is written inside the call), GPU_CHECK_WS (the prepared
+# workspace, .gpu_check/ws), PYTHON (python3).
 set -u -o pipefail
 
 DEVICE=cuda
@@ -77,7 +79,7 @@ else
     BATCH="${GPU_CHECK_BATCH:-32}"; BLOCK=1024; STEPS="${GPU_CHECK_STEPS:-20}"; WARMUP=5
     DTYPE=bf16; COMPILE=on; CONFIG=gpt2; VOCAB=50257
     PLAIN_SHAPE=(--n-layer 12 --n-head 12 --n-embd 768)
-    TRAIN_STEPS="${GPU_CHECK_TRAIN_STEPS:-1500}"; TERM_AFTER_STEP=0; TERM_AFTER="${GPU_CHECK_TERM_AFTER:-75}"
+    TRAIN_STEPS="${GPU_CHECK_TRAIN_STEPS:-1000}"; TERM_AFTER_STEP=0; TERM_AFTER="${GPU_CHECK_TERM_AFTER:-70}"
     TRAIN_MODEL=(--preset gpt2 --batch-size 16 --grad-accum 1 --eval-interval 500 --eval-tokens 65536)
     EVAL_MAX=(--max-tokens 262144)
 fi
@@ -105,9 +107,19 @@ else
     log "no prepared corpus at $CARRIED: run 'bash benchmarks/gpu_check.sh --prepare SOURCE' on the CPU and carry .gpu_check"
 fi
 
-# step NAME TIMEOUT CMD...: run, log, record {rc, seconds} in $RESULTS/NAME.step.json
+DEADLINE=$(($(date +%s) + ${GPU_CHECK_BUDGET:-450}))
+
+# step NAME TIMEOUT CMD...: run, log, record {rc, seconds} in $RESULTS/NAME.step.json; the
+# timeout is cut to the time left of the budget, and a step with under 15 s left is skipped
 step() {
     local name="$1" limit="$2"; shift 2
+    local left=$((DEADLINE - $(date +%s)))
+    if [ "$left" -lt 15 ]; then
+        log "-- $name: skipped (the budget is spent)"
+        printf '{"rc": null, "seconds": 0, "skipped": true}\n' >"$RESULTS/$name.step.json"
+        return 0
+    fi
+    if [ "$left" -lt "$limit" ]; then limit=$left; fi
     log "== $name: $*"
     local t0 rc
     t0=$(date +%s.%N)
@@ -121,18 +133,18 @@ step() {
 }
 
 # 1. the GPU-marked tests (all skipped on a CPU)
-step pytest 240 "$PY" -P -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests/test_gpu.py"
+step pytest 150 "$PY" -P -m pytest -q -m gpu -p no:cacheprovider "$REPO/tests/test_gpu.py"
 
 # 2. throughput: lmforge, the independent plain loop on the same shapes, lmforge's modern recipe
 THROUGHPUT=("$PY" -P "$REPO/benchmarks/train_throughput.py" --preset "$CONFIG" --device "$DEVICE"
             --dtype "$DTYPE" --compile "$COMPILE" --batch-size "$BATCH" --block-size "$BLOCK"
             --grad-accum 1 --steps "$STEPS" --warmup "$WARMUP" --repeats 1 --impls lmforge
             --vocab "$VOCAB" --json --worker-log)
-TORCH_LOGS=recompiles,graph_breaks step throughput_gpt2 180 "${THROUGHPUT[@]}" --recipe gpt2
-step plain_loop 150 "$PY" -P "$REPO/benchmarks/plain_loop.py" --device "$DEVICE" --dtype "$DTYPE" \
+TORCH_LOGS=recompiles,graph_breaks step throughput_gpt2 150 "${THROUGHPUT[@]}" --recipe gpt2
+step plain_loop 120 "$PY" -P "$REPO/benchmarks/plain_loop.py" --device "$DEVICE" --dtype "$DTYPE" \
     --compile "$COMPILE" --batch-size "$BATCH" --block-size "$BLOCK" --steps "$STEPS" --warmup "$WARMUP" \
     "${PLAIN_SHAPE[@]}"
-TORCH_LOGS=recompiles,graph_breaks step throughput_modern 180 "${THROUGHPUT[@]}" --recipe modern
+TORCH_LOGS=recompiles,graph_breaks step throughput_modern 150 "${THROUGHPUT[@]}" --recipe modern
 
 # 3. train, SIGTERM in the middle, resume, eval, generate
 TRAIN=("${LMFORGE[@]}" --workspace "$WS" train "${TRAIN_MODEL[@]}" --data wikitext-smoke --run gpucheck
@@ -157,8 +169,8 @@ rc=$?
 cat "$RESULTS/train.out" "$RESULTS/train.err" >>"$LOG"
 printf '{"rc": %d, "seconds": %d}\n' "$rc" "$(($(date +%s) - t0))" >"$RESULTS/train.step.json"
 log "-- train (SIGTERM): exit $rc (143 expected)"
-step resume 300 "${LMFORGE[@]}" --workspace "$WS" train --resume gpucheck --json
-step eval 120 "${LMFORGE[@]}" --workspace "$WS" eval gpucheck --split validation "${EVAL_MAX[@]}" \
+step resume 200 "${LMFORGE[@]}" --workspace "$WS" train --resume gpucheck --json
+step eval 90 "${LMFORGE[@]}" --workspace "$WS" eval gpucheck --split validation "${EVAL_MAX[@]}" \
     --device "$DEVICE" --json
 step generate 60 "${LMFORGE[@]}" --workspace "$WS" generate gpucheck "The history of" --max-tokens 32 \
     --seed 0 --no-stream --device "$DEVICE"
