@@ -71,15 +71,17 @@ if [ "$DRY" = 1 ]; then
     # the tiny size: seconds per step on a CPU, a small vocabulary
     BATCH=2; BLOCK=64; STEPS=2; WARMUP=1; DTYPE=fp32; COMPILE=off; CONFIG=micro; VOCAB=512
     PLAIN_SHAPE=(--n-layer 2 --n-head 2 --n-embd 64 --vocab 512 --real-vocab 512)
-    TRAIN_STEPS=40; TERM_AFTER_STEP=3; TERM_AFTER=60
+    # 200 steps (seconds): the SIGTERM comes once the first step is logged, never after the last
+    TRAIN_STEPS=200; TERM_AT_STEP=1; TERM_AFTER=60
     TRAIN_MODEL=(--preset tiny --block-size 32 --n-layer 2 --n-head 2 --n-embd 32 --batch-size 4
-                 --grad-accum 1 --eval-interval 20 --eval-tokens 256 --threads 1 --sample-tokens 4)
+                 --grad-accum 1 --eval-interval 100 --eval-tokens 256 --threads 1 --sample-tokens 4)
     EVAL_MAX=(--max-tokens 512 --batch-size 4)
 else
     BATCH="${GPU_CHECK_BATCH:-32}"; BLOCK=1024; STEPS="${GPU_CHECK_STEPS:-20}"; WARMUP=5
     DTYPE=bf16; COMPILE=on; CONFIG=gpt2; VOCAB=50257
     PLAIN_SHAPE=(--n-layer 12 --n-head 12 --n-embd 768)
-    TRAIN_STEPS="${GPU_CHECK_TRAIN_STEPS:-1000}"; TERM_AFTER_STEP=0; TERM_AFTER="${GPU_CHECK_TERM_AFTER:-70}"
+    TRAIN_STEPS="${GPU_CHECK_TRAIN_STEPS:-1000}"; TERM_AT_STEP=$((TRAIN_STEPS / 3))
+    TERM_AFTER="${GPU_CHECK_TERM_AFTER:-70}"
     TRAIN_MODEL=(--preset gpt2 --batch-size 16 --grad-accum 1 --eval-interval 500 --eval-tokens 65536)
     EVAL_MAX=(--max-tokens 262144)
 fi
@@ -155,13 +157,16 @@ t0=$(date +%s)
 "${TRAIN[@]}" >"$RESULTS/train.out" 2>"$RESULTS/train.err" &
 pid=$!
 metrics="$WS/runs/gpucheck/metrics.jsonl"
-# the SIGTERM: after TERM_AFTER seconds, or (dry run) once TERM_AFTER_STEP steps are logged
+# the SIGTERM: after TERM_AFTER seconds, or once a step >= TERM_AT_STEP is logged (never after
+# the last step, however fast the device)
 while kill -0 "$pid" 2>/dev/null; do
     now=$(date +%s)
-    if [ "$TERM_AFTER_STEP" -gt 0 ] && [ -f "$metrics" ] \
-        && [ "$(grep -c '"kind": *"train"' "$metrics")" -ge "$TERM_AFTER_STEP" ]; then break; fi
+    if [ -f "$metrics" ]; then
+        logged=$(grep '"kind": *"train"' "$metrics" | tail -n 1 | grep -o '"step": *[0-9]*' | grep -o '[0-9]*$')
+        if [ -n "$logged" ] && [ "$logged" -ge "$TERM_AT_STEP" ]; then break; fi
+    fi
     if [ $((now - t0)) -ge "$TERM_AFTER" ]; then break; fi
-    sleep 0.5
+    sleep 0.1
 done
 kill -TERM "$pid" 2>/dev/null
 wait "$pid"

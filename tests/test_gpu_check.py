@@ -40,7 +40,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path):
     steps = report["steps"]
     assert steps["pytest"]["rc"] == 0 and "skipped" in steps["pytest"]["summary"]  # no CUDA here
     assert steps["train"]["rc"] == 143 and report["train"]["final_status"] == "finished"
-    assert 0 < report["train"]["stopped_at_step"] < 40 and report["train"]["steps_logged"][-1] == 40
+    assert 0 < report["train"]["stopped_at_step"] < 200 and report["train"]["steps_logged"][-1] == 200
     for name in ("lmforge_gpt2", "plain", "lmforge_modern"):
         assert report["throughput"][name]["tokens_per_sec"] > 0, name
     assert report["throughput"]["lmforge_gpt2"]["recompiles"] == 0
