@@ -17,6 +17,8 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 import warnings
 from array import array
 from collections import deque
@@ -42,8 +44,38 @@ PARALLEL_MIN_BYTES = 4 << 20
 _WORKER_TOKENIZER: Tokenizer | None = None
 
 
-def _init_worker(tok: Tokenizer) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_CHECK_S = 1.0
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker end when the prepare that started it ends, even by SIGKILL (which
+    runs no clean-up): otherwise it waits on its task pipe forever, holding the deleted
+    staging files. Linux: the kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``).
+    Everywhere: a daemon thread checks once a second that the parent is still ours."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the thread below still ends us
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="lmforge-parent-watch", daemon=True).start()
+
+
+def _init_worker(tok: Tokenizer, parent_pid: int) -> None:
     global _WORKER_TOKENIZER
+    _die_with_parent(parent_pid)
     _WORKER_TOKENIZER = tok
     # Ctrl-C reaches the whole process group: the parent cleans up and stops the workers,
     # which should not each print a KeyboardInterrupt traceback
@@ -143,7 +175,7 @@ class Encoder:
                         num_proc,
                         mp_context=multiprocessing.get_context("fork"),
                         initializer=_init_worker,
-                        initargs=(tok,),
+                        initargs=(tok, os.getpid()),
                     )
             else:
                 self.pool = ThreadPoolExecutor(num_proc, thread_name_prefix="lmforge-encode")
