@@ -24,7 +24,14 @@ from lmforge.data.encode import Encoder, SplitWriter, worth_parallel, write_spli
 from lmforge.data.plan import parse_splits, plan_source, splits_to_write
 from lmforge.data.sources import SPLITS, Source, SplitSource
 from lmforge.data.staging import clean_leftovers, install, staging_dir
-from lmforge.data.store import FORMAT_VERSION, META_FILE, PreparedDataset, dtype_for_vocab, open_dataset
+from lmforge.data.store import (
+    FORMAT_VERSION,
+    META_FILE,
+    PreparedDataset,
+    dtype_for_vocab,
+    open_dataset,
+    prepare_command,
+)
 from lmforge.data.tokenizer import Tokenizer, default_num_threads, get_tokenizer, remember_tokenizer_file
 from lmforge.errors import DataError, UsageError
 from lmforge.fileio import fsync_dir, write_json
@@ -130,8 +137,12 @@ def prepare_dataset(
     notes: list[str] = []
     if remembered is not None:
         notes.append(f"copied the tokenizer file to {remembered}, where train, eval and generate find it")
+    options = _prepare_options(
+        name, source, requested, tok, text_column, doc_separator, val_fraction
+    )
     if "validation" not in src.splits and val_fraction is None and requested is None:
-        notes.append("the source has no validation split: hold out documents with --val-fraction 0.05")
+        again = prepare_command({"prepare": options}, plan.name, **{"--val-fraction": 0.05})
+        notes.append(f"the source has no validation split: hold out documents with: {again}")
     split_docs = splits_to_write(src, wanted, requested, val_fraction)
 
     clean_leftovers(workspace)
@@ -140,6 +151,7 @@ def prepare_dataset(
         with Encoder(tok, num_proc, worth_parallel(p.total_bytes for p in split_docs.values())) as encoder:
             split_meta = _write_splits(tmp, split_docs, tok, encoder, progress, val_fraction)
         meta = _dataset_meta(plan.name, name, tok, src, split_meta, val_fraction, doc_separator)
+        meta["prepare"] = options
         write_json(tmp / META_FILE, meta)
         fsync_dir(tmp)
         install(tmp, target)
@@ -194,6 +206,29 @@ def _write_splits(
         }
         progress.end_split(split, split_meta[split])
     return split_meta
+
+
+def _prepare_options(
+    name: str,
+    source: str | os.PathLike | None,
+    requested: list[str] | None,
+    tok: Tokenizer,
+    text_column: str,
+    doc_separator: str | None,
+    val_fraction: float | None,
+) -> dict:
+    """The options this prepare was given, as ``meta.json`` keeps them for ``prepare_command``
+    (a hint to rebuild the dataset repeats them); local paths made absolute."""
+    local = Path(name).expanduser()
+    return {
+        "name": str(local.resolve()) if source is None and local.exists() else name,
+        "--source": str(Path(source).expanduser().resolve()) if source is not None else None,
+        "--splits": ",".join(requested) if requested else None,
+        "--tokenizer": tok.name,
+        "--text-column": text_column if text_column != "text" else None,
+        "--doc-separator": doc_separator,
+        "--val-fraction": val_fraction,
+    }
 
 
 def _dataset_meta(

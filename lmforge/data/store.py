@@ -55,6 +55,38 @@ def _fix_hint(name: str) -> str:
     return f"prepare it again: lmforge data prepare {name} --force"
 
 
+def _shell_word(value: str) -> str:
+    """``value`` as one shell word, newlines and tabs written as ``--doc-separator`` reads them."""
+    import shlex
+
+    return shlex.quote(value.replace("\n", "\\n").replace("\t", "\\t"))
+
+
+def prepare_command(meta: dict, name: str, **changes: object) -> str:
+    """The ``lmforge data prepare`` command that made dataset ``name`` (from ``meta.json``),
+    with ``changes`` (option -> value; ``None`` drops an option, ``True`` is a flag), ending
+    in ``--force``: a hint to rebuild it keeps every option it was prepared with."""
+    source = meta.get("source") or {}
+    options = dict(meta.get("prepare") or {})
+    if not options:  # prepared before meta.json recorded its options
+        options = {
+            "--tokenizer": (meta.get("tokenizer") or {}).get("name"),
+            "--doc-separator": source.get("doc_separator"),
+            "--val-fraction": source.get("val_fraction"),
+        }
+    target = options.pop("name", None) or source.get("requested") or name
+    options["--as"] = name
+    options.update(changes)
+    if options.get("--tokenizer") == "gpt2":
+        options.pop("--tokenizer")
+    words = ["lmforge", "data", "prepare", _shell_word(str(target))]
+    for flag, value in options.items():
+        if value is None or value is False:
+            continue
+        words.append(flag if value is True else f"{flag} {_shell_word(str(value))}")
+    return " ".join([*words, "--force"])
+
+
 @dataclass
 class PreparedDataset:
     name: str
@@ -95,12 +127,22 @@ class PreparedDataset:
     def _require(self, split: str) -> None:
         if split not in self.meta.get("splits", {}):
             have = ", ".join(self.splits) or "none"
-            wanted = ",".join(dict.fromkeys([*self.splits, split]))
-            source = (self.meta.get("source") or {}).get("requested", self.name)
             raise UsageError(
                 f"dataset '{self.name}' has no '{split}' split (it has {have})",
-                f"prepare it with: lmforge data prepare {source} --as {self.name} --splits {wanted} --force",
+                f"prepare it with: {self.missing_split_command(split)}",
             )
+
+    def missing_split_command(self, split: str) -> str:
+        """A prepare command that gives this dataset ``split`` too. WikiText has every split
+        (``--splits``); another source's validation comes from holding documents out of train."""
+        kind = str((self.meta.get("source") or {}).get("kind", ""))
+        held_out = (self.meta.get("prepare") or {}).get("--val-fraction") or (self.meta.get("source") or {}).get(
+            "val_fraction"
+        )
+        if split == "validation" and not kind.startswith("wikitext") and not held_out:
+            return prepare_command(self.meta, self.name, **{"--splits": None, "--val-fraction": 0.05})
+        wanted = ",".join(dict.fromkeys([*self.splits, split]))
+        return prepare_command(self.meta, self.name, **{"--splits": wanted})
 
     def documents(self, split: str) -> list[str]:
         """The split's documents, exactly as they were tokenized (the text is checked
@@ -108,8 +150,7 @@ class PreparedDataset:
         when the dataset does not keep them (train, or a dataset prepared before)."""
         self._require(split)
         entry = self.meta["splits"][split]
-        source = (self.meta.get("source") or {}).get("requested", self.name)
-        again = f"prepare it again: lmforge data prepare {source} --as {self.name} --force"
+        again = f"prepare it again: {prepare_command(self.meta, self.name)}"
         if "text" not in entry or "doc_offsets" not in entry:
             why = (
                 "lmforge does not keep the text of a train split"
