@@ -137,9 +137,7 @@ def prepare_dataset(
     notes: list[str] = []
     if remembered is not None:
         notes.append(f"copied the tokenizer file to {remembered}, where train, eval and generate find it")
-    options = _prepare_options(
-        name, source, requested, tok, text_column, doc_separator, val_fraction
-    )
+    options = _prepare_options(name, source, requested, tok, text_column, doc_separator, val_fraction)
     if "validation" not in src.splits and val_fraction is None and requested is None:
         again = prepare_command({"prepare": options}, plan.name, **{"--val-fraction": 0.05})
         notes.append(f"the source has no validation split: hold out documents with: {again}")

@@ -135,10 +135,9 @@ class PreparedDataset:
     def missing_split_command(self, split: str) -> str:
         """A prepare command that gives this dataset ``split`` too. WikiText has every split
         (``--splits``); another source's validation comes from holding documents out of train."""
-        kind = str((self.meta.get("source") or {}).get("kind", ""))
-        held_out = (self.meta.get("prepare") or {}).get("--val-fraction") or (self.meta.get("source") or {}).get(
-            "val_fraction"
-        )
+        source = self.meta.get("source") or {}
+        kind = str(source.get("kind", ""))
+        held_out = (self.meta.get("prepare") or {}).get("--val-fraction") or source.get("val_fraction")
         if split == "validation" and not kind.startswith("wikitext") and not held_out:
             return prepare_command(self.meta, self.name, **{"--splits": None, "--val-fraction": 0.05})
         wanted = ",".join(dict.fromkeys([*self.splits, split]))
