@@ -15,11 +15,11 @@ CHILD = r"""
 import os, sys, time
 from lmforge.data import encode
 from lmforge.data.prepare import prepare_dataset
+from lmforge.data.shards import SplitShards
 from lmforge.workspace import Workspace
 
 encode.PARALLEL_MIN_BYTES = 0
 encode.BATCH_BYTES = 100
-real_write = encode.SplitWriter.write
 def write(self, *args, **kwargs):
     pool = ENCODER.pool
     print(" ".join(str(p) for p in pool._processes), flush=True)
@@ -30,7 +30,7 @@ def init(self, *args, **kwargs):
     real_init(self, *args, **kwargs)
     ENCODER = self
 encode.Encoder.__init__ = init
-encode.SplitWriter.write = write
+SplitShards.write = write
 prepare_dataset(Workspace.resolve(sys.argv[1]), sys.argv[2], tokenizer="bytes", num_proc=2, force=True)
 """
 

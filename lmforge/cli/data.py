@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lmforge.cli.common import JSON_OPTION, err_console, info, out_console, print_json, state, workspace
+from lmforge.units import plural
 
 app = typer.Typer(
     help="Prepare, list and inspect tokenized datasets.\n\n"
@@ -35,16 +36,37 @@ def _human_bytes(n: int) -> str:
     return str(n)
 
 
+_UNITS = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+
+
+def parse_count(text: str | None, flag: str) -> int | None:
+    """``"100M"`` -> 100_000_000: a token count with an optional K, M, B (or G) or T suffix;
+    ``_`` and ``,`` may group digits. A ``typer.BadParameter`` naming ``flag`` otherwise."""
+    if text is None:
+        return None
+    cleaned = text.strip().replace("_", "").replace(",", "").upper()
+    number, unit = (cleaned[:-1], cleaned[-1]) if cleaned[-1:] in _UNITS and cleaned[-1:] else (cleaned, "")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r} is not a count (e.g. 500M, 2B, 100000)", param_hint=flag
+        ) from None
+    if value < 1 or value != value or value > 1e15:
+        raise typer.BadParameter(f"{text!r} must be at least 1", param_hint=flag)
+    return int(round(value))
+
+
+def _rate(nbytes: int, tokens: int, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e6:.1f} MB/s, {tokens / seconds / 1e6:.2f}M tok/s"
+
+
 class _Speed(ProgressColumn):
-    """MB/s and tokens/s since the split started."""
+    """MB/s and tokens/s since the split started, as the reporter measured them (so the bar's
+    last figure is the one the split's summary line prints)."""
 
     def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        if elapsed <= 0:
-            return Text("")
-        mbs = task.completed / elapsed / 1e6
-        toks = task.fields.get("tokens", 0) / elapsed
-        return Text(f"{mbs:5.1f} MB/s {toks / 1e6:5.2f}M tok/s", style="cyan", no_wrap=True)
+        return Text(task.fields.get("rate", ""), style="cyan", no_wrap=True)
 
 
 class _Size(ProgressColumn):
@@ -81,22 +103,32 @@ class RichPrepareProgress:
     def start_split(self, split: str, total_bytes: int | None, source: str) -> None:
         if self.task is None:  # started on the first split: an early error leaves no empty bar behind
             self.progress.start()
-        self.tokens = 0
+        self.tokens = self.nbytes = 0
         self.started = time.perf_counter()
-        self.task = self.progress.add_task(split, total=total_bytes, tokens=0)
+        self.split = split
+        self.task = self.progress.add_task(split, total=total_bytes, rate="")
 
     def advance(self, nbytes: int, ntokens: int) -> None:
         self.tokens += ntokens
-        self.progress.update(self.task, advance=nbytes, tokens=self.tokens)
+        self.nbytes += nbytes
+        seconds = max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(self.task, advance=nbytes, rate=_rate(self.nbytes, self.tokens, seconds))
+
+    def shard_done(self, split: str, shards: int) -> None:
+        self.progress.update(self.task, description=f"{split} [{plural(shards, 'shard')}]")
 
     def end_split(self, split: str, stats: dict) -> None:
-        task = self.progress.tasks[-1]
-        self.progress.update(self.task, total=task.completed)
+        """The summary line; its rate is what this run encoded (a resumed prepare's finished
+        shards are in the totals, not in the rate), over the same time as the bar's."""
         seconds = max(time.perf_counter() - self.started, 1e-9)
+        rate = _rate(self.nbytes, self.tokens, seconds)
+        task = self.progress.tasks[-1]
+        self.progress.update(self.task, total=task.completed, rate=rate)
+        shards = len(stats.get("shards", [])) or 1
         self.progress.console.print(
-            f"{split}: {stats['tokens']:,} tokens, {stats['documents']:,} docs, "
-            f"{_mb(stats['bytes'])} in {seconds:.1f} s ({stats['bytes'] / seconds / 1e6:.1f} MB/s, "
-            f"{stats['tokens'] / seconds / 1e6:.2f}M tok/s)",
+            f"{split}: {stats['tokens']:,} tokens, {plural(stats['documents'], 'doc')}"
+            f"{f', {shards:,} shards' if shards > 1 else ''}, "
+            f"{_mb(stats['bytes'])} in {seconds:.1f} s ({rate})",
             highlight=False,
         )
 
@@ -171,6 +203,17 @@ def prepare(
         help="Hold out this fraction of documents as the validation split, for sources without one.",
         show_default=False,
     ),
+    shard_tokens: str = typer.Option(
+        "100M",
+        "--shard-tokens",
+        help="Write splits larger than this many tokens as numbered shards (K, M, B suffixes).",
+    ),
+    max_tokens: str = typer.Option(
+        None,
+        "--max-tokens",
+        help="Stop the train split at this many tokens, e.g. 500M or 2B \\[default: all].",
+        show_default=False,
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Tokenize a dataset into the workspace (token files + meta.json).
@@ -188,6 +231,9 @@ def prepare(
       [bold]lmforge data prepare ./corpus.txt --doc-separator '\\n\\n\\n' --tokenizer bytes[/bold]
 
       [bold]lmforge data prepare owner/dataset --text-column content[/bold]
+
+    An interrupted prepare (Ctrl-C, a kill, a full disk) resumes where it stopped when run
+    again with the same options.
     """
     from lmforge.data.prepare import prepare_dataset
 
@@ -208,6 +254,8 @@ def prepare(
             text_column=text_column,
             doc_separator=_unescape(doc_separator),
             val_fraction=val_fraction,
+            shard_tokens=parse_count(shard_tokens, "--shard-tokens"),
+            max_tokens=parse_count(max_tokens, "--max-tokens"),
             progress=progress,
         )
     if result.already_prepared:
@@ -234,19 +282,21 @@ def _splits_table(ds, title: str | None = "", checksums: bool = False) -> Table:
     if title == "":
         title = f"{ds.name} ({ds.meta['tokenizer']['name']}, {ds.meta['dtype']})"
     table = Table(title=title, title_justify="left", box=box.SIMPLE, pad_edge=False, collapse_padding=True)
-    for col in ("split", "tokens", "documents", "text bytes", "words", "file size"):
+    for col in ("split", "tokens", "documents", "text bytes", "words", "shards", "file size"):
         table.add_column(col, justify="left" if col == "split" else "right", no_wrap=True)
     if checksums:
         table.add_column("source sha256")
     for split in ds.splits:
         m = ds.split_meta(split)
-        size = ds.split_path(split).stat().st_size if ds.split_path(split).exists() else 0
+        files = [ds.path / s["file"] for s in ds.shard_entries(split)]
+        size = sum(f.stat().st_size for f in files if f.exists())
         table.add_row(
             split,
             f"{m['tokens']:,}",
             f"{m['documents']:,}",
             _human_bytes(m["bytes"]),
             f"{m['words']:,}",
+            f"{len(files):,}",
             _human_bytes(size),
             *([m["sha256"][:16] + "…"] if checksums else []),
         )
@@ -297,6 +347,7 @@ def list_cmd(
     for col in ("train", "validation", "test"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("docs", justify="right")
+    table.add_column("shards", justify="right")
     table.add_column("tokenizer", min_width=9)
     table.add_column("dtype")
     table.add_column("size", justify="right", no_wrap=True)
@@ -306,12 +357,13 @@ def list_cmd(
             d.name,
             *(f"{s[x]['tokens']:,}" if x in s else "-" for x in ("train", "validation", "test")),
             f"{sum(v['documents'] for v in s.values()):,}",
+            f"{sum(len(d.shard_entries(x)) for x in s):,}",
             d.tokenizer_identity["name"],
             d.meta["dtype"],
             _human_bytes(d.size_on_disk()),
         )
     for name, error in errors:
-        table.add_row(name, "[red]unreadable[/red]", "", "", "", escape(error), "", "")
+        table.add_row(name, "[red]unreadable[/red]", "", "", "", "", escape(error), "", "")
     out_console.print(table)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -20,10 +19,12 @@ from pathlib import Path
 from typing import Protocol
 
 from lmforge import __version__
-from lmforge.data.encode import Encoder, SplitWriter, worth_parallel, write_split
+from lmforge.data import encode
+from lmforge.data.encode import Encoder, worth_parallel, write_split
 from lmforge.data.plan import parse_splits, plan_source, splits_to_write
+from lmforge.data.shards import DEFAULT_SHARD_TOKENS, SplitShards
 from lmforge.data.sources import SPLITS, Source, SplitSource
-from lmforge.data.staging import clean_leftovers, install, staging_dir
+from lmforge.data.staging import PartialPrepare, clean_leftovers
 from lmforge.data.store import (
     FORMAT_VERSION,
     META_FILE,
@@ -33,8 +34,8 @@ from lmforge.data.store import (
     prepare_command,
 )
 from lmforge.data.tokenizer import Tokenizer, default_num_threads, get_tokenizer, remember_tokenizer_file
-from lmforge.errors import DataError, UsageError
-from lmforge.fileio import fsync_dir, write_json
+from lmforge.errors import DataError, LmforgeError, UsageError
+from lmforge.fileio import write_json
 from lmforge.units import now_iso
 from lmforge.workspace import Workspace
 
@@ -101,6 +102,8 @@ def prepare_dataset(
     text_column: str = "text",
     doc_separator: str | None = None,
     val_fraction: float | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    max_tokens: int | None = None,
     progress: PrepareProgress | None = None,
 ) -> PrepareResult:
     """Tokenize ``name`` into ``datasets/<alias or name>/`` of ``workspace``.
@@ -109,7 +112,12 @@ def prepare_dataset(
     variants; read from ``source`` when given, else from the Hub), a local text
     file or folder, or a Hub dataset id (documents in ``text_column``). Returns
     ``already_prepared=True`` without touching anything when the dataset exists
-    (unless ``force``)."""
+    (unless ``force``).
+
+    Splits larger than ``shard_tokens`` are written as numbered shards. An interrupted
+    prepare leaves ``datasets/.partial-<name>/`` behind; the same call again resumes at its
+    first missing shard, with the same result as an uninterrupted prepare. ``max_tokens``
+    stops the train split once it holds that many tokens (at the end of a ~1 MB batch)."""
     started = time.perf_counter()
     progress = progress or NullProgress()
     requested = parse_splits(splits)
@@ -121,6 +129,10 @@ def prepare_dataset(
         raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if doc_separator == "":
         raise UsageError("--doc-separator must not be empty")
+    if shard_tokens < 1:
+        raise UsageError(f"--shard-tokens must be >= 1, got {shard_tokens}")
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
     plan = plan_source(name, source=source, alias=alias, text_column=text_column, doc_separator=doc_separator)
     if val_fraction is not None and plan.wikitext:
         raise UsageError("--val-fraction is for sources without a validation split; WikiText has one")
@@ -144,66 +156,113 @@ def prepare_dataset(
     split_docs = splits_to_write(src, wanted, requested, val_fraction)
 
     clean_leftovers(workspace)
-    tmp = staging_dir(workspace, plan.name)
+    fingerprint = {
+        "options": options,
+        "tokenizer": tok.identity,
+        "batch_bytes": encode.BATCH_BYTES,  # where batches, and so shards, end
+        "source_files": _source_stamp(name, source),
+    }
+    partial = PartialPrepare(workspace, plan.name, fingerprint).open()
+    if partial.resumed:
+        notes.append(f"resumed the interrupted prepare in {partial.dir}")
+    budgets = {"train": max_tokens}
     try:
         with Encoder(tok, num_proc, worth_parallel(p.total_bytes for p in split_docs.values())) as encoder:
-            split_meta = _write_splits(tmp, split_docs, tok, encoder, progress, val_fraction)
+            split_meta = _write_splits(
+                partial, split_docs, tok, encoder, progress, val_fraction, shard_tokens, budgets, notes
+            )
         meta = _dataset_meta(plan.name, name, tok, src, split_meta, val_fraction, doc_separator)
         meta["prepare"] = options
-        write_json(tmp / META_FILE, meta)
-        fsync_dir(tmp)
-        install(tmp, target)
+        write_json(partial.dir / META_FILE, meta)
+        partial.install(target)
+    except LmforgeError:
+        partial.discard()  # wrong input: nothing worth resuming
+        raise
     except BaseException as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        partial.close()  # interrupted: the finished shards stay for the next run to resume from
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise DataError(
-                f"no space left on the device while writing {tmp}", "free disk space and prepare again"
+                f"no space left on the device while writing {partial.dir}",
+                "free disk space and run the same command again: it resumes where it stopped",
             ) from None
         raise
     return PrepareResult(plan.name, target, False, meta, time.perf_counter() - started, notes)
 
 
 def _write_splits(
-    tmp: Path,
+    partial: PartialPrepare,
     split_docs: dict[str, SplitSource],
     tok: Tokenizer,
     encoder: Encoder,
     progress: PrepareProgress,
     val_fraction: float | None,
+    shard_tokens: int,
+    budgets: dict[str, int | None],
+    notes: list[str],
 ) -> dict[str, dict]:
-    """Write each split's ``<split>.bin`` into ``tmp``, in the order of ``SPLITS``; their
-    ``meta.json`` entries."""
+    """Write each split's shards into ``partial``, in the order of ``SPLITS``, skipping what
+    an interrupted run finished; their ``meta.json`` entries."""
     dtype = dtype_for_vocab(tok.vocab_size)
     split_meta = {}
     for split in SPLITS:
         if split not in split_docs:
             continue
         part = split_docs[split]
+        entry = partial.done_split(split)
+        if entry is not None:
+            split_meta[split] = entry
+            continue
+        budget = budgets.get(split)
         # the evaluation splits keep their text, so `eval --protocol harness` can score each
         # document as lm-eval-harness does; train's text is left out (its size, and nothing reads it)
-        writer = SplitWriter(split, tmp / f"{split}.bin", dtype, tok.vocab_size, keep_text=split != "train")
+        shards = SplitShards(
+            split,
+            partial.dir,
+            dtype,
+            tok.vocab_size,
+            keep_text=split != "train",
+            shard_tokens=shard_tokens,
+            budget=budget,
+            done=partial.done_shards(split, dtype.itemsize),
+            on_shard=lambda split, done: _shard_done(partial, progress, split, done),
+        )
         progress.start_split(split, part.total_bytes, part.description)
-        write_split(part.documents(), writer, encoder, progress)
-        writer.write_offsets()
-        if writer.tokens == 0:
+        stopped = write_split(part.documents(), shards, encoder, progress)
+        if shards.tokens == 0:
             raise DataError(
                 f"split '{split}' of {part.description} is empty: no text to tokenize",
                 "check the source (empty corpus)"
                 + (", or use a larger --val-fraction" if val_fraction is not None else ""),
             )
-        split_meta[split] = {
-            "file": f"{split}.bin",
-            "tokens": writer.tokens,
-            "documents": writer.documents,
-            "bytes": writer.bytes,
-            "words": writer.words,
-            "source": part.description,
-            "sha256": writer.sha256,
-            "doc_offsets": writer.offsets_path.name,
-            **({"text": writer.text_path.name} if writer.keep_text else {}),
-        }
-        progress.end_split(split, split_meta[split])
+        if budget is not None and not stopped:
+            notes.append(
+                f"the {split} split holds all of its source's {shards.tokens:,} tokens, "
+                f"fewer than the {budget:,} asked for"
+            )
+        entry = {**shards.finish(), "source": part.description}
+        partial.record_split(split, entry)
+        for leftover in shards.leftovers():
+            leftover.unlink()
+        split_meta[split] = entry
+        progress.end_split(split, entry)
     return split_meta
+
+
+def _shard_done(partial: PartialPrepare, progress: PrepareProgress, split: str, shards: list[dict]) -> None:
+    partial.record_shards(split, shards)
+    report = getattr(progress, "shard_done", None)  # optional: a reporter may not show shards
+    if report is not None:
+        report(split, len(shards))
+
+
+def _source_stamp(name: str, source: str | os.PathLike | None) -> list | None:
+    """Path, size and modification time of each local source file: a resume refuses to
+    continue over files that changed since (it starts afresh). None for the Hub."""
+    path = Path(source if source is not None else name).expanduser()
+    if not path.exists():
+        return None
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def _prepare_options(

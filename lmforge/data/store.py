@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.data.tokens import ShardedTokens
 from lmforge.errors import DataError, NotFoundError, UsageError
 from lmforge.units import is_count
 from lmforge.workspace import Workspace
@@ -119,7 +120,8 @@ class PreparedDataset:
         return dict(self.meta["splits"][split])
 
     def split_path(self, split: str) -> Path:
-        return self.path / self.meta["splits"][split].get("file", f"{split}.bin")
+        """The token file of a one-shard split (the first shard's of a sharded one)."""
+        return self.path / self.shard_entries(split)[0]["file"]
 
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
@@ -170,12 +172,32 @@ class PreparedDataset:
             raise DataError(f"{text_path} does not match {META_FILE} (changed or truncated)", again)
         return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
-    def tokens(self, split: str) -> np.memmap:
-        """The split's token ids as a read-only memory map, checked against ``meta.json``:
-        file size, dtype, and every id below ``vocab_size`` (scanned once per process)."""
+    def shard_entries(self, split: str) -> list[dict]:
+        """``{file, tokens, sha256}`` of each token file of ``split``, in order; a dataset
+        prepared before shards is one shard (its ``file``, no checksum)."""
+        self._require(split)
+        entry = self.meta["splits"][split]
+        return entry.get("shards") or [{"file": entry.get("file", f"{split}.bin"), "tokens": entry["tokens"]}]
+
+    def tokens(self, split: str) -> np.memmap | ShardedTokens:
+        """The split's token ids: a read-only memory map, or ``ShardedTokens`` over one per
+        shard. Checked against ``meta.json``: file sizes, dtype, every id below
+        ``vocab_size`` and each shard's sha256 (read once per process)."""
         self._require(split)
         count = int(self.meta["splits"][split]["tokens"])
-        path = self.split_path(split)
+        if count == 0:
+            raise DataError(f"split '{split}' of dataset '{self.name}' holds no tokens", _fix_hint(self.name))
+        shards = [self._shard(shard) for shard in self.shard_entries(split)]
+        if sum(len(s) for s in shards) != count:
+            raise DataError(
+                f"the shards of split '{split}' of dataset '{self.name}' do not add up to its {count} tokens",
+                _fix_hint(self.name),
+            )
+        return shards[0] if len(shards) == 1 else ShardedTokens(shards)
+
+    def _shard(self, shard: dict) -> np.memmap:
+        count = int(shard["tokens"])
+        path = self.path / shard["file"]
         if not path.is_file():
             raise DataError(f"token file {path} is missing", _fix_hint(self.name))
         dtype = self.dtype
@@ -186,15 +208,21 @@ class PreparedDataset:
                 f"{count * dtype.itemsize} ({count} tokens of {dtype.name})",
                 _fix_hint(self.name),
             )
-        if count == 0:
-            raise DataError(f"split '{split}' of dataset '{self.name}' holds no tokens", _fix_hint(self.name))
         array = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in _MAX_ID_CACHE:
-            top = 0
+            top, digest = 0, hashlib.sha256()
             step = 1 << 24  # scan in 16M-token pieces: memory stays flat
             for start in range(0, count, step):
-                top = max(top, int(array[start : start + step].max()))
+                piece = array[start : start + step]
+                top = max(top, int(piece.max()))
+                if "sha256" in shard:
+                    digest.update(piece.tobytes())
+            if top < self.vocab_size and "sha256" in shard and digest.hexdigest() != shard["sha256"]:
+                raise DataError(
+                    f"token file {path} changed after it was prepared (its sha256 differs from {META_FILE})",
+                    _fix_hint(self.name),
+                )
             _MAX_ID_CACHE[key] = top
         if _MAX_ID_CACHE[key] >= self.vocab_size:
             raise DataError(
@@ -220,9 +248,22 @@ class PreparedDataset:
         }
 
 
+def _shards_ok(shards: object) -> bool:
+    return isinstance(shards, list) and all(
+        isinstance(s, dict)
+        and is_count(s.get("tokens"))
+        and isinstance(s.get("file"), str)
+        and "/" not in s["file"]
+        for s in shards
+    )
+
+
 def _splits_ok(splits: object) -> bool:
     return isinstance(splits, dict) and all(
-        isinstance(s, dict) and is_count(s.get("tokens")) and isinstance(s.get("file", ""), str)
+        isinstance(s, dict)
+        and is_count(s.get("tokens"))
+        and isinstance(s.get("file", ""), str)
+        and _shards_ok(s.get("shards", []))
         for s in splits.values()
     )
 
