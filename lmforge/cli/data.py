@@ -153,8 +153,8 @@ def prepare(
     ctx: typer.Context,
     name: str = typer.Argument(
         ...,
-        help="wikitext-103, wikitext-2 (raw; -v1 for the tokenized variants), a local .txt file or "
-        "folder, or a Hugging Face dataset id (owner/name).",
+        help="wikitext-103, wikitext-2 (raw; -v1 for the tokenized variants), a local file, folder or "
+        "glob (.txt, .parquet, .jsonl, .jsonl.gz/.zst), or a Hugging Face dataset id (owner/name).",
         show_default=False,
     ),
     source: str = typer.Option(
@@ -188,7 +188,7 @@ def prepare(
         False, "--force", help="Rebuild even if prepared (the old copy stays until done)."
     ),
     text_column: str = typer.Option(
-        "text", "--text-column", help="Column with the text (Hub/parquet datasets)."
+        "text", "--text-column", help="Column with the text (Hub, parquet and JSON-lines data)."
     ),
     doc_separator: str = typer.Option(
         None,
@@ -214,6 +214,16 @@ def prepare(
         help="Stop the train split at this many tokens, e.g. 500M or 2B \\[default: all].",
         show_default=False,
     ),
+    val_tokens: str = typer.Option(
+        None,
+        "--val-tokens",
+        help="Hold out the first documents, up to this many tokens (e.g. 10M), as the validation "
+        "split, for sources without one.",
+        show_default=False,
+    ),
+    subset: str = typer.Option(
+        None, "--subset", help="The Hub dataset's subset (config), e.g. sample-10BT.", show_default=False
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Tokenize a dataset into the workspace (token files + meta.json).
@@ -232,8 +242,11 @@ def prepare(
 
       [bold]lmforge data prepare owner/dataset --text-column content[/bold]
 
-    An interrupted prepare (Ctrl-C, a kill, a full disk) resumes where it stopped when run
-    again with the same options.
+      [bold]lmforge data prepare HuggingFaceFW/fineweb-edu --subset sample-10BT --max-tokens 2B[/bold]
+
+      [bold]lmforge data prepare './crawl/*.jsonl.zst' --val-tokens 5M --as crawl[/bold]
+
+    Run again with the same options, an interrupted prepare resumes where it stopped.
     """
     from lmforge.data.prepare import prepare_dataset
 
@@ -256,6 +269,8 @@ def prepare(
             val_fraction=val_fraction,
             shard_tokens=parse_count(shard_tokens, "--shard-tokens"),
             max_tokens=parse_count(max_tokens, "--max-tokens"),
+            val_tokens=parse_count(val_tokens, "--val-tokens"),
+            subset=subset,
             progress=progress,
         )
     if result.already_prepared:

@@ -21,7 +21,8 @@ from typing import Protocol
 from lmforge import __version__
 from lmforge.data import encode
 from lmforge.data.encode import Encoder, worth_parallel, write_split
-from lmforge.data.plan import parse_splits, plan_source, splits_to_write
+from lmforge.data.files import data_files, is_glob
+from lmforge.data.plan import hold_out_first, parse_splits, plan_source, splits_to_write
 from lmforge.data.shards import DEFAULT_SHARD_TOKENS, SplitShards
 from lmforge.data.sources import SPLITS, Source, SplitSource
 from lmforge.data.staging import PartialPrepare, clean_leftovers
@@ -104,6 +105,8 @@ def prepare_dataset(
     val_fraction: float | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     max_tokens: int | None = None,
+    val_tokens: int | None = None,
+    subset: str | None = None,
     progress: PrepareProgress | None = None,
 ) -> PrepareResult:
     """Tokenize ``name`` into ``datasets/<alias or name>/`` of ``workspace``.
@@ -117,7 +120,9 @@ def prepare_dataset(
     Splits larger than ``shard_tokens`` are written as numbered shards. An interrupted
     prepare leaves ``datasets/.partial-<name>/`` behind; the same call again resumes at its
     first missing shard, with the same result as an uninterrupted prepare. ``max_tokens``
-    stops the train split once it holds that many tokens (at the end of a ~1 MB batch)."""
+    stops the train split once it holds that many tokens (at the end of a ~1 MB batch);
+    ``val_tokens`` holds the first documents of a source without validation out as its
+    validation split, up to that many tokens. ``subset`` picks a Hub dataset's subset."""
     started = time.perf_counter()
     progress = progress or NullProgress()
     requested = parse_splits(splits)
@@ -133,9 +138,17 @@ def prepare_dataset(
         raise UsageError(f"--shard-tokens must be >= 1, got {shard_tokens}")
     if max_tokens is not None and max_tokens < 1:
         raise UsageError(f"--max-tokens must be >= 1, got {max_tokens}")
-    plan = plan_source(name, source=source, alias=alias, text_column=text_column, doc_separator=doc_separator)
-    if val_fraction is not None and plan.wikitext:
-        raise UsageError("--val-fraction is for sources without a validation split; WikiText has one")
+    if val_tokens is not None and val_tokens < 1:
+        raise UsageError(f"--val-tokens must be >= 1, got {val_tokens}")
+    if val_tokens is not None and val_fraction is not None:
+        raise UsageError("--val-tokens and --val-fraction both choose validation documents: give one")
+    plan = plan_source(
+        name, source=source, alias=alias, text_column=text_column, doc_separator=doc_separator, subset=subset
+    )
+    if (val_fraction is not None or val_tokens is not None) and plan.wikitext:
+        raise UsageError(
+            "--val-fraction/--val-tokens are for sources without a validation split; WikiText has one"
+        )
     tok = get_tokenizer(tokenizer, tokenizer_file=tokenizer_file, workspace=workspace)
     remembered = remember_tokenizer_file(workspace, tok, tokenizer_file) if tokenizer_file else None
     target = workspace.dataset_dir(plan.name)
@@ -150,10 +163,20 @@ def prepare_dataset(
     if remembered is not None:
         notes.append(f"copied the tokenizer file to {remembered}, where train, eval and generate find it")
     options = _prepare_options(name, source, requested, tok, text_column, doc_separator, val_fraction)
-    if "validation" not in src.splits and val_fraction is None and requested is None:
+    options["--shard-tokens"] = shard_tokens if shard_tokens != DEFAULT_SHARD_TOKENS else None
+    options["--max-tokens"] = max_tokens
+    options["--val-tokens"] = val_tokens
+    options["--subset"] = subset
+    if "validation" not in src.splits and val_fraction is None and val_tokens is None and requested is None:
         again = prepare_command({"prepare": options}, plan.name, **{"--val-fraction": 0.05})
         notes.append(f"the source has no validation split: hold out documents with: {again}")
-    split_docs = splits_to_write(src, wanted, requested, val_fraction)
+    held = None
+    if val_tokens is not None:
+        split_docs, held = hold_out_first(
+            src, requested or [s for s in SPLITS if s in src.splits], val_tokens
+        )
+    else:
+        split_docs = splits_to_write(src, wanted, requested, val_fraction)
 
     clean_leftovers(workspace)
     fingerprint = {
@@ -165,11 +188,11 @@ def prepare_dataset(
     partial = PartialPrepare(workspace, plan.name, fingerprint).open()
     if partial.resumed:
         notes.append(f"resumed the interrupted prepare in {partial.dir}")
-    budgets = {"train": max_tokens}
+    budgets = {"train": max_tokens, **({"validation": val_tokens} if held is not None else {})}
     try:
         with Encoder(tok, num_proc, worth_parallel(p.total_bytes for p in split_docs.values())) as encoder:
             split_meta = _write_splits(
-                partial, split_docs, tok, encoder, progress, val_fraction, shard_tokens, budgets, notes
+                partial, split_docs, tok, encoder, progress, val_fraction, shard_tokens, budgets, notes, held
             )
         meta = _dataset_meta(plan.name, name, tok, src, split_meta, val_fraction, doc_separator)
         meta["prepare"] = options
@@ -199,18 +222,23 @@ def _write_splits(
     shard_tokens: int,
     budgets: dict[str, int | None],
     notes: list[str],
+    held: dict | None = None,
 ) -> dict[str, dict]:
-    """Write each split's shards into ``partial``, in the order of ``SPLITS``, skipping what
-    an interrupted run finished; their ``meta.json`` entries."""
+    """Write each split's shards into ``partial``, in the order of ``SPLITS`` (validation
+    first when it is held out of train's first documents, ``held``), skipping what an
+    interrupted run finished; their ``meta.json`` entries, in the order of ``SPLITS``."""
     dtype = dtype_for_vocab(tok.vocab_size)
     split_meta = {}
-    for split in SPLITS:
+    order = ["validation", "train", "test"] if held is not None else list(SPLITS)
+    for split in order:
         if split not in split_docs:
             continue
         part = split_docs[split]
         entry = partial.done_split(split)
         if entry is not None:
             split_meta[split] = entry
+            if held is not None and split == "validation":
+                held["end"] = entry["source_items"]
             continue
         budget = budgets.get(split)
         # the evaluation splits keep their text, so `eval --protocol harness` can score each
@@ -234,18 +262,28 @@ def _write_splits(
                 "check the source (empty corpus)"
                 + (", or use a larger --val-fraction" if val_fraction is not None else ""),
             )
-        if budget is not None and not stopped:
+        if held is not None and split == "validation":
+            if not stopped and "train" in split_docs:
+                raise DataError(
+                    f"--val-tokens {budget:,} takes all of {part.description} ({shards.tokens:,} tokens): "
+                    "nothing is left to train on",
+                    "hold out fewer tokens with --val-tokens, or use --val-fraction",
+                )
+            held["end"] = shards.position
+        elif budget is not None and not stopped:
             notes.append(
                 f"the {split} split holds all of its source's {shards.tokens:,} tokens, "
                 f"fewer than the {budget:,} asked for"
             )
         entry = {**shards.finish(), "source": part.description}
+        if held is not None and split == "validation":
+            entry["source_items"] = held["end"]  # where train's documents start
         partial.record_split(split, entry)
         for leftover in shards.leftovers():
             leftover.unlink()
         split_meta[split] = entry
         progress.end_split(split, entry)
-    return split_meta
+    return {s: split_meta[s] for s in SPLITS if s in split_meta}
 
 
 def _shard_done(partial: PartialPrepare, progress: PrepareProgress, split: str, shards: list[dict]) -> None:
@@ -258,10 +296,14 @@ def _shard_done(partial: PartialPrepare, progress: PrepareProgress, split: str, 
 def _source_stamp(name: str, source: str | os.PathLike | None) -> list | None:
     """Path, size and modification time of each local source file: a resume refuses to
     continue over files that changed since (it starts afresh). None for the Hub."""
-    path = Path(source if source is not None else name).expanduser()
-    if not path.exists():
+    given = str(source if source is not None else name)
+    path = Path(given).expanduser()
+    if is_glob(given) and not path.exists():
+        files = data_files(given)
+    elif not path.exists():
         return None
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    else:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
@@ -277,8 +319,12 @@ def _prepare_options(
     """The options this prepare was given, as ``meta.json`` keeps them for ``prepare_command``
     (a hint to rebuild the dataset repeats them); local paths made absolute."""
     local = Path(name).expanduser()
+    if source is None and local.exists():
+        name = str(local.resolve())
+    elif source is None and is_glob(name):
+        name = str(local.absolute())
     return {
-        "name": str(local.resolve()) if source is None and local.exists() else name,
+        "name": name,
         "--source": str(Path(source).expanduser().resolve()) if source is not None else None,
         "--splits": ",".join(requested) if requested else None,
         "--tokenizer": tok.name,

@@ -139,7 +139,8 @@ class PreparedDataset:
         (``--splits``); another source's validation comes from holding documents out of train."""
         source = self.meta.get("source") or {}
         kind = str(source.get("kind", ""))
-        held_out = (self.meta.get("prepare") or {}).get("--val-fraction") or source.get("val_fraction")
+        options = self.meta.get("prepare") or {}
+        held_out = options.get("--val-fraction") or options.get("--val-tokens") or source.get("val_fraction")
         if split == "validation" and not kind.startswith("wikitext") and not held_out:
             return prepare_command(self.meta, self.name, **{"--splits": None, "--val-fraction": 0.05})
         wanted = ",".join(dict.fromkeys([*self.splits, split]))
