@@ -93,7 +93,8 @@ def test_a_budget_larger_than_the_corpus_keeps_it_all_and_says_so(data_ws, parqu
     assert not data_ws.dataset_dir("x").exists()
 
 
-def test_resume_with_held_out_validation(data_ws, parquet_dir, monkeypatch):
+@pytest.mark.parametrize("kill_after", [1, 3])  # validation's last shard (its budget); train's second
+def test_resume_with_held_out_validation(data_ws, parquet_dir, monkeypatch, kill_after):
     folder, _ = parquet_dir
     kwargs = dict(tokenizer="bytes", text_column="content", val_tokens=300, shard_tokens=500)
     prepare_dataset(data_ws, str(folder), alias="straight", **kwargs)
@@ -103,7 +104,7 @@ def test_resume_with_held_out_validation(data_ws, parquet_dir, monkeypatch):
     def dying_cut(self):
         real_cut(self)
         count["n"] += 1
-        if count["n"] == 3:  # validation is done, train has two shards
+        if count["n"] == kill_after:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(SplitShards, "_cut", dying_cut)

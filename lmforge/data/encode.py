@@ -232,6 +232,8 @@ def write_split(
     """Encode ``documents`` in order into ``shards``, from its ``position`` on (the items
     before it are read and skipped: a resumed prepare), with at most ``2 * num_proc`` batches
     in flight. True when the split stopped at its token budget, False at the end of the text."""
+    if shards.budget is not None and shards.tokens >= shards.budget:
+        return True  # a resumed split that had already reached its budget
     stream = iter(documents)
     if shards.position:
         next(itertools.islice(stream, shards.position, shards.position), None)  # skip, unencoded
