@@ -172,6 +172,9 @@ class Encoder:
                         initializer=_init_worker,
                         initargs=(tok, os.getpid()),
                     )
+                # start the workers now, while this process is small: forked later, each would
+                # hold a copy-on-write view of whatever the source reader has in memory by then
+                self.pool.submit(int).result()
             else:
                 self.pool = ThreadPoolExecutor(num_proc, thread_name_prefix="lmforge-encode")
                 self.threaded = True
