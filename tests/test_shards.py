@@ -364,3 +364,37 @@ def test_cli_shards_budget_list_and_info(cli, source, workspace_dir):
     info = cli("data", "info", "wikitext-2")
     row = next(line for line in info.stdout.splitlines() if line.strip().startswith("train"))
     assert row.split()[6] == "2"  # split, tokens, documents, text bytes (2 words), words, shards
+
+
+def test_a_full_disk_keeps_the_finished_shards_for_the_resume(data_ws, source, monkeypatch):
+    import errno
+
+    real_cut = SplitShards._cut
+    cuts = {"n": 0}
+
+    def full_disk(self):
+        cuts["n"] += 1
+        if cuts["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_cut(self)
+
+    monkeypatch.setattr(SplitShards, "_cut", full_disk)
+    with pytest.raises(DataError, match="no space left on the device") as exc:
+        prepare_dataset(data_ws, "wikitext-2", source=source, tokenizer="bytes", shard_tokens=SHARD)
+    assert "run the same command again: it resumes" in exc.value.hint
+    monkeypatch.setattr(SplitShards, "_cut", real_cut)
+    result = prepare_dataset(data_ws, "wikitext-2", source=source, tokenizer="bytes", shard_tokens=SHARD)
+    assert any("resumed" in n for n in result.notes)
+
+
+def test_two_prepares_of_one_name_do_not_share_a_partial_folder(data_ws):
+    from lmforge.data.staging import PartialPrepare
+    from lmforge.errors import UsageError
+
+    first = PartialPrepare(data_ws, "corpus", {"a": 1}).open()
+    try:
+        with pytest.raises(UsageError, match="another prepare of dataset 'corpus' is running"):
+            PartialPrepare(data_ws, "corpus", {"a": 1}).open()
+    finally:
+        first.close()
+    PartialPrepare(data_ws, "corpus", {"a": 1}).open().close()  # free once the first is done
