@@ -275,7 +275,6 @@ def test_loader_over_shards_resumes_bitwise(sampling):
 # --------------------------------------------------------------------------- evaluation and training
 
 
-@pytest.mark.slow  # evaluation's own overhead: ~5 s on 2 busy cores
 def test_sharded_eval_equals_the_one_file_eval(data_ws, source):
     from lmforge.config import ModelConfig
     from lmforge.eval.evaluate import evaluate
