@@ -200,6 +200,13 @@ def main() -> None:
     )
     parser.add_argument("--num-proc", type=int, default=None, help="threads for both (default: all cores)")
     parser.add_argument(
+        "--kill-at",
+        type=float,
+        default=None,
+        help="also SIGKILL a parquet prepare (10 shards) at this fraction of its time, resume it, and "
+        "compare with an uninterrupted one (e.g. 0.5)",
+    )
+    parser.add_argument(
         "--runs", type=int, default=2, help="runs per contender; medians are shown (default 2)"
     )
     args = parser.parse_args()
@@ -213,6 +220,63 @@ def main() -> None:
 
     for mb in [float(x) for x in args.mb.split(",")]:
         measure(args, mb, threads, tokfile)
+        if args.kill_at is not None:
+            kill_and_resume(args, mb, threads, tokfile)
+
+
+CHILD_SHARDED = r"""
+import sys, time
+from lmforge.data.prepare import prepare_dataset
+from lmforge.workspace import Workspace
+t = time.perf_counter()
+prepare_dataset(Workspace.resolve(sys.argv[2]), sys.argv[1], alias="corpus", splits="train",
+                tokenizer_file=sys.argv[3] or None, num_proc=int(sys.argv[4]), shard_tokens=int(sys.argv[5]))
+print(time.perf_counter() - t)
+"""
+
+
+def kill_and_resume(args, mb: float, threads: int, tokfile: str) -> None:
+    """An uninterrupted prepare in 10 shards, then one SIGKILLed at ``--kill-at`` of its time and
+    resumed with the same command: the shards must be byte-identical, and the two runs together
+    should cost at most one shard more than the uninterrupted one."""
+    import filecmp
+    import signal
+    import time
+
+    with tempfile.TemporaryDirectory(prefix="lmforge-bench-") as tmp:
+        source = Path(tmp) / "source"
+        build_parquet(args.input, mb, source)
+        shard_tokens = int(mb * 1e6 / 4.4 / 10)  # ~4.4 bytes a GPT-2 token on WikiText: ~10 shards
+        common = [str(source), "", tokfile, str(threads), str(shard_tokens)]
+
+        def run(ws: str) -> subprocess.Popen:
+            cmd = [sys.executable, "-c", CHILD_SHARDED, common[0], ws, *common[2:]]
+            return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+
+        straight = run(str(Path(tmp) / "a"))
+        full = float(straight.communicate()[0])
+        killed = run(str(Path(tmp) / "b"))
+        time.sleep(full * args.kill_at)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+        partial = Path(tmp) / "b" / "datasets" / ".partial-corpus"
+        done = json.loads((partial / "progress.json").read_text())["splits"].get("train", {})
+        kept = len(done.get("shards", []))
+        resumed = run(str(Path(tmp) / "b"))
+        rest = float(resumed.communicate()[0])
+        a, b = Path(tmp) / "a" / "datasets" / "corpus", Path(tmp) / "b" / "datasets" / "corpus"
+        names = sorted(p.name for p in a.iterdir() if p.name != "meta.json")
+        same = names == sorted(p.name for p in b.iterdir() if p.name != "meta.json") and all(
+            filecmp.cmp(a / n, b / n, shallow=False) for n in names
+        )
+        shards = len(json.loads((a / "meta.json").read_text())["splits"]["train"]["shards"])
+        print(
+            f"kill at {args.kill_at:.0%} of {full:.1f} s: {kept} of {shards} shards kept; "
+            f"resume {rest:.1f} s; "
+            f"killed + resumed = {full * args.kill_at + rest:.1f} s vs {full:.1f} s uninterrupted "
+            f"(one shard ~{full / shards:.1f} s); byte-identical: {same}",
+            flush=True,
+        )
 
 
 def measure(args, mb: float, threads: int, tokfile: str) -> None:
