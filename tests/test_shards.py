@@ -181,6 +181,9 @@ def test_sigkill_then_the_same_command_resumes(data_ws, source):
         proc.wait()
     partial = data_ws.datasets_dir / ".partial-wikitext-2"
     assert len(json.loads((partial / "progress.json").read_text())["splits"]["train"]["shards"]) == 3
+    from lmforge.data.staging import unfinished_prepares
+
+    assert unfinished_prepares(data_ws) == ["wikitext-2"]
     result = prepare_dataset(data_ws, "wikitext-2", source=source, tokenizer="bytes", shard_tokens=SHARD)
     assert any("resumed" in n for n in result.notes)
     prepare_dataset(
@@ -397,3 +400,11 @@ def test_two_prepares_of_one_name_do_not_share_a_partial_folder(data_ws):
     finally:
         first.close()
     PartialPrepare(data_ws, "corpus", {"a": 1}).open().close()  # free once the first is done
+
+
+def test_data_list_names_unfinished_prepares(cli, workspace_dir):
+    (workspace_dir / "datasets" / ".partial-crawl").mkdir(parents=True)
+    result = cli("data", "list", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["unfinished"] == ["crawl"]
+    assert "Unfinished prepare of crawl" in " ".join(result.stderr.split())

@@ -333,16 +333,24 @@ def list_cmd(
 
       [bold]lmforge data list --json[/bold]
     """
+    from lmforge.data.staging import unfinished_prepares
     from lmforge.data.store import list_datasets
 
     ws = workspace(ctx)
     errors: list[tuple[str, str]] = []
     datasets = list_datasets(ws, errors)
+    unfinished = unfinished_prepares(ws)
+    for name in unfinished:
+        info(
+            ctx,
+            f"Unfinished prepare of [bold]{escape(name)}[/bold]: run the same `data prepare` to resume it.",
+        )
     if as_json:
         print_json(
             {
                 "workspace": str(ws.root),
                 "datasets": [d.summary() for d in datasets],
+                "unfinished": unfinished,
                 "errors": [{"name": n, "error": e} for n, e in errors],
             }
         )

@@ -73,6 +73,17 @@ PROGRESS_FILE = "progress.json"
 LOCK_FILE = ".lock"
 
 
+def unfinished_prepares(workspace: Workspace) -> list[str]:
+    """Names of datasets whose prepare was interrupted (a ``.partial-<name>/`` folder is left)."""
+    if not workspace.datasets_dir.is_dir():
+        return []
+    return sorted(
+        p.name[len(PARTIAL_PREFIX) :]
+        for p in workspace.datasets_dir.iterdir()
+        if p.name.startswith(PARTIAL_PREFIX) and p.is_dir()
+    )
+
+
 class PartialPrepare:
     """``datasets/.partial-<name>/``: where a prepare writes its shards, and
     ``progress.json``, what it has finished: per split the shards on disk (with the source
