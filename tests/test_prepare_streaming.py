@@ -191,3 +191,17 @@ def test_hub_datasets_are_streamed_with_their_subset(data_ws, monkeypatch):
     assert "(sample-10BT)" in ds.split_meta("train")["source"]
     with pytest.raises(UsageError, match="owner/web has no column 'body'"):
         prepare_dataset(data_ws, "owner/web", tokenizer="bytes", text_column="body", alias="other")
+
+
+def test_a_subset_that_does_not_exist_is_one_line(data_ws, monkeypatch):
+    import datasets
+
+    def fake_load(dataset_id, config=None, streaming=False):
+        raise ValueError(f"BuilderConfig '{config}' not found. Available: ['sample-10BT', 'default']")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(hub, "hub_offline", lambda: True)
+    with pytest.raises(DataError, match=r"cannot load owner/web \(sample-1BT\) from the Hub") as exc:
+        prepare_dataset(data_ws, "owner/web", tokenizer="bytes", subset="sample-1BT")
+    assert "Available: ['sample-10BT'" in exc.value.message and "--subset" in exc.value.hint
+    assert not data_ws.datasets_dir.exists()  # nothing made
