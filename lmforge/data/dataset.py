@@ -240,7 +240,7 @@ class TrainLoader:
         """The position: epoch and global batches consumed. Over a sharded split also where
         this rank's next window starts (``shard``, ``offset``), for a person reading it."""
         state = {"epoch": self._epoch, "batch": self._batch}
-        if len(self.dataset.lengths) > 1 and self._batch < self.batches_per_epoch:
+        if len(getattr(self.dataset, "lengths", ())) > 1 and self._batch < self.batches_per_epoch:
             start = int(self.dataset.starts([self._rank_indices(self._batch)[0]])[0])
             state["shard"], state["offset"] = self.dataset.position(start)
         return state
