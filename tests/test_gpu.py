@@ -16,14 +16,18 @@ import torch
 
 from lmforge.config import ModelConfig, OptimizerConfig
 from lmforge.model.gpt import GPT
+from lmforge.train.hardware import Hardware
 from lmforge.train.optim import build_optimizer
 from lmforge.train.step import TrainStep
 
+# LMFORGE_GPU_TESTS_DEVICE=cpu runs the single-device tests' logic on the CPU (slowly, in emulated
+# bf16/fp16 on most CPUs), so that a change to the training path can be checked without a GPU.
+ON = os.environ.get("LMFORGE_GPU_TESTS_DEVICE", "cuda")
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(ON == "cuda" and not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
-CUDA = torch.device("cuda", 0)
+CUDA = torch.device(ON, 0) if ON == "cuda" else torch.device(ON)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -35,9 +39,8 @@ def _model(seed: int = 0, vocab: int = 512) -> GPT:
 
 def _step(model: GPT, dtype: str | None) -> TrainStep:
     optimizer, _ = build_optimizer(model, OptimizerConfig(), CUDA)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == "fp16")
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype or "")
-    return TrainStep(model, optimizer, scaler, device=CUDA, autocast_dtype=autocast, max_grad_norm=1.0)
+    scaler = torch.amp.GradScaler(CUDA.type, enabled=dtype == "fp16")
+    return TrainStep(model, optimizer, scaler, hardware=Hardware(CUDA, dtype or "fp32"), max_grad_norm=1.0)
 
 
 def _batches(n: int = 2, vocab: int = 512, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -72,7 +75,7 @@ def test_compile_on_and_off_agree_in_bf16():
     eager, compiled = _model(), _model()
     compiled_forward = torch.compile(compiled)
     x, y = _batches(1)[0]
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast(CUDA.type, dtype=torch.bfloat16):
         _, loss_eager = eager(x, y)
         _, loss_compiled = compiled_forward(x, y)
     assert loss_compiled.item() == pytest.approx(loss_eager.item(), rel=2e-2)
@@ -101,12 +104,13 @@ def test_kv_cache_generation_equals_no_cache():
 
 def test_evaluation_on_cuda_matches_the_cpu():
     from lmforge.eval.evaluate import evaluate_tokens
+    from lmforge.eval.options import EvalOptions
 
     model = _model().eval()
     tokens = torch.randint(0, 512, (2048,), generator=torch.Generator().manual_seed(2))
-    kwargs = {"block_size": 64, "stride": 64, "batch_size": 4}
-    on_gpu = evaluate_tokens(model, tokens, device=CUDA, dtype="bf16", **kwargs)
-    on_cpu = evaluate_tokens(model.float().cpu(), tokens, device="cpu", dtype="fp32", **kwargs)
+    window = {"block_size": 64, "stride": 64, "batch_size": 4}
+    on_gpu = evaluate_tokens(model, tokens, EvalOptions(device=CUDA, dtype="bf16", **window))
+    on_cpu = evaluate_tokens(model.float().cpu(), tokens, EvalOptions(device="cpu", dtype="fp32", **window))
     assert on_gpu.loss == pytest.approx(on_cpu.loss, rel=2e-2)
 
 

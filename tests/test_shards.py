@@ -281,6 +281,7 @@ def test_loader_over_shards_resumes_bitwise(sampling):
 def test_sharded_eval_equals_the_one_file_eval(data_ws, source):
     from lmforge.config import ModelConfig
     from lmforge.eval.evaluate import evaluate
+    from lmforge.eval.options import EvalOptions
     from lmforge.model import GPT
 
     prepare_dataset(data_ws, "wikitext-2", source=source, tokenizer="bytes", alias="whole")
@@ -295,10 +296,8 @@ def test_sharded_eval_equals_the_one_file_eval(data_ws, source):
         evaluate(
             model,
             open_dataset(data_ws, name),
-            block_size=32,
-            stride=16,
-            batch_size=64,
-            max_tokens=1500,  # across the first shard boundary (800 tokens)
+            # max_tokens: across the first shard boundary (800 tokens)
+            EvalOptions(block_size=32, stride=16, batch_size=64, max_tokens=1500),
             splits=["validation"],
         )
         for name in ("whole", "parts")
