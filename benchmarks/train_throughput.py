@@ -58,8 +58,9 @@ CONFIGS = {
 }
 
 
-def make_workspace(root: Path, n_tokens: int, seed: int = 0) -> Path:
-    """A workspace with dataset ``bench``: random GPT-2 token ids in the lmforge layout."""
+def make_workspace(root: Path, n_tokens: int, seed: int = 0, vocab: int = VOCAB) -> Path:
+    """A workspace with dataset ``bench``: random token ids below ``vocab`` (GPT-2's) in the lmforge
+    layout."""
     import numpy as np
 
     data = root / "datasets" / "bench"
@@ -67,15 +68,15 @@ def make_workspace(root: Path, n_tokens: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     splits = {}
     for split, n in (("train", n_tokens), ("validation", 4096)):
-        rng.integers(0, VOCAB, size=n, dtype=np.uint16).tofile(data / f"{split}.bin")
+        rng.integers(0, vocab, size=n, dtype=np.uint16).tofile(data / f"{split}.bin")
         splits[split] = {"file": f"{split}.bin", "tokens": n, "documents": 1, "bytes": n, "words": n}
     meta = {
         "format": "lmforge-dataset",
         "format_version": 1,
         "name": "bench",
         "tokenizer": {"name": "gpt2", "sha256": "benchmark"},
-        "vocab_size": VOCAB,
-        "eot_token": VOCAB - 1,
+        "vocab_size": vocab,
+        "eot_token": vocab - 1,
         "dtype": "uint16",
         "splits": splits,
     }
@@ -103,7 +104,7 @@ def run_lmforge(args, ws: Path) -> dict:
     n_layer, n_head, n_embd = CONFIGS[args.config]
     config = TrainingConfig(preset="tiny", run="bench", tokenizer="gpt2")
     config.model = ModelConfig(
-        vocab_size=VOCAB,
+        vocab_size=args.vocab,
         block_size=args.block_size,
         n_layer=n_layer,
         n_head=n_head,
@@ -141,8 +142,12 @@ def run_lmforge(args, ws: Path) -> dict:
     manager.train()
     seconds = marks[last] - marks[args.warmup]
     tps = args.steps * config.tokens_per_step / seconds
+    estimate = getattr(manager, "_estimate", None)  # what `train` said before its first step
     return {
         "tokens_per_sec": tps,
+        "estimated_tokens_per_sec": estimate.steps * config.tokens_per_step / estimate.seconds
+        if estimate is not None and estimate.seconds > 0
+        else None,
         "mfu": manager.meter.flops_per_token * tps / manager.meter.peak_flops
         if manager.meter.peak_flops
         else None,
@@ -163,7 +168,7 @@ def run_plain(args, ws: Path) -> dict:
     import torch.nn.functional as F
 
     from lmforge.config import ModelConfig
-    from lmforge.device import peak_flops, resolve_device, resolve_dtype
+    from lmforge.device import enable_tf32, peak_flops, resolve_device, resolve_dtype
     from lmforge.model.gpt import GPT
 
     if args.threads > 0:
@@ -171,13 +176,12 @@ def run_plain(args, ws: Path) -> dict:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        enable_tf32()
     n_layer, n_head, n_embd = CONFIGS[args.config]
     torch.manual_seed(1337)
     pad = 64 if device.type == "cuda" else 1  # what lmforge's pad_vocab_multiple=0 (auto) picks
     model_config = ModelConfig(
-        VOCAB, args.block_size, n_layer, n_head, n_embd, dropout=0.0, pad_vocab_multiple=pad
+        args.vocab, args.block_size, n_layer, n_head, n_embd, dropout=0.0, pad_vocab_multiple=pad
     )
     model = GPT(model_config).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -277,7 +281,18 @@ def parse(argv=None):
         action="store_true",
         help="lmforge's --recipe gpt2 against --recipe modern (same shape, dtype and compile choice)",
     )
-    p.add_argument("--recipe", default="gpt2", help=argparse.SUPPRESS)
+    p.add_argument("--recipe", default="gpt2", choices=["gpt2", "modern"], help="lmforge's recipe")
+    p.add_argument(
+        "--impls",
+        default="plain,lmforge",
+        help="which loops to run: plain, lmforge or both (benchmarks/plain_loop.py is the independent one)",
+    )
+    p.add_argument("--vocab", type=int, default=VOCAB, help="vocabulary size (smaller: a quick CPU check)")
+    p.add_argument(
+        "--worker-log",
+        action="store_true",
+        help="copy each run's stderr to ours (e.g. TORCH_LOGS=recompiles,graph_breaks output)",
+    )
     p.add_argument("--worker", choices=["lmforge", "plain"], help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     p.add_argument("--workspace", help=argparse.SUPPRESS)
@@ -320,12 +335,13 @@ def main(argv=None) -> None:
         tokens = max(
             200_000, 4 * args.batch_size * args.grad_accum * args.block_size * (args.steps + args.warmup)
         )
-        ws = make_workspace(Path(tmp), tokens)
+        ws = make_workspace(Path(tmp), tokens, vocab=args.vocab)
         forwarded = [
             "--device", args.device, "--dtype", args.dtype, "--compile", args.compile,
             "--batch-size", str(args.batch_size), "--block-size", str(args.block_size),
             "--grad-accum", str(args.grad_accum), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--threads", str(args.threads), "--workspace", str(ws),
+            "--threads", str(args.threads), "--workspace", str(ws), "--vocab", str(args.vocab),
+            "--recipe", args.recipe,
         ]  # fmt: skip
         for config in args.configs.split(","):
             runs: dict[str, list[dict]] = {name: [] for name, _, _ in contenders(args)}
@@ -336,12 +352,15 @@ def main(argv=None) -> None:
                         [sys.executable, __file__, "--worker", impl, "--config", config, *forwarded, *choice],
                         capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "disabled"},
                     )  # fmt: skip
+                    if args.worker_log:
+                        sys.stderr.write(out.stderr)
                     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
                     if out.returncode or not line:
                         sys.exit(f"{name} {config} failed:\n{out.stderr[-3000:]}")
                     runs[name].append(json.loads(line[0][7:]))
             for impl, results in runs.items():
                 mfus = [r["mfu"] for r in results if r["mfu"] is not None]
+                estimates = [e for r in results if (e := r.get("estimated_tokens_per_sec"))]
                 rows.append(
                     {
                         "config": config,
@@ -353,6 +372,7 @@ def main(argv=None) -> None:
                         "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in results),
                         "all_tokens_per_sec": [round(r["tokens_per_sec"], 1) for r in results],
                         "mfu": statistics.median(mfus) if mfus else None,
+                        "estimated_tokens_per_sec": statistics.median(estimates) if estimates else None,
                         "peak_memory_mb": statistics.median(r["peak_memory"] for r in results) / 2**20,
                     }
                 )
@@ -382,7 +402,8 @@ def contenders(args) -> list[tuple[str, str, list[str]]]:
     if args.recipes:
         return [(f"lmforge --recipe {r}", "lmforge", ["--recipe", r]) for r in ("gpt2", "modern")]
     if not args.matrix:
-        return [("plain", "plain", []), ("lmforge", "lmforge", [])]
+        chosen = args.impls.split(",")
+        return [(name, name, []) for name in ("plain", "lmforge") if name in chosen]
     rows = [("plain fp32 eager", "plain", ["--dtype", "fp32", "--compile", "off"])]
     for dtype in ("fp32", "bf16"):
         for compile_ in ("off", "on"):

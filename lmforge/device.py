@@ -23,29 +23,53 @@ from lmforge.errors import UsageError
 DType = Literal["auto", "bf16", "fp16", "fp32"]
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-# Dense (not sparse) 16-bit tensor-core peaks in FLOP/s with fp32 accumulation, by a substring
-# of the device name, from the vendor's datasheets: bf16 where the device has it, fp16 on V100/T4.
-# Checked in order, so "H100 PCIe" before "H100" and "A10G" before "A10". MFU is "n/a" for a
-# device that is not listed (or listed as None) rather than guessed.
-PEAK_FLOPS_BF16: dict[str, float | None] = {
-    "H200": 989e12,  # H200 datasheet: BF16 1,979 TFLOPS with sparsity
-    "H100 PCIe": 756e12,  # H100 datasheet, PCIe: 1,513 with sparsity
-    "H100": 989e12,  # H100 datasheet, SXM: 1,979 with sparsity
-    "GH200": 989e12,  # GH200 datasheet: the H100 SXM figure
-    "B200": 2250e12,  # HGX B200 datasheet: 4.5 PFLOPS with sparsity per GPU
-    "A100": 312e12,  # A100 datasheet: 312 (624 with sparsity)
-    "A800": 312e12,  # the A100 die
-    "L40S": 362e12,  # L40S datasheet: 362.05 (733 with sparsity)
-    "L4": 121e12,  # L4 datasheet: 242 with sparsity
-    "A10G": None,  # AWS's variant of the A10: NVIDIA publishes no tensor figure for it
-    "A10": 125e12,  # A10 datasheet: 125 (250 with sparsity)
-    "RTX 4090": 165e12,  # Ada whitepaper: 165.2 with fp32 accumulate (330.3 with sparsity)
-    # GA102 whitepaper, appendix A: BF16 with fp32 accumulate 71 dense / 142 sparse (35.6 is the
+# Dense (not sparse) 16-bit tensor-core peaks in FLOP/s with fp32 accumulation, ``(bf16, fp16)``,
+# by the model name in the device name, from the vendor's datasheets (which print the sparse
+# figure, twice the dense one, first). A name matches as a whole word ("L4" is not "L40", "H200"
+# not "GH200", "A40" not "RTX A4000"), and rows are checked in order, so "H100 NVL" and "H100
+# PCIe" come before "H100". MFU is "n/a" for a device or dtype not listed (or listed as None)
+# rather than guessed: fp32 (TF32) included.
+PEAK_FLOPS: dict[str, tuple[float | None, float | None]] = {
+    # Hopper. H100 datasheet: SXM 1,979 sparse; PCIe 1,513 sparse; NVL (94 GB, one GPU) 1,671 sparse
+    "H100 NVL": (835e12, 835e12),
+    "H100 PCIe": (756e12, 756e12),
+    "H100": (989e12, 989e12),
+    # H800 (the H100 for China) datasheet: SXM 1,979 sparse, PCIe 1,513 sparse, as the H100
+    "H800 PCIe": (756e12, 756e12),
+    "H800": (989e12, 989e12),
+    # GH200 Grace Hopper datasheet: its H100 at 1,979 sparse. Before "H200": GH200's name is no H200
+    "GH200": (989e12, 989e12),
+    # H200 datasheet: SXM 1,979 sparse; NVL 1,671 sparse
+    "H200 NVL": (835e12, 835e12),
+    "H200": (989e12, 989e12),
+    # Blackwell. HGX B200 datasheet: 4.5 PFLOPS sparse per GPU
+    "B200": (2250e12, 2250e12),
+    # Ampere. A100 datasheet: 312 (624 sparse), SXM and PCIe; A800 is the A100 die
+    "A100": (312e12, 312e12),
+    "A800": (312e12, 312e12),
+    "A40": (149.7e12, 149.7e12),  # A40 datasheet: BF16/FP16 149.7 (299.4 sparse)
+    "A30": (165e12, 165e12),  # A30 datasheet: BF16/FP16 165 (330 sparse)
+    "A10G": (None, None),  # AWS's variant of the A10: NVIDIA publishes no tensor figure for it
+    "A10": (125e12, 125e12),  # A10 datasheet: BF16/FP16 125 (250 sparse)
+    # Ada. L40S datasheet: 362.05 (733 sparse); L40 datasheet: 181.05 (362.1 sparse); L4
+    # datasheet: 121 (242 sparse)
+    "L40S": (362e12, 362e12),
+    "L40": (181e12, 181e12),
+    "L4": (121e12, 121e12),
+    "RTX 4090": (165e12, 165e12),  # Ada whitepaper: 165.2 with fp32 accumulate (330.3 sparse)
+    # GA102 whitepaper, appendix A: with fp32 accumulate 71 dense / 142 sparse (35.6 is the
     # card's non-tensor fp32 figure, not its bf16 one)
-    "RTX 3090": 71e12,
-    "V100": 125e12,  # V100 datasheet, SXM2: fp16 tensor (no bf16)
-    "T4": 65e12,  # T4 datasheet: fp16 tensor (no bf16)
+    "RTX 3090": (71e12, 71e12),
+    # Volta and Turing have fp16 tensor cores and no bf16 (bf16 runs emulated: no peak)
+    "V100": (None, 125e12),  # V100 datasheet, SXM2: 125 fp16 tensor (PCIe: 112)
+    "T4": (None, 65e12),  # T4 datasheet: 65 fp16 tensor
 }
+# the bf16 column alone (what earlier versions called the table)
+PEAK_FLOPS_BF16: dict[str, float | None] = {name: peaks[0] for name, peaks in PEAK_FLOPS.items()}
+
+# bf16 tensor cores from compute capability 8.0 (Ampere) on; below it (V100 7.0, T4 7.5)
+# ``torch.cuda.is_bf16_supported()`` still says yes, counting the (slow) emulation
+BF16_MIN_CAPABILITY = (8, 0)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -133,12 +157,26 @@ def measure_bf16_speedup(size: int = 256, repeats: int = 5) -> float:
     return best(torch.float32) / max(best(torch.bfloat16), 1e-9)
 
 
-def measure_matmul_flops(device: torch.device, dtype: str = "fp32", repeats: int = 5) -> float:
-    """FLOP/s of a square matmul on ``device`` in ``dtype`` (best of ``repeats``), in tens of
-    milliseconds: 512 wide on a CPU, 4096 on a GPU (large enough to reach its tensor cores)."""
+# The probe's matmul width by (device type, dtype). CPU fp32 at 1024: a 512-wide product is
+# dominated by thread start-up on a 2-core AVX2 machine (4-17 GFLOP/s across runs, against
+# ~110 GFLOP/s that training reaches there); bf16 stays at 512, the width its efficiency was
+# calibrated at (on an AVX512-BF16 CPU), and where an emulated bf16 product still takes only
+# tens of milliseconds.
+PROBE_WIDTH = {("cpu", "fp32"): 1024, ("cpu", "bf16"): 512}
+GPU_PROBE_WIDTH = 4096  # large enough to reach a GPU's tensor cores
+
+
+def measure_matmul_flops(device: torch.device, dtype: str = "fp32", repeats: int = 7) -> float:
+    """FLOP/s of a square matmul on ``device`` in ``dtype``: the median of ``repeats`` timed
+    products after two untimed ones (thread pool start, kernel selection, page faults), in well
+    under a second. The median, not the best: on a shared machine the best is a lucky moment."""
+    import statistics
     import time
 
-    size = 512 if device.type == "cpu" else 4096
+    if device.type == "cpu":
+        size = PROBE_WIDTH.get((device.type, dtype), 512)
+    else:
+        size = GPU_PROBE_WIDTH
     dt = TORCH_DTYPES[dtype]
     # a generator of its own: drawing from the global one would change a run's (or a resumed
     # run's) dropout masks and data order from what they were without the measurement
@@ -150,7 +188,7 @@ def measure_matmul_flops(device: torch.device, dtype: str = "fp32", repeats: int
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # kernels are asynchronous: time them, not their launch
 
-    for _ in range(2):  # warm-up: thread pool start, kernel selection, page faults
+    for _ in range(2):  # warm-up
         a @ b
     sync()
     times = []
@@ -159,7 +197,7 @@ def measure_matmul_flops(device: torch.device, dtype: str = "fp32", repeats: int
         a @ b
         sync()
         times.append(time.perf_counter() - t0)
-    return 2 * size**3 / max(min(times), 1e-9)
+    return 2 * size**3 / max(statistics.median(times), 1e-9)
 
 
 def _read_cpuinfo() -> str:
@@ -239,9 +277,11 @@ def resolve_precision(dtype: str, device: torch.device, cache_dir: Path | None =
             raise UsageError("fp16 is not supported on the CPU", "use --dtype bf16 or fp32 (or auto)")
         return dtype, f"--dtype {dtype}"
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "a GPU with bf16"
-        return "fp16", "a GPU without bf16: fp16 with loss scaling"
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) >= BF16_MIN_CAPABILITY:
+            return "bf16", f"a GPU with bf16 tensor cores (compute capability {major}.{minor})"
+        below = f"compute capability {major}.{minor} < 8.0"
+        return "fp16", f"a GPU without bf16 tensor cores ({below}): fp16 with loss scaling"
     if device.type == "cpu":
         choice = cpu_bf16(cache_dir=cache_dir)
         return ("bf16" if choice.fast else "fp32"), choice.reason
@@ -295,12 +335,41 @@ def cxx_compiler() -> str | None:
     return next((path for name in ("g++", "c++", "clang++") if (path := shutil.which(name))), None)
 
 
+def peak_row(name: str) -> str | None:
+    """The row of ``PEAK_FLOPS`` for a device named ``name`` (``torch.cuda.get_device_name``)."""
+    import re
+
+    return next((key for key in PEAK_FLOPS if re.search(rf"(?<!\w){re.escape(key)}(?!\w)", name)), None)
+
+
 def peak_flops(device: torch.device, dtype: str) -> float | None:
-    """Peak FLOP/s of ``device`` at ``dtype``, or None when unknown (MFU is then n/a)."""
-    if device.type != "cuda" or dtype == "fp32":
+    """Peak FLOP/s of ``device`` at ``dtype`` (bf16 or fp16: the column of the precision the run
+    computes in), or None when unknown (MFU is then n/a)."""
+    if device.type != "cuda" or dtype not in ("bf16", "fp16"):
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((flops for key, flops in PEAK_FLOPS_BF16.items() if key in name), None)
+    row = peak_row(torch.cuda.get_device_name(device))
+    return PEAK_FLOPS[row][0 if dtype == "bf16" else 1] if row is not None else None
+
+
+def torch_version_at_least(major: int, minor: int) -> bool:
+    """``torch.__version__`` >= major.minor (local and pre-release tags ignored)."""
+    import re
+
+    found = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return found is not None and (int(found[1]), int(found[2])) >= (major, minor)
+
+
+def enable_tf32() -> None:
+    """TF32 tensor cores for the fp32 matmuls and convolutions that remain (Ampere+: ~8x faster,
+    10-bit mantissa), through one API: ``fp32_precision`` on torch >= 2.9, where the legacy
+    ``allow_tf32`` flags are deprecated and mixing the two is an error in Inductor (transformers
+    and lm-eval may set the new one); the legacy flags on older torch, which lacks the new API."""
+    if torch_version_at_least(2, 9):
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def describe_devices() -> dict[str, object]:
@@ -314,7 +383,8 @@ def describe_devices() -> dict[str, object]:
     if torch.cuda.is_available():
         facts["cuda_version"] = torch.version.cuda
         facts["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        facts["cuda_bf16"] = torch.cuda.is_bf16_supported()
+        major, minor = torch.cuda.get_device_capability()
+        facts["cuda_bf16"] = (major, minor) >= BF16_MIN_CAPABILITY
     facts["default_device"] = str(resolve_device("auto"))
     device = resolve_device("auto")
     facts["default_dtype"], facts["dtype_reason"] = resolve_precision("auto", device)

@@ -59,12 +59,25 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group torchrun set up (nccl on CUDA, gloo on the CPU).
+# The first collective waits for every rank's start-up: the rendezvous, reading the data, rank 0's
+# checks of the run's files, the first step's compilation (minutes for a large model). After the
+# first step a collective that waits this long means a rank is gone or stuck: say so sooner.
+INIT_TIMEOUT = datetime.timedelta(minutes=30)
+STEP_TIMEOUT = datetime.timedelta(minutes=10)
 
-    Returns the single-process ``DistInfo()`` when not launched by torchrun.
+
+def init_distributed(device: str | torch.device) -> DistInfo:
+    """Join the process group torchrun set up (nccl on CUDA, gloo on the CPU), with
+    ``INIT_TIMEOUT`` for the collectives until ``use_step_timeout()``.
+
+    Returns the single-process ``DistInfo()`` when not launched by torchrun; a single process on
+    ``cuda:N`` still makes N the current device (kernels, caches and ``torch.cuda`` calls without
+    a device would otherwise go to GPU 0).
     """
+    device = torch.device(device)
     if not launched_by_torchrun():
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)
         return DistInfo()
     info = DistInfo(
         rank=int(os.environ["RANK"]),
@@ -72,11 +85,31 @@ def init_distributed(device_type: str) -> DistInfo:
         world_size=int(os.environ["WORLD_SIZE"]),
     )
     if not is_initialized():
-        backend = "nccl" if device_type == "cuda" else "gloo"
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {}
         if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+            local = torch.device("cuda", info.local_rank)
+            torch.cuda.set_device(local)
+            # the communicator is made now, bound to this GPU (not lazily at the first collective,
+            # and no "barrier(): using the device under current context" guess)
+            kwargs["device_id"] = local
+        dist.init_process_group(backend=backend, timeout=INIT_TIMEOUT, **kwargs)
     return info
+
+
+def use_step_timeout(timeout: datetime.timedelta = STEP_TIMEOUT) -> None:
+    """After the first training step: every rank is past its start-up (a barrier makes sure),
+    so collectives from now on time out after ``timeout`` instead of ``INIT_TIMEOUT``. A no-op
+    in one process, or on a torch without ``_set_pg_timeout`` (then ``INIT_TIMEOUT`` stays)."""
+    if not is_initialized():
+        return
+    from torch.distributed import distributed_c10d
+
+    set_timeout = getattr(distributed_c10d, "_set_pg_timeout", None)
+    if set_timeout is None:
+        return
+    dist.barrier()
+    set_timeout(timeout)
 
 
 def current() -> DistInfo:
@@ -354,12 +387,19 @@ def without_optimizer(state: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def torchrun_command(nproc: int, args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run`` for ``nproc`` local processes running
-    ``python -m lmforge ARGS``, with a rendezvous on the loopback address (a free port)."""
+    """torchrun for ``nproc`` local processes running ``python -P -u -m lmforge ARGS``, with a
+    rendezvous on the loopback address (a free port).
+
+    Every interpreter runs with ``-P`` (no working directory on ``sys.path``): started from a
+    folder that holds a ``lmforge/`` directory (a clone, an old copy), the ranks would otherwise
+    import that instead of the package this launcher runs (``launch`` puts the launcher's own
+    package first on ``PYTHONPATH``). torchrun itself is run through ``run_torchrun``, which turns
+    a rank's failure into one line and that rank's exit code instead of a traceback."""
     return [
         sys.executable,
-        "-m",
-        "torch.distributed.run",
+        "-P",
+        "-c",
+        "import sys; from lmforge.distributed import run_torchrun; sys.exit(run_torchrun())",
         "--nnodes",
         "1",
         "--nproc-per-node",
@@ -372,13 +412,113 @@ def torchrun_command(nproc: int, args: list[str]) -> list[str]:
         f"lmforge-{os.getpid()}",
         "--max-restarts",
         "0",
-        "-m",
-        "lmforge",
+        # the worker's command line is given whole (torchrun would run `python -u -m`, without -P);
         # "--": torchrun's argparse would otherwise read lmforge options as its own abbreviated
         # ones (--run is "ambiguous: --run-path, --run_path"); it drops the "--" itself
+        "--no-python",
         "--",
+        sys.executable,
+        "-P",
+        "-u",
+        "-m",
+        "lmforge",
         *args,
     ]
+
+
+def _package_path(environ: dict[str, str]) -> str:
+    """``PYTHONPATH`` with the folder this ``lmforge`` package was imported from first, unless it
+    is a site-packages folder (there ``-P`` finds it anyway): the ranks import what the launcher
+    runs, a checkout on ``PYTHONPATH`` or an editable install included, never the cwd's copy."""
+    import site
+    from pathlib import Path
+
+    import lmforge
+
+    root = str(Path(lmforge.__file__).resolve().parent.parent)
+    site_dirs = {str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()]}
+    rest = environ.get("PYTHONPATH", "")
+    if root in site_dirs:
+        return rest
+    return os.pathsep.join([root, *([rest] if rest else [])])
+
+
+def _failure_exit(failures: dict[int, Any]) -> tuple[int, str]:
+    """The exit code and the one line for the ranks that failed (torchrun's ``ProcessFailure``s):
+    a rank stopped by a signal it handled exits 130/143 and so does the launcher; a rank killed
+    by a signal is 128 + its number; otherwise the first failing rank's own code."""
+    # the first to fail; at the same second (the agent stamps them when it finds them), a rank
+    # killed by a signal before one that exited, and both before one the agent stopped (SIGTERM)
+    rank, first = min(
+        failures.items(),
+        key=lambda item: (
+            item[1].timestamp,
+            item[1].exitcode == -signal.SIGTERM,
+            item[1].exitcode >= 0,
+            item[0],
+        ),
+    )
+    code = first.exitcode if first.exitcode >= 0 else 128 - first.exitcode
+    how = (
+        f"was killed by signal {signal.Signals(-first.exitcode).name}"
+        if first.exitcode < 0 and -first.exitcode in signal.Signals._value2member_map_
+        else f"exited with code {code}"
+    )
+    others = sorted(r for r in failures if r != rank)
+    also = (
+        f" (then rank{'s' if len(others) > 1 else ''} {', '.join(map(str, others))} stopped)"
+        if others
+        else ""
+    )
+    return code, f"lmforge: rank {rank} {how}{also}"
+
+
+_LOST_PEER = ("Connection reset by peer", "Connection closed by peer", "gloo/transport", "NCCL")
+
+
+def is_lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective failing because another rank is gone (killed, crashed):
+    torch's ``DistError`` family (NCCL) or gloo's transport ``RuntimeError``."""
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    return isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in _LOST_PEER)
+
+
+def lost_peer_error(exc: BaseException, rank: int) -> LmforgeError:
+    """The one line a rank prints when a collective fails because another rank is gone."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first.split("] ", 1)[-1]  # gloo prefixes its source file and line
+    return LmforgeError(
+        f"rank {rank}: another process of this run stopped ({first[:160]})",
+        "its own output says why; continue with lmforge train --resume RUN from the last full checkpoint",
+    )
+
+
+def run_torchrun(argv: list[str] | None = None) -> int:
+    """torchrun's ``main`` without its traceback: the agent's failure report (``ChildFailedError``,
+    a page of it) becomes one line on stderr, and the exit code is the failing rank's (143 for a
+    SIGTERM it saved after, 137 for a SIGKILL) instead of 1. Used by ``torchrun_command``."""
+    import logging
+
+    # the agent's own log lines ("Sending process N closing signal SIGTERM", "failed (exitcode:
+    # -9) local_rank: 1 ...") repeat what the one line says; each of its loggers reads LOGLEVEL
+    os.environ.setdefault("LOGLEVEL", "CRITICAL")
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    level = os.environ["LOGLEVEL"]
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(level)
+    try:
+        run(parse_args(sys.argv[1:] if argv is None else argv))
+    except ChildFailedError as exc:
+        code, line = _failure_exit(exc.failures)
+        if code not in (130, 143):  # a stop the ranks reported themselves
+            print(line, file=sys.stderr)
+        return code
+    return 0
 
 
 def launch(nproc: int, args: list[str]) -> int:
@@ -387,9 +527,11 @@ def launch(nproc: int, args: list[str]) -> int:
     torchrun runs in a session of its own, so a Ctrl-C on the terminal reaches it once,
     through us (a second copy from the terminal would make the workers abort instead of
     saving). SIGINT and SIGTERM are forwarded (SIGHUP as SIGTERM); after one of them the exit code is
-    128 + its number (130 / 143), as for a single process."""
+    128 + its number (130 / 143), as for a single process. A signal to one rank alone gives
+    that rank's code (143 after a SIGTERM, 137 after a SIGKILL)."""
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")  # torchrun's default too, without its warning
+    env["PYTHONPATH"] = _package_path(env)
     proc = subprocess.Popen(torchrun_command(nproc, args), env=env, start_new_session=True)
     received: list[int] = []
 
@@ -416,9 +558,9 @@ def launch(nproc: int, args: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def process_group(device_type: str) -> Iterator[DistInfo]:
+def process_group(device: str | torch.device) -> Iterator[DistInfo]:
     """``init_distributed`` for the duration of a block; the group is destroyed after it."""
-    info = init_distributed(device_type)
+    info = init_distributed(device)
     try:
         yield info
     finally:

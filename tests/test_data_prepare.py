@@ -13,6 +13,7 @@ from lmforge.data import encode
 from lmforge.data import prepare as prep
 from lmforge.data.local import safe_cut, text_file_documents
 from lmforge.data.prepare import prepare_dataset
+from lmforge.data.shards import Batch, SplitShards
 from lmforge.data.store import check_tokenizer_match, dtype_for_vocab, list_datasets, open_dataset
 from lmforge.data.tokenizer import bytes_tokenizer, tokenizer_from_ranks_file
 from lmforge.data.wikitext import split_wikitext_articles
@@ -171,10 +172,10 @@ def test_dtype_choice_and_overflow_refused(tmp_path):
     # an id that does not fit is reported, never wrapped around
     tokens, _, top = encode.encode_batch([(b"ab", False)], "uint16", 50, bytes_tokenizer())
     assert tokens is None and top == 98
-    writer = encode.SplitWriter("train", tmp_path / "t.bin", np.dtype(np.uint16), 50)
+    shards = SplitShards("train", tmp_path, np.dtype(np.uint16), 50, keep_text=False)
     with pytest.raises(DataError, match="does not fit"):
-        writer.write((None, 1, 98), 2, prep.NullProgress())
-    writer.close()
+        shards.write((None, 1, 98), Batch([(b"ab", False, True)], 2, 1), prep.NullProgress())
+    shards.close()
 
 
 def test_large_vocab_uses_uint32(data_ws, tmp_path, monkeypatch):
@@ -226,7 +227,7 @@ def test_interrupted_prepare_leaves_old_dataset_intact(data_ws, wikitext_dir, mo
     before = {p.name: p.read_bytes() for p in data_ws.dataset_dir("wikitext-2").iterdir()}
 
     calls = {"n": 0}
-    real_write = encode.SplitWriter.write
+    real_write = SplitShards.write
 
     def crash(self, *args, **kwargs):
         calls["n"] += 1
@@ -234,13 +235,14 @@ def test_interrupted_prepare_leaves_old_dataset_intact(data_ws, wikitext_dir, mo
             raise KeyboardInterrupt  # Ctrl-C in the middle of writing
         return real_write(self, *args, **kwargs)
 
-    monkeypatch.setattr(encode.SplitWriter, "write", crash)
+    monkeypatch.setattr(SplitShards, "write", crash)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(data_ws, "wikitext-2", source=src, tokenizer="bytes", force=True)
     assert calls["n"] > 1
     after = {p.name: p.read_bytes() for p in data_ws.dataset_dir("wikitext-2").iterdir()}
     assert after == before
-    assert [p.name for p in data_ws.datasets_dir.iterdir()] == ["wikitext-2"]  # temp dir removed
+    # what it finished stays for the next run to resume from, out of the dataset's way
+    assert sorted(p.name for p in data_ws.datasets_dir.iterdir()) == [".partial-wikitext-2", "wikitext-2"]
     # and a first prepare that dies leaves no dataset at all
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(data_ws, "wikitext-2", source=src, tokenizer="bytes", alias="other")

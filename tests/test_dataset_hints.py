@@ -56,3 +56,33 @@ def test_dry_run_warns_about_unknown_data(cli, prepared_wikitext):
     assert '"parameters"' in result.stdout  # the plan itself still printed, as JSON
     quiet = cli("train", "--preset", "tiny", "--data", "wikitext-2", "--dry-run", "--json")
     assert quiet.exit_code == 0 and "unknown dataset" not in quiet.stderr
+
+
+def test_no_validation_hints_are_commands_that_work(cli, workspace_dir, tmp_path):
+    """The hints for a dataset without validation keep the options it was prepared with
+    (here --doc-separator and --tokenizer): run as printed, they give a validation split."""
+    import shlex
+
+    from lmforge.data.store import open_dataset
+    from lmforge.errors import UsageError
+    from lmforge.workspace import Workspace
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"document {i} " * 5 for i in range(40)), encoding="utf-8")
+    result = cli("data", "prepare", str(corpus), "--tokenizer", "bytes", "--doc-separator", "\\n\\n")
+    assert result.exit_code == 0, result.output
+    note = " ".join(result.stderr.split())
+    assert "hold out documents with: lmforge data prepare" in note
+    ds = open_dataset(Workspace.resolve(workspace_dir), "corpus")
+    with pytest.raises(UsageError) as exc:
+        ds.tokens("validation")
+    command = exc.value.hint.removeprefix("prepare it with: ")
+    assert "--doc-separator '\\n\\n'" in command and "--tokenizer bytes" in command
+    assert "--val-fraction 0.05" in command and "--splits" not in command
+    argv = shlex.split(command)
+    assert argv[:3] == ["lmforge", "data", "prepare"]
+    again = cli(*argv[1:])
+    assert again.exit_code == 0, again.output
+    ds = open_dataset(Workspace.resolve(workspace_dir), "corpus")
+    assert ds.split_meta("validation")["documents"] == 2  # 40 documents, not one
+    assert ds.split_meta("train")["documents"] == 38

@@ -234,9 +234,9 @@ def test_launcher_command_line():
 
     assert _without_nproc(["train", "--nproc", "2", "--run", "x", "--nproc=3"]) == ["train", "--run", "x"]
     cmd = torchrun_command(2, ["train", "--run", "x"])
-    assert cmd[1:3] == ["-m", "torch.distributed.run"] and "--nproc-per-node" in cmd
+    assert "run_torchrun" in cmd[3] and "--nproc-per-node" in cmd
     # "--" keeps torchrun from reading --run as its own --run-path
-    assert cmd[-5:] == ["lmforge", "--", "train", "--run", "x"]
+    assert cmd[-9:] == ["--", sys.executable, "-P", "-u", "-m", "lmforge", "train", "--run", "x"]
 
 
 def test_rank_rng_states():

@@ -88,7 +88,9 @@ def test_old_dataset_still_loads_and_says_how_to_get_documents(harness_ws):
     assert len(old.tokens("test")) == old.split_meta("test")["tokens"]
     with pytest.raises(DataError, match="prepared before") as info:
         old.documents("test")
-    assert "lmforge data prepare wikitext-2 --as wikitext-2 --force" in info.value.hint
+    # the command keeps the options it was prepared with (meta.json's "prepare")
+    assert "lmforge data prepare wikitext-2 --source " in info.value.hint
+    assert info.value.hint.endswith("--tokenizer bytes --as wikitext-2 --force")
 
 
 def test_changed_text_is_refused(harness_ws):

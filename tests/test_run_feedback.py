@@ -27,7 +27,7 @@ from lmforge.train.signals import AbortedBySignal, stop_on_signals
 
 def test_the_estimate_of_gpt2_on_a_cpu_says_what_to_do():
     report = dry_run_report(resolve_config())
-    est = estimate_time(report["flops_per_step"], 300_000, "cpu", lambda: 2e11)
+    est = estimate_time(report["flops_per_step"], 300_000, "cpu", lambda: 2e11, dtype="bf16")
     assert est.seconds == pytest.approx(300_000 * report["flops_per_step"] / (2e11 * 0.25))
     assert est.seconds > 30 * 86400  # GPT-2 small for 300k steps on a CPU: months
     assert "300,000 steps" in est.describe() and "200 GFLOP/s" in est.describe()
@@ -43,6 +43,7 @@ def test_train_says_the_estimate_and_shows_the_first_steps_micro_batches(cli, tr
     assert result.exit_code == 0, result.stderr
     err = result.stderr
     assert re.search(r"estimated time: ~\S+ for 2 steps of [\d.e+]+ FLOPs \(this cpu measured at", err)
+    assert "GFLOP/s in a fp32 matmul" in err  # the fixture's dtype
     lines = [line for line in err.splitlines() if "micro-batch" in line]
     assert [line.split(" | ")[:2] for line in lines] == [
         ["step 1/2", f"micro-batch {i}/3 done"] for i in (1, 2, 3)

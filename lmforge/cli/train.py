@@ -101,7 +101,12 @@ def train(
         _warn_if_not_prepared(ws, config.data.name)
         from lmforge.train.dry_run import dry_run_report
 
-        report = dry_run_report(config, world_size=nproc or int(os.environ.get("WORLD_SIZE", 1)))
+        world_size = nproc or int(os.environ.get("WORLD_SIZE", 1))
+        report = dry_run_report(config, world_size=world_size)
+        from lmforge.train.estimate import dry_run_facts
+
+        # this machine's answer: the dtype auto picks, the fit check, the time estimate
+        report["this_machine"] = dry_run_facts(config, world_size, cache_dir=ws.cache_dir)
         if as_json:
             print_json(report)
         else:
@@ -118,7 +123,7 @@ def train(
     from lmforge.distributed import process_group
     from lmforge.train.trainer import TrainingManager
 
-    with process_group(resolve_device(config.train.device).type) as group:
+    with process_group(resolve_device(config.train.device)) as group:
         reporter = _reporter(ctx) if group.is_main else None
         manager = TrainingManager(
             workspace=ws,
@@ -140,6 +145,12 @@ def train(
                     soft_wrap=True,
                 )
             raise typer.Exit(getattr(exc, "exit_code", 130)) from None
+        except RuntimeError as exc:  # a collective failed: another rank was killed or crashed
+            from lmforge.distributed import is_lost_peer, lost_peer_error
+
+            if not (group.enabled and is_lost_peer(exc)):
+                raise
+            raise lost_peer_error(exc, group.rank) from exc
     if group.is_main:
         if as_json:
             print_json(result.to_dict())
@@ -208,6 +219,24 @@ def _print_plan(report: dict[str, Any]) -> None:
         ("memory: activations (a micro-batch)", f"{m['activations'] / 2**30:.2f} GiB"),
         ("memory: training step (per process)", f"{m['step'] / 2**30:.2f} GiB"),
     ]
+    here = report.get("this_machine") or {}
+    if "error" in here:
+        rows.append(("on this machine", f"n/a: {here['error']}"))
+    elif here:
+        from lmforge.units import format_bytes, format_duration
+
+        rows.append(("device, dtype", f"{here['device']}, {here['dtype']} ({here['dtype_reason']})"))
+        if here["fits"] is None:
+            fit = "free memory unknown"
+        else:
+            verdict = "fits" if here["fits"] else f"does NOT fit ({here['fit_hint']})"
+            need, free = format_bytes(here["step_memory_bytes"]), format_bytes(here["free_bytes"])
+            fit = f"{need} of {free} free: {verdict}"
+        rows.append(("memory check", fit))
+        measured = f"{here['matmul_flops'] / 1e9:,.0f} GFLOP/s in a {here['dtype']} matmul here"
+        rows.append(("estimated time", f"~{format_duration(here['estimate_s'])} ({measured})"))
     for key, value in rows:
         table.add_row(key, value)
     out_console.print(table)
+    if here.get("advice"):
+        err_console.print(f"[yellow]warning:[/yellow] {escape(here['advice'])}", highlight=False)

@@ -29,23 +29,41 @@ def _check_length(tokens, block_size: int, split: str) -> int:
     if block_size < 1:
         raise UsageError(f"--block-size must be >= 1, got {block_size}")
     n = len(tokens)
-    if n < block_size + 1:
+    longest = int(shard_lengths(tokens).max())
+    if longest < block_size + 1:
+        shards = f" (its longest shard {longest})" if longest < n else ""
         raise DataError(
-            f"split '{split}' has {n} tokens, fewer than one window of block_size + 1 = {block_size + 1}",
+            f"split '{split}' has {n} tokens{shards}, fewer than one window of block_size + 1 = "
+            f"{block_size + 1}",
             "use a smaller --block-size or a larger split",
         )
     return n
 
 
+def shard_lengths(tokens) -> np.ndarray:
+    """Tokens per shard: ``ShardedTokens`` has several, any other array is one."""
+    lengths = getattr(tokens, "lengths", None)
+    return np.asarray(lengths if lengths is not None else [len(tokens)], dtype=np.int64)
+
+
 class _Windows(Dataset):
-    """Shared parts: item ``i`` is the window starting at ``self._start(i)``."""
+    """Shared parts: item ``i`` is the window starting at ``self._start(i)``. A sharded split's
+    windows are cut per shard (none straddles two shards); ``shard_starts`` is where each
+    shard begins in the split."""
 
     def __init__(self, tokens, block_size: int, split: str) -> None:
         self.tokens = tokens
         self.block_size = block_size
         self.split = split
         self.n_tokens = _check_length(tokens, block_size, split)
+        self.lengths = shard_lengths(tokens)
+        self.shard_starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
         self._offsets = np.arange(block_size + 1, dtype=np.int64)
+
+    def position(self, start: int) -> tuple[int, int]:
+        """``(shard, offset in it)`` of split position ``start``."""
+        shard = int(np.searchsorted(self.shard_starts, start, side="right") - 1)
+        return shard, int(start - self.shard_starts[shard])
 
     def starts(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -79,17 +97,22 @@ class WikiTextDataset(_Windows):
         if stride < 1:
             raise UsageError(f"--stride must be >= 1, got {stride}")
         self.stride = stride
-        last = self.n_tokens - (block_size + 1)  # the last valid start
-        self._n_strided = last // stride + 1
-        self._tail = last % stride != 0  # an end-aligned window covers the rest
-        self._last = last
+        last = self.lengths - (block_size + 1)  # the last valid start, per shard
+        fits = last >= 0
+        self._n_strided = np.where(fits, last // stride + 1, 0)
+        tail = fits & (last % stride != 0)  # an end-aligned window covers the rest
+        self._last = np.maximum(last, 0)
+        self._first = np.concatenate([[0], np.cumsum(self._n_strided + tail)]).astype(np.int64)
 
     def __len__(self) -> int:
-        return self._n_strided + int(self._tail)
+        return int(self._first[-1])
 
     def starts(self, indices) -> np.ndarray:
         indices = np.asarray(indices, dtype=np.int64)
-        return np.where(indices >= self._n_strided, self._last, indices * self.stride)
+        shard = np.searchsorted(self._first, indices, side="right") - 1
+        local = indices - self._first[shard]
+        start = np.where(local >= self._n_strided[shard], self._last[shard], local * self.stride)
+        return self.shard_starts[shard] + start
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -113,7 +136,10 @@ class RandomWindowDataset(_Windows):
         self.seed = seed
         self.epoch = 0
         self.num_samples = num_samples or (self.n_tokens - 1) // block_size
-        self._n_starts = self.n_tokens - block_size  # starts 0 .. n - block_size - 1
+        # starts 0 .. n - block_size - 1 of each shard, numbered across the shards
+        self._first = np.concatenate([[0], np.cumsum(np.maximum(self.lengths - block_size, 0))]).astype(
+            np.int64
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -126,7 +152,9 @@ class RandomWindowDataset(_Windows):
         with np.errstate(over="ignore"):  # uint64 arithmetic wraps on purpose
             key = _splitmix64(np.uint64(self.seed & 0xFFFFFFFFFFFFFFFF) ^ _splitmix64(np.uint64(self.epoch)))
             h = _splitmix64(indices ^ key)
-        return (h % np.uint64(self._n_starts)).astype(np.int64)
+        drawn = (h % np.uint64(self._first[-1])).astype(np.int64)
+        shard = np.searchsorted(self._first, drawn, side="right") - 1
+        return self.shard_starts[shard] + drawn - self._first[shard]
 
 
 def make_dataset(
@@ -209,7 +237,13 @@ class TrainLoader:
         return self._epoch
 
     def state_dict(self) -> dict:
-        return {"epoch": self._epoch, "batch": self._batch}
+        """The position: epoch and global batches consumed. Over a sharded split also where
+        this rank's next window starts (``shard``, ``offset``), for a person reading it."""
+        state = {"epoch": self._epoch, "batch": self._batch}
+        if len(getattr(self.dataset, "lengths", ())) > 1 and self._batch < self.batches_per_epoch:
+            start = int(self.dataset.starts([self._rank_indices(self._batch)[0]])[0])
+            state["shard"], state["offset"] = self.dataset.position(start)
+        return state
 
     def position_from(self, state: dict, saved_world_size: int) -> dict:
         """A saved position, in global batches of this loader's size. A loader of another

@@ -2,35 +2,32 @@
 
 Documents are grouped into batches of about a megabyte (``BATCH_BYTES``),
 encoded on ``num_proc`` worker processes (forked, on Linux) or threads
-(elsewhere: tiktoken releases the GIL while it encodes), and appended to the
-split's ``.bin`` file in order (and, for the evaluation splits, the text itself to
-``.text``, with each document's offset in ``.docs.npy``). At most ``2 * num_proc`` batches are in flight,
-so memory does not grow with the corpus. ``SplitWriter`` also counts what
-``meta.json`` records per split: tokens, documents, UTF-8 bytes, words and the
-text's sha256.
+(elsewhere: tiktoken releases the GIL while it encodes), and handed in order to
+the split's ``shards.SplitShards``, which writes the token shards (and the text,
+document offsets and counts that ``meta.json`` records). At most ``2 * num_proc``
+batches are in flight, so memory does not grow with the corpus.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 import warnings
-from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lmforge.data.shards import Batch, SplitShards
 from lmforge.data.sources import Continuation
 from lmforge.data.tokenizer import Tokenizer
-from lmforge.errors import DataError
 
 if TYPE_CHECKING:
     from lmforge.data.prepare import PrepareProgress
@@ -42,8 +39,38 @@ PARALLEL_MIN_BYTES = 4 << 20
 _WORKER_TOKENIZER: Tokenizer | None = None
 
 
-def _init_worker(tok: Tokenizer) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_CHECK_S = 1.0
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Make this worker end when the prepare that started it ends, even by SIGKILL (which
+    runs no clean-up): otherwise it waits on its task pipe forever, holding the deleted
+    staging files. Linux: the kernel sends SIGKILL on the parent's death (``PR_SET_PDEATHSIG``).
+    Everywhere: a daemon thread checks once a second that the parent is still ours."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the thread below still ends us
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="lmforge-parent-watch", daemon=True).start()
+
+
+def _init_worker(tok: Tokenizer, parent_pid: int) -> None:
     global _WORKER_TOKENIZER
+    _die_with_parent(parent_pid)
     _WORKER_TOKENIZER = tok
     # Ctrl-C reaches the whole process group: the parent cleans up and stops the workers,
     # which should not each print a KeyboardInterrupt traceback
@@ -87,7 +114,7 @@ def count_words(raw: bytes) -> int:
 def encode_batch(
     items: list[tuple[bytes, bool]], dtype_name: str, vocab_size: int, tok: Tokenizer | None = None
 ):
-    """Encode ``(utf8_text, eot_before)`` items into one array of ``dtype_name``; count words.
+    """Encode ``(utf8_text, eot_before, ...)`` items into one array of ``dtype_name``; count words.
 
     Returns ``(tokens, words, max_id)``; ``tokens`` is None when an id would not fit
     (the caller raises: ids are never cast silently). Runs in a worker process."""
@@ -95,7 +122,7 @@ def encode_batch(
     dtype = np.dtype(dtype_name)
     arrays, words = [], 0
     eot = np.array([tok.eot_token], dtype=np.uint32)
-    for raw, eot_before in items:
+    for raw, eot_before, *_ in items:
         if eot_before:
             arrays.append(eot)
         arrays.append(tok.encode_array(raw.decode("utf-8")))
@@ -112,7 +139,7 @@ def _encode_batch_threaded(items, dtype_name: str, vocab_size: int, tok: Tokeniz
     dtype = np.dtype(dtype_name)
     ids: list[int] = []
     words = 0
-    for raw, eot_before in items:
+    for raw, eot_before, *_ in items:
         if eot_before:
             ids.append(tok.eot_token)
         ids.extend(tok.encode(raw.decode("utf-8")))
@@ -143,8 +170,11 @@ class Encoder:
                         num_proc,
                         mp_context=multiprocessing.get_context("fork"),
                         initializer=_init_worker,
-                        initargs=(tok,),
+                        initargs=(tok, os.getpid()),
                     )
+                # start the workers now, while this process is small: forked later, each would
+                # hold a copy-on-write view of whatever the source reader has in memory by then
+                self.pool.submit(int).result()
             else:
                 self.pool = ThreadPoolExecutor(num_proc, thread_name_prefix="lmforge-encode")
                 self.threaded = True
@@ -176,116 +206,56 @@ def worth_parallel(split_bytes: Iterable[int | None]) -> bool:
     return any(b is None for b in sizes) or sum(b for b in sizes if b) >= PARALLEL_MIN_BYTES
 
 
-@dataclass
-class SplitWriter:
-    """One split's token file and what ``meta.json`` records of it. With ``keep_text``
-    the split's text is also written, as it was tokenized, to ``<split>.text`` beside
-    the token file; every split records the UTF-8 offset of each document (see
-    ``store.PreparedDataset.documents``)."""
-
-    split: str
-    path: Path
-    dtype: np.dtype
-    vocab_size: int
-    keep_text: bool = False
-    tokens: int = 0
-    documents: int = 0
-    bytes: int = 0
-    words: int = 0
-
-    def __post_init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self._file = open(self.path, "wb")
-        self._text = open(self.text_path, "wb") if self.keep_text else None
-        self._doc_starts = array("q")  # 8 bytes a document: bounded even for millions of rows
-
-    @property
-    def text_path(self) -> Path:
-        return self.path.with_suffix(".text")
-
-    @property
-    def offsets_path(self) -> Path:
-        return self.path.with_suffix(".docs.npy")
-
-    def add_text(self, raw: bytes, new_doc: bool = False) -> None:
-        if new_doc:
-            self.documents += 1
-            self._doc_starts.append(self.bytes)
-        self._hash.update(raw)
-        if self._text is not None:
-            self._text.write(raw)
-        self.bytes += len(raw)
-
-    def write(self, result, nbytes: int, progress: PrepareProgress) -> None:
-        tokens, words, top = result
-        if tokens is None:
-            # never cast silently: an id that does not fit would wrap around in the token file
-            raise DataError(
-                f"token id {top} does not fit {self.dtype.name} / vocabulary {self.vocab_size}",
-                "the tokenizer and its vocabulary size disagree",
-            )
-        self._file.write(tokens.tobytes())
-        self.tokens += int(tokens.size)
-        self.words += words
-        progress.advance(nbytes, int(tokens.size))
-
-    def close(self) -> None:
-        for f in (self._file, self._text):
-            if f is not None and not f.closed:
-                f.flush()
-                os.fsync(f.fileno())
-                f.close()
-
-    def write_offsets(self) -> None:
-        """``<split>.docs.npy``: int64 UTF-8 offset of each document's start, then the total."""
-        starts = np.array(self._doc_starts, dtype=np.int64)
-        with open(self.offsets_path, "wb") as f:
-            np.save(f, np.append(starts, np.int64(self.bytes)))
-            f.flush()
-            os.fsync(f.fileno())
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-
-def _batches(documents: Iterable[str], writer: SplitWriter) -> Iterator[tuple[list[tuple[bytes, bool]], int]]:
-    """Group documents into ``BATCH_BYTES`` batches of ``(utf8_text, eot_before)``: an
+def _batches(documents: Iterator[str], position: int, documents_so_far: int) -> Iterator[Batch]:
+    """Group documents into ``BATCH_BYTES`` batches of ``(utf8_text, eot_before, new_doc)``: an
     end-of-text goes between documents, never before the first one or inside a document.
-    Hashes the text on the way (in order); yields ``(batch, utf8_bytes)``."""
-    batch: list[tuple[bytes, bool]] = []
-    size = nbytes = 0
+    ``position`` counts the items read from ``documents`` (empty ones too), as a resume counts them."""
+    items: list[tuple[bytes, bool, bool]] = []
+    size = 0
+    docs = documents_so_far
     for doc in documents:
+        position += 1
         if not doc:
             continue
-        new_doc = not isinstance(doc, Continuation) or writer.documents == 0
+        new_doc = not isinstance(doc, Continuation) or docs == 0
         raw = doc.encode("utf-8")
-        batch.append((raw, new_doc and writer.documents > 0))
-        writer.add_text(raw, new_doc)
-        nbytes += len(raw)
+        items.append((raw, new_doc and docs > 0, new_doc))
+        docs += new_doc
         size += len(raw)
         if size >= BATCH_BYTES:
-            yield batch, nbytes
-            batch, size, nbytes = [], 0, 0
-    if batch:
-        yield batch, nbytes
+            yield Batch(items, size, position)
+            items, size = [], 0
+    if items:
+        yield Batch(items, size, position)
 
 
 def write_split(
-    documents: Iterable[str], writer: SplitWriter, encoder: Encoder, progress: PrepareProgress
-) -> None:
-    """Encode ``documents`` in order into ``writer``, with at most ``2 * num_proc`` batches in flight."""
-    pending: deque[tuple[Future, int]] = deque()
+    documents: Iterable[str], shards: SplitShards, encoder: Encoder, progress: PrepareProgress
+) -> bool:
+    """Encode ``documents`` in order into ``shards``, from its ``position`` on (the items
+    before it are read and skipped: a resumed prepare), with at most ``2 * num_proc`` batches
+    in flight. True when the split stopped at its token budget, False at the end of the text."""
+    if shards.budget is not None and shards.tokens >= shards.budget:
+        return True  # a resumed split that had already reached its budget
+    stream = iter(documents)
+    if shards.position:
+        next(itertools.islice(stream, shards.position, shards.position), None)  # skip, unencoded
+    pending: deque[tuple[Future, Batch]] = deque()
     try:
-        for batch, nbytes in _batches(documents, writer):
-            pending.append((encoder.submit(batch, writer.dtype.name, writer.vocab_size), nbytes))
+        for batch in _batches(stream, shards.position, shards.documents):
+            pending.append((encoder.submit(batch.items, shards.dtype.name, shards.vocab_size), batch))
             while len(pending) >= 2 * encoder.num_proc:
-                future, n = pending.popleft()
-                writer.write(future.result(), n, progress)
+                future, done = pending.popleft()
+                if shards.write(future.result(), done, progress):
+                    return True
         while pending:
-            future, n = pending.popleft()
-            writer.write(future.result(), n, progress)
+            future, done = pending.popleft()
+            if shards.write(future.result(), done, progress):
+                return True
+        return False
+    except BaseException:
+        shards.close()  # the open shard stays .partial: a resume writes it again
+        raise
     finally:
         for future, _ in pending:
             future.cancel()
-        writer.close()

@@ -69,9 +69,10 @@ def _hub_unreachable(dataset: str, reason: str, wikitext: bool) -> DataError:
     return DataError(f"cannot reach the Hugging Face Hub for {dataset} ({reason})", hint)
 
 
-def load_hub(dataset: str, config: str | None, wikitext: bool):
+def load_hub(dataset: str, config: str | None, wikitext: bool, streaming: bool = False):
     """``datasets.load_dataset(dataset, config)``, or a one-line ``DataError`` whose hint
-    suits a WikiText prepare (``--source``) or any other (a local copy)."""
+    suits a WikiText prepare (``--source``) or any other (a local copy). ``streaming`` reads
+    rows as they are tokenized, downloading and caching nothing else."""
     if not hub_offline():
         reason = _hub_reachable()
         if reason is not None:
@@ -79,14 +80,15 @@ def load_hub(dataset: str, config: str | None, wikitext: bool):
     import datasets
 
     try:
-        return datasets.load_dataset(dataset, config)
+        return datasets.load_dataset(dataset, config, streaming=streaming)
     except (ConnectionError, OSError) as exc:
         raise _hub_unreachable(dataset, str(exc).splitlines()[0][:200], wikitext) from None
     except Exception as exc:  # DatasetNotFoundError, ValueError for a bad config, ...
         raise DataError(
             f"cannot load {dataset}{f' ({config})' if config else ''} from the Hub: "
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-            "check the dataset id on huggingface.co",
+            "check the dataset id on huggingface.co"
+            + (" and its subsets (--subset)" if "config" in str(exc).lower() or config else ""),
         ) from None
 
 
@@ -109,22 +111,37 @@ def arrow_bytes(ds) -> int | None:
         return None
 
 
-def hub_source(dataset_id: str, text_column: str, splits: list[str] | None) -> tuple[Source, list[str]]:
-    """A Hub dataset with a text column: one document per row."""
-    dsdict = load_hub(dataset_id, None, wikitext=False)
+def hub_source(
+    dataset_id: str, text_column: str, splits: list[str] | None, subset: str | None = None
+) -> tuple[Source, list[str]]:
+    """A Hub dataset with a text column, streamed: one document per row, rows read as they
+    are tokenized (nothing else is downloaded or cached). ``subset`` is the Hub's config
+    name (``sample-10BT`` of ``HuggingFaceFW/fineweb-edu``)."""
+    dsdict = load_hub(dataset_id, subset, wikitext=False, streaming=True)
     split_map = hub_split_map(dsdict)
     first = dsdict[next(iter(dsdict))]
-    if text_column not in first.column_names:
+    columns = getattr(first, "column_names", None)
+    if columns is not None and text_column not in columns:
         raise UsageError(
-            f"{dataset_id} has no column '{text_column}' (columns: {', '.join(first.column_names)})",
+            f"{dataset_id} has no column '{text_column}' (columns: {', '.join(columns)})",
             "choose the text column with --text-column",
         )
 
     def make(ds) -> Callable[[], Iterator[str]]:
-        return lambda: (row for row in column_rows(ds, text_column) if row)
+        def documents() -> Iterator[str]:
+            for row in ds:
+                if text_column not in row:
+                    raise UsageError(
+                        f"{dataset_id} has no column '{text_column}' (columns: {', '.join(row)})",
+                        "choose the text column with --text-column",
+                    )
+                if row[text_column]:
+                    yield row[text_column]
+
+        return documents
 
     parts = {
-        s: SplitSource(s, f"{dataset_id}:{hub}", make(dsdict[hub]), arrow_bytes(dsdict[hub]))
+        s: SplitSource(s, f"{dataset_id}{f' ({subset})' if subset else ''}:{hub}", make(dsdict[hub]), None)
         for s, hub in split_map.items()
         if s in SPLITS
     }

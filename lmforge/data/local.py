@@ -158,7 +158,8 @@ def parquet_rows(files: list[Path], column: str) -> Iterator[str | None]:
 
     for file in files:
         try:
-            pf = pq.ParquetFile(file)
+            # no pre-buffering and small batches: memory holds one row group's column, not the file
+            pf = pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20)
         except Exception as exc:
             raise DataError(f"cannot read parquet file {file}: {exc}", "the copy may be truncated") from None
         if column not in pf.schema_arrow.names:
@@ -166,7 +167,7 @@ def parquet_rows(files: list[Path], column: str) -> Iterator[str | None]:
                 f"{file} has no column '{column}' (columns: {', '.join(pf.schema_arrow.names)})",
                 "choose the text column with --text-column",
             )
-        for batch in pf.iter_batches(columns=[column], batch_size=4096):
+        for batch in pf.iter_batches(columns=[column], batch_size=256):
             yield from batch.column(0).to_pylist()
 
 

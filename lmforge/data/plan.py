@@ -8,13 +8,14 @@ holding documents out of train as validation for ``--val-fraction``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmforge.data import hub, local, wikitext
+from lmforge.data import files, hub, local, wikitext
 from lmforge.data.sources import SPLITS, Continuation, Source, SplitSource, normalize_split
 from lmforge.errors import DataError, UsageError
 from lmforge.workspace import is_valid_name
@@ -66,10 +67,13 @@ def plan_source(
     alias: str | None,
     text_column: str,
     doc_separator: str | None,
+    subset: str | None = None,
 ) -> SourcePlan:
     """The dataset NAME (``wikitext-103``, a local path, a Hub id) as a plan; the one-line
     errors for a NAME that is none of those, or options that do not fit its kind."""
     canonical = wikitext.canonical_wikitext_name(name)
+    if subset is not None and (canonical is not None or "/" not in name or Path(name).expanduser().exists()):
+        raise UsageError("--subset is for Hugging Face datasets (owner/name) that have subsets")
     if canonical is not None:
         if doc_separator is not None:
             raise UsageError(
@@ -84,6 +88,22 @@ def plan_source(
 
         return SourcePlan(_check_name(alias or canonical), True, build_wikitext)
 
+    given = str(source if source is not None else name)
+    if files.is_glob(given) and not Path(given).expanduser().exists():
+        if not files.data_files(given):
+            raise UsageError(
+                f"{given} matches no data files", f"give files ending in {', '.join(files.DATA_SUFFIXES)}"
+            )
+        stem = re.sub(r"[*?\[\]].*", "", Path(given).name) or Path(given).parent.name
+
+        def build_glob(requested):
+            src = files.files_source(given, text_column, doc_separator)
+            return src, _pick_splits(src, requested)
+
+        return SourcePlan(
+            _check_name(alias or _default_alias(stem.strip("-_.") or "dataset")), False, build_glob
+        )
+
     path = Path(source if source is not None else name).expanduser()
     if source is not None or path.exists():
         if not path.exists():
@@ -93,8 +113,13 @@ def plan_source(
         default_name = name if source is not None else (path.stem if path.is_file() else path.name)
 
         def build_local(requested):
-            if path.is_dir() and local.parquet_split_files(path) and not any(path.rglob("*.txt")):
+            hub_layout = path.is_dir() and set(local.parquet_split_files(path)) & set(SPLITS)
+            if hub_layout and not any(path.rglob("*.txt")) and not files.holds_records(path):
                 src = local.parquet_source(path, text_column)
+            elif (path.is_dir() and (files.holds_records(path) or local.parquet_split_files(path))) or (
+                path.is_file() and path.suffix.lower() not in local.TEXT_SUFFIXES
+            ):
+                src = files.files_source(path, text_column, doc_separator)
             else:
                 src = local.text_source(path, doc_separator)
             return src, _pick_splits(src, requested)
@@ -104,7 +129,7 @@ def plan_source(
     if "/" in name and not name.startswith((".", "/", "~")):
 
         def build_hub(requested):
-            src, _ = hub.hub_source(name, text_column, requested)
+            src, _ = hub.hub_source(name, text_column, requested, subset=subset)
             return src, _pick_splits(src, requested)
 
         return SourcePlan(_check_name(alias or _default_alias(name.rsplit("/", 1)[-1])), False, build_hub)
@@ -171,6 +196,36 @@ def splits_to_write(
     if not split_docs:
         raise DataError(f"{src.description} has none of the splits {', '.join(wanted)}")
     return split_docs
+
+
+def hold_out_first(src: Source, wanted: list[str], val_tokens: int) -> tuple[dict[str, SplitSource], dict]:
+    """Validation from the first documents of train, up to ``val_tokens`` tokens (the prepare
+    stops it at that budget, at the end of a batch); train is every document after them.
+    Returns the splits and ``held``, where the prepare puts ``end``: how many items of train's
+    stream validation took, once it is written (train's documents skip them)."""
+    if "validation" in src.splits:
+        raise UsageError(
+            f"{src.description} has a validation split; --val-tokens is only for sources without one"
+        )
+    if "train" not in src.splits:
+        raise DataError(f"{src.description} has no train split to hold documents out of")
+    train = src.splits["train"]
+    held: dict = {}
+
+    def rest() -> Iterator[str]:
+        stream = iter(train.documents())
+        next(itertools.islice(stream, held["end"], held["end"]), None)
+        yield from stream
+
+    split_docs = {s: src.splits[s] for s in wanted if s in src.splits and s != "train"}
+    split_docs["validation"] = SplitSource(
+        "validation", f"{train.description} (the first {val_tokens:,} tokens of documents)", train.documents
+    )
+    if "train" in wanted:
+        split_docs["train"] = SplitSource(
+            "train", f"{train.description} (after the held-out documents)", rest, train.total_bytes
+        )
+    return split_docs, held
 
 
 def select_documents(documents: Iterable[str], val_fraction: float, validation: bool) -> Iterator[str]:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmforge.data.tokens import ShardedTokens
 from lmforge.errors import DataError, NotFoundError, UsageError
 from lmforge.units import is_count
 from lmforge.workspace import Workspace
@@ -53,6 +54,38 @@ def dtype_for_vocab(vocab_size: int) -> np.dtype:
 
 def _fix_hint(name: str) -> str:
     return f"prepare it again: lmforge data prepare {name} --force"
+
+
+def _shell_word(value: str) -> str:
+    """``value`` as one shell word, newlines and tabs written as ``--doc-separator`` reads them."""
+    import shlex
+
+    return shlex.quote(value.replace("\n", "\\n").replace("\t", "\\t"))
+
+
+def prepare_command(meta: dict, name: str, **changes: object) -> str:
+    """The ``lmforge data prepare`` command that made dataset ``name`` (from ``meta.json``),
+    with ``changes`` (option -> value; ``None`` drops an option, ``True`` is a flag), ending
+    in ``--force``: a hint to rebuild it keeps every option it was prepared with."""
+    source = meta.get("source") or {}
+    options = dict(meta.get("prepare") or {})
+    if not options:  # prepared before meta.json recorded its options
+        options = {
+            "--tokenizer": (meta.get("tokenizer") or {}).get("name"),
+            "--doc-separator": source.get("doc_separator"),
+            "--val-fraction": source.get("val_fraction"),
+        }
+    target = options.pop("name", None) or source.get("requested") or name
+    options["--as"] = name
+    options.update(changes)
+    if options.get("--tokenizer") == "gpt2":
+        options.pop("--tokenizer")
+    words = ["lmforge", "data", "prepare", _shell_word(str(target))]
+    for flag, value in options.items():
+        if value is None or value is False:
+            continue
+        words.append(flag if value is True else f"{flag} {_shell_word(str(value))}")
+    return " ".join([*words, "--force"])
 
 
 @dataclass
@@ -87,7 +120,8 @@ class PreparedDataset:
         return dict(self.meta["splits"][split])
 
     def split_path(self, split: str) -> Path:
-        return self.path / self.meta["splits"][split].get("file", f"{split}.bin")
+        """The token file of a one-shard split (the first shard's of a sharded one)."""
+        return self.path / self.shard_entries(split)[0]["file"]
 
     def size_on_disk(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
@@ -95,12 +129,22 @@ class PreparedDataset:
     def _require(self, split: str) -> None:
         if split not in self.meta.get("splits", {}):
             have = ", ".join(self.splits) or "none"
-            wanted = ",".join(dict.fromkeys([*self.splits, split]))
-            source = (self.meta.get("source") or {}).get("requested", self.name)
             raise UsageError(
                 f"dataset '{self.name}' has no '{split}' split (it has {have})",
-                f"prepare it with: lmforge data prepare {source} --as {self.name} --splits {wanted} --force",
+                f"prepare it with: {self.missing_split_command(split)}",
             )
+
+    def missing_split_command(self, split: str) -> str:
+        """A prepare command that gives this dataset ``split`` too. WikiText has every split
+        (``--splits``); another source's validation comes from holding documents out of train."""
+        source = self.meta.get("source") or {}
+        kind = str(source.get("kind", ""))
+        options = self.meta.get("prepare") or {}
+        held_out = options.get("--val-fraction") or options.get("--val-tokens") or source.get("val_fraction")
+        if split == "validation" and not kind.startswith("wikitext") and not held_out:
+            return prepare_command(self.meta, self.name, **{"--splits": None, "--val-fraction": 0.05})
+        wanted = ",".join(dict.fromkeys([*self.splits, split]))
+        return prepare_command(self.meta, self.name, **{"--splits": wanted})
 
     def documents(self, split: str) -> list[str]:
         """The split's documents, exactly as they were tokenized (the text is checked
@@ -108,8 +152,7 @@ class PreparedDataset:
         when the dataset does not keep them (train, or a dataset prepared before)."""
         self._require(split)
         entry = self.meta["splits"][split]
-        source = (self.meta.get("source") or {}).get("requested", self.name)
-        again = f"prepare it again: lmforge data prepare {source} --as {self.name} --force"
+        again = f"prepare it again: {prepare_command(self.meta, self.name)}"
         if "text" not in entry or "doc_offsets" not in entry:
             why = (
                 "lmforge does not keep the text of a train split"
@@ -130,12 +173,32 @@ class PreparedDataset:
             raise DataError(f"{text_path} does not match {META_FILE} (changed or truncated)", again)
         return [raw[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
 
-    def tokens(self, split: str) -> np.memmap:
-        """The split's token ids as a read-only memory map, checked against ``meta.json``:
-        file size, dtype, and every id below ``vocab_size`` (scanned once per process)."""
+    def shard_entries(self, split: str) -> list[dict]:
+        """``{file, tokens, sha256}`` of each token file of ``split``, in order; a dataset
+        prepared before shards is one shard (its ``file``, no checksum)."""
+        self._require(split)
+        entry = self.meta["splits"][split]
+        return entry.get("shards") or [{"file": entry.get("file", f"{split}.bin"), "tokens": entry["tokens"]}]
+
+    def tokens(self, split: str) -> np.memmap | ShardedTokens:
+        """The split's token ids: a read-only memory map, or ``ShardedTokens`` over one per
+        shard. Checked against ``meta.json``: file sizes, dtype, every id below
+        ``vocab_size`` and each shard's sha256 (read once per process)."""
         self._require(split)
         count = int(self.meta["splits"][split]["tokens"])
-        path = self.split_path(split)
+        if count == 0:
+            raise DataError(f"split '{split}' of dataset '{self.name}' holds no tokens", _fix_hint(self.name))
+        shards = [self._shard(shard) for shard in self.shard_entries(split)]
+        if sum(len(s) for s in shards) != count:
+            raise DataError(
+                f"the shards of split '{split}' of dataset '{self.name}' do not add up to its {count} tokens",
+                _fix_hint(self.name),
+            )
+        return shards[0] if len(shards) == 1 else ShardedTokens(shards)
+
+    def _shard(self, shard: dict) -> np.memmap:
+        count = int(shard["tokens"])
+        path = self.path / shard["file"]
         if not path.is_file():
             raise DataError(f"token file {path} is missing", _fix_hint(self.name))
         dtype = self.dtype
@@ -146,15 +209,21 @@ class PreparedDataset:
                 f"{count * dtype.itemsize} ({count} tokens of {dtype.name})",
                 _fix_hint(self.name),
             )
-        if count == 0:
-            raise DataError(f"split '{split}' of dataset '{self.name}' holds no tokens", _fix_hint(self.name))
         array = np.memmap(path, dtype=dtype, mode="r", shape=(count,))
         key = (str(path), stat.st_size, stat.st_mtime_ns)
         if key not in _MAX_ID_CACHE:
-            top = 0
+            top, digest = 0, hashlib.sha256()
             step = 1 << 24  # scan in 16M-token pieces: memory stays flat
             for start in range(0, count, step):
-                top = max(top, int(array[start : start + step].max()))
+                piece = array[start : start + step]
+                top = max(top, int(piece.max()))
+                if "sha256" in shard:
+                    digest.update(piece.tobytes())
+            if top < self.vocab_size and "sha256" in shard and digest.hexdigest() != shard["sha256"]:
+                raise DataError(
+                    f"token file {path} changed after it was prepared (its sha256 differs from {META_FILE})",
+                    _fix_hint(self.name),
+                )
             _MAX_ID_CACHE[key] = top
         if _MAX_ID_CACHE[key] >= self.vocab_size:
             raise DataError(
@@ -180,9 +249,22 @@ class PreparedDataset:
         }
 
 
+def _shards_ok(shards: object) -> bool:
+    return isinstance(shards, list) and all(
+        isinstance(s, dict)
+        and is_count(s.get("tokens"))
+        and isinstance(s.get("file"), str)
+        and "/" not in s["file"]
+        for s in shards
+    )
+
+
 def _splits_ok(splits: object) -> bool:
     return isinstance(splits, dict) and all(
-        isinstance(s, dict) and is_count(s.get("tokens")) and isinstance(s.get("file", ""), str)
+        isinstance(s, dict)
+        and is_count(s.get("tokens"))
+        and isinstance(s.get("file", ""), str)
+        and _shards_ok(s.get("shards", []))
         for s in splits.values()
     )
 

@@ -123,9 +123,9 @@ class TrainingManager:
         )
         config.model = pad_vocab(config.model, self.hw.device.type, resumed=self.resume_dir is not None)
         if self.hw.device.type == "cuda":
-            # TF32 tensor cores for the fp32 matmuls that remain (Ampere+): ~8x faster, 10-bit mantissa
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            from lmforge.device import enable_tf32
+
+            enable_tf32()  # TF32 for the fp32 matmuls that remain, through one API (device.py)
 
         # --- the components: data loader, model with optimizer and step, schedule, throughput meter
         self.loader = build.make_train_loader(config, self.dataset, self.hw)
@@ -503,6 +503,7 @@ class TrainingManager:
             c.train.steps - self.progress.step,
             self.hw.device.type,
             lambda: measure_matmul_flops(self.hw.device, self.hw.dtype),
+            dtype=self.hw.dtype,
         )
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
