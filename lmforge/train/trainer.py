@@ -234,16 +234,22 @@ class TrainingManager:
                 self.meter.step(self.tokens_per_step)
                 if will_log:
                     self._log_step(out, lr, total, time.perf_counter() - t_start)
+                # tokens/s and MFU count training steps only: the meter is paused around the rest
                 if p.step % cfg.train.eval_interval == 0:
-                    self._evaluate()
+                    with self.meter.paused():
+                        self._evaluate()
                     if cfg.train.patience and p.evals_since_best >= cfg.train.patience:
                         stop_reason = "early_stopping"
                 elif probe_pending and p.step < total:
                     # evaluation's memory beside the optimizer state (made by the first step): a
                     # misfit fails now, not at the first eval_interval
-                    self.evaluation.probe()
+                    with self.meter.paused():
+                        self.evaluation.probe()
+                if probe_pending:  # every rank is past its start-up: collectives' step timeout from now on
+                    dist.use_step_timeout()
                 probe_pending = False
-                self._periodic_checkpoints()
+                with self.meter.paused():
+                    self._periodic_checkpoints()
             elif decision.action == "roll_back":
                 from_step = p.step
                 self._restore(decision.checkpoint, resume=False)
