@@ -103,6 +103,19 @@ def column_rows(ds, column: str) -> Iterator[str | None]:
         yield from batch[column]
 
 
+def row_texts(rows, dataset_id: str, text_column: str) -> Iterator[str]:
+    """The non-empty ``text_column`` values of streamed rows (dicts); a row without that column
+    is a one-line error naming the columns it has."""
+    for row in rows:
+        if text_column not in row:
+            raise UsageError(
+                f"{dataset_id} has no column '{text_column}' (columns: {', '.join(row)})",
+                "choose the text column with --text-column",
+            )
+        if row[text_column]:
+            yield row[text_column]
+
+
 def arrow_bytes(ds) -> int | None:
     """The split's size in memory (Arrow), as an estimate of its text's UTF-8 size."""
     try:
@@ -128,17 +141,7 @@ def hub_source(
         )
 
     def make(ds) -> Callable[[], Iterator[str]]:
-        def documents() -> Iterator[str]:
-            for row in ds:
-                if text_column not in row:
-                    raise UsageError(
-                        f"{dataset_id} has no column '{text_column}' (columns: {', '.join(row)})",
-                        "choose the text column with --text-column",
-                    )
-                if row[text_column]:
-                    yield row[text_column]
-
-        return documents
+        return lambda: row_texts(ds, dataset_id, text_column)
 
     parts = {
         s: SplitSource(s, f"{dataset_id}{f' ({subset})' if subset else ''}:{hub}", make(dsdict[hub]), None)

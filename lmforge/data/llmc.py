@@ -19,15 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge import __version__
 from lmforge.data.files import split_of
 from lmforge.data.sources import SPLITS
 from lmforge.data.staging import clean_leftovers, install, staging_dir
-from lmforge.data.store import FORMAT_VERSION, META_FILE, PreparedDataset, open_dataset
+from lmforge.data.store import META_FILE, PreparedDataset, meta_header, open_dataset
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.errors import DataError, UsageError
 from lmforge.fileio import fsync_dir, write_json
-from lmforge.units import now_iso
 from lmforge.workspace import Workspace
 
 MAGIC = 20240520
@@ -99,16 +97,7 @@ def import_llmc(
     try:
         splits = {s: _copy_split(tmp, s, by_split[s], tok) for s in SPLITS if s in by_split}
         meta = {
-            "format": "lmforge-dataset",
-            "format_version": FORMAT_VERSION,
-            "name": name,
-            "created": now_iso(),
-            "lmforge_version": __version__,
-            "tokenizer": tok.identity,
-            "vocab_size": tok.vocab_size,
-            "eot_token": tok.eot_token,
-            "dtype": "uint16",
-            "documents_separated_by": "an end-of-text token before each document (llm.c)",
+            **meta_header(name, tok, "uint16", "an end-of-text token before each document (llm.c)"),
             "source": {
                 "kind": "llmc",
                 "description": str(folder.resolve()),

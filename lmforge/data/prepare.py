@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from lmforge import __version__
 from lmforge.data import encode
 from lmforge.data.encode import Encoder, worth_parallel, write_split
 from lmforge.data.files import data_files, is_glob
@@ -27,17 +26,16 @@ from lmforge.data.shards import DEFAULT_SHARD_TOKENS, SplitShards
 from lmforge.data.sources import SPLITS, Source, SplitSource
 from lmforge.data.staging import PartialPrepare, clean_leftovers
 from lmforge.data.store import (
-    FORMAT_VERSION,
     META_FILE,
     PreparedDataset,
     dtype_for_vocab,
+    meta_header,
     open_dataset,
     prepare_command,
 )
 from lmforge.data.tokenizer import Tokenizer, default_num_threads, get_tokenizer, remember_tokenizer_file
 from lmforge.errors import DataError, LmforgeError, UsageError
 from lmforge.fileio import write_json
-from lmforge.units import now_iso
 from lmforge.workspace import Workspace
 
 
@@ -344,16 +342,9 @@ def _dataset_meta(
     doc_separator: str | None,
 ) -> dict:
     return {
-        "format": "lmforge-dataset",
-        "format_version": FORMAT_VERSION,
-        "name": name,
-        "created": now_iso(),
-        "lmforge_version": __version__,
-        "tokenizer": tok.identity,
-        "vocab_size": tok.vocab_size,
-        "eot_token": tok.eot_token,
-        "dtype": dtype_for_vocab(tok.vocab_size).name,
-        "documents_separated_by": "one end-of-text token between documents",
+        **meta_header(
+            name, tok, dtype_for_vocab(tok.vocab_size).name, "one end-of-text token between documents"
+        ),
         "source": {
             **src.to_meta(),
             "requested": requested,

@@ -39,6 +39,27 @@ META_FILE = "meta.json"
 FORMAT_VERSION = 1
 _DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 
+
+def meta_header(name: str, tokenizer, dtype: str, documents_separated_by: str) -> dict:
+    """The fields every dataset's ``meta.json`` begins with, prepared or imported; ``tokenizer``
+    is a ``lmforge.data.tokenizer.Tokenizer`` (its identity, vocabulary size, end-of-text id)."""
+    from lmforge import __version__
+    from lmforge.units import now_iso
+
+    return {
+        "format": "lmforge-dataset",
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created": now_iso(),
+        "lmforge_version": __version__,
+        "tokenizer": tokenizer.identity,
+        "vocab_size": tokenizer.vocab_size,
+        "eot_token": tokenizer.eot_token,
+        "dtype": dtype,
+        "documents_separated_by": documents_separated_by,
+    }
+
+
 # (path, size, mtime_ns) -> max id, so a large split is scanned once per process
 _MAX_ID_CACHE: dict[tuple[str, int, int], int] = {}
 

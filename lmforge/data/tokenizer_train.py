@@ -102,14 +102,7 @@ def hub_documents(dataset_id: str, text_column: str) -> Iterator[str]:
             f"cannot stream {dataset_id} from the Hub: {type(exc).__name__}: {first_line}",
             "check the dataset id on huggingface.co",
         ) from None
-    for row in rows:
-        if text_column not in row:
-            raise UsageError(
-                f"{dataset_id} has no column '{text_column}' (columns: {', '.join(row)})",
-                "choose the text column with --text-column",
-            )
-        if row[text_column]:
-            yield row[text_column]
+    yield from hub.row_texts(rows, dataset_id, text_column)
 
 
 def training_texts(documents: Iterator[str], max_chars: int | None, stats: CorpusStats) -> Iterator[str]:

@@ -125,13 +125,7 @@ def plot_loss(
     runs = [(name, m) for name, m in runs if m]
     if not runs:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import EngFormatter
-
-    fig = Figure(figsize=(9, 5.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = _figure()
     single = len(runs) == 1
     for i, (name, metrics) in enumerate(runs):
         color = f"C{i % 10}"
@@ -155,7 +149,7 @@ def plot_loss(
             ax.plot([bx], [by], color=val_color, marker="*", markersize=13, linestyle="none")
     ax.set_xlabel("tokens")
     ax.set_ylabel("loss (nats/token)")
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_major_formatter(_tokens_formatter())
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or ", ".join(name for name, _ in runs), fontsize=10)
@@ -166,6 +160,27 @@ def plot_loss(
         )
         top.set_xlabel("optimizer steps")
 
+    return _save_png(fig, path)
+
+
+def _figure():
+    """A 9 x 5.5 inch figure on the Agg canvas (no display, no pyplot state) and its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 5.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _tokens_formatter():
+    from matplotlib.ticker import EngFormatter
+
+    return EngFormatter(sep="")  # 200k, 1.5M tokens
+
+
+def _save_png(fig, path: str | os.PathLike) -> Path:
+    """Write ``fig`` as a PNG atomically (a partial file is never seen)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     png = io.BytesIO()
@@ -212,13 +227,7 @@ def plot_group(
     settings = [(label, curve) for label, curve in settings if curve]
     if not settings:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import EngFormatter
-
-    fig = Figure(figsize=(9, 5.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, ax = _figure()
     for i, (label, curve) in enumerate(settings):
         color = f"C{i % 10}"
         xs, means, lows, highs = zip(*curve, strict=True)
@@ -228,13 +237,8 @@ def plot_group(
         ax.axhline(target, color="0.4", linestyle=":", linewidth=1.2, label=f"target {target:.3f}")
     ax.set_xlabel("tokens")
     ax.set_ylabel("validation loss (nats/token), mean and range over seeds")
-    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.xaxis.set_major_formatter(_tokens_formatter())
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title, fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    write_bytes_atomic(path, png.getvalue())
-    return path
+    return _save_png(fig, path)
