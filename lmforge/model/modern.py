@@ -27,9 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
-from lmforge.model.blocks import context_start, run_blocks
-from lmforge.model.kv_cache import KVCache
-from lmforge.model.loss import linear_cross_entropy
+from lmforge.model.attention import attend
+from lmforge.model.blocks import context_start, flops_per_token, run_blocks
+from lmforge.model.head import head_output
+from lmforge.model.kv_cache import KVCache, new_kv_cache
 
 ROPE_THETA = 10_000.0  # the rotary base of RoFormer, Llama 2 and NanoChatConfig's default
 
@@ -102,16 +103,7 @@ class ModernAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer_idx, k, v)  # (B, nkv, past + T, hs)
 
-        dropout_p = self.dropout if self.training else 0.0
-        gqa = self.n_kv_head != self.n_head
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
-        else:
-            # new tokens after a cached prefix: the bottom-right-aligned causal mask (see attention.py)
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+        y = attend(q, k, v, past, self.dropout if self.training else 0.0, gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -187,41 +179,32 @@ class ModernGPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """As ``GPT.forward``: logits (B, T, vocab), or with ``targets`` the mean loss."""
+        loss_reduction: str = "mean",
+        with_argmax: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """As ``GPT.forward``: logits (B, T, vocab), with ``targets`` the mean loss, or with
+        ``loss_reduction="none"`` the per-token losses; all of the soft-capped logits."""
         context_start(kv_cache, idx.size(1), self.config.block_size)
         eps = self.config.layer_norm_epsilon
         x = self.transformer.drop(rms_norm(self.transformer.wte(idx), eps))  # (B, T, C)
         x = run_blocks(self.transformer.h, x, kv_cache, self.config.gradient_checkpointing and self.training)
         x = rms_norm(x, eps)
-
-        V, cap = self.config.vocab_size, self.config.logit_softcap
-        if targets is not None:
-            return None, linear_cross_entropy(x, self.lm_head.weight, targets, V, softcap=cap)
-        if kv_cache is not None:
-            x = x[:, [-1], :]  # (B, 1, C)
-        logits = self.lm_head(x)[..., :V]
-        if cap:
-            logits = cap * torch.tanh(logits / cap)
-        return logits.contiguous(), None
-
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        c = self.config
-        p = self.transformer.wte.weight
-        return KVCache(
-            c.n_layer,
-            batch_size,
-            c.kv_heads,
-            max_len or c.block_size,
-            c.n_embd // c.n_head,
-            p.device,
-            p.dtype,
+        return head_output(
+            x,
+            self.lm_head.weight,
+            self.config.vocab_size,
+            softcap=self.config.logit_softcap,
+            targets=targets,
+            last_only=kv_cache is not None,
+            loss_reduction=loss_reduction,
+            with_argmax=with_argmax,
         )
 
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens (``kv_heads`` each)."""
+        return new_kv_cache(self.config, batch_size, max_len, self.transformer.wte.weight)
+
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6N for the matmuls (the embedding lookup is none; the
-        untied head is) plus attention's scores and values (PaLM appendix B)."""
-        c = self.config
-        t = seq_len or c.block_size
-        n_matmul = self.get_num_params() - c.vocab_size * c.n_embd
-        return 6 * n_matmul + 12 * c.n_layer * c.n_embd * t
+        """Training FLOPs per token: the embedding lookup is no matmul; the untied head is."""
+        matmul_params = self.get_num_params() - self.config.vocab_size * self.config.n_embd
+        return flops_per_token(self.config, matmul_params, seq_len)

@@ -1,0 +1,142 @@
+"""Evaluation through the models' per-token losses (``loss_reduction="none"``): the same numbers
+as the full logits gave, for both architectures and both protocols, without a (B, T, vocab)
+tensor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from lmforge.config import ModelConfig
+from lmforge.eval.evaluate import evaluate_tokens
+from lmforge.eval.harness import rolling_loglikelihoods, score_pairs
+from lmforge.model import build_model
+
+V = 300
+
+
+def _model(arch: str, pad: int = 1, block_size: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    modern = dict(arch="modern", bias=False, qk_norm=True, logit_softcap=15.0, n_kv_head=1)
+    config = ModelConfig(
+        vocab_size=V,
+        block_size=block_size,
+        n_layer=2,
+        n_head=2,
+        n_embd=32,
+        dropout=0.0,
+        pad_vocab_multiple=pad,
+        **(modern if arch == "modern" else {}),
+    )
+    model = build_model(config)
+    with torch.no_grad():  # the modern head starts at zero (uniform predictions): give it values
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+class FullLogits(nn.Module):
+    """The old evaluation path, as a model: the (B, T, vocab) logits, their fp32 copy, and
+    ``F.cross_entropy`` / ``argmax`` over them."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, x, y, loss_reduction="none", with_argmax=False):
+        logits, _ = self.inner(x)
+        logits = logits.float()
+        nll = F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=-1, reduction="none")
+        return logits.argmax(-1) == y, nll.view(y.shape)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "modern"])
+@pytest.mark.parametrize("pad", [1, 64])
+def test_token_losses_equal_cross_entropy_of_the_logits(arch, pad):
+    model = _model(arch, pad)
+    x = torch.randint(0, V, (3, 16))
+    y = torch.randint(0, V, (3, 16))
+    y[0, :9] = -1  # not scored
+    y[2, :] = -1
+    with torch.inference_mode():
+        argmax, losses = model(x, y, loss_reduction="none", with_argmax=True)
+        ref_argmax, ref = FullLogits(model)(x, y)
+    assert losses.shape == y.shape and losses.dtype == torch.float32
+    torch.testing.assert_close(losses, ref, rtol=1e-5, atol=1e-5)
+    scored = y >= 0
+    assert not losses[~scored].any() and not argmax[~scored].any()
+    assert torch.equal(argmax[scored], ref_argmax[scored])
+
+
+def test_a_bad_loss_reduction_is_refused():
+    model = _model("gpt")
+    x = torch.randint(0, V, (1, 4))
+    with pytest.raises(ValueError, match="loss_reduction must be one of"):
+        model(x, x, loss_reduction="sum")
+
+
+@pytest.mark.parametrize("arch", ["gpt", "modern"])
+@pytest.mark.parametrize("stride", [8, 16])
+def test_stream_protocol_equals_the_full_logits_path(arch, stride):
+    model = _model(arch, pad=64)
+    tokens = np.random.default_rng(0).integers(0, V, 300)
+    kwargs = dict(block_size=16, stride=stride, batch_size=4, eot_token=7)
+    new = evaluate_tokens(model, tokens, **kwargs)
+    old = evaluate_tokens(FullLogits(model), tokens, **kwargs)
+    assert new.tokens == old.tokens == 299
+    assert new.loss_sum == pytest.approx(old.loss_sum, rel=1e-5)
+    assert new.eot_tokens == old.eot_tokens and new.eot_loss_sum == pytest.approx(old.eot_loss_sum, rel=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt", "modern"])
+def test_harness_protocol_equals_the_full_logits_path(arch):
+    model = _model(arch)
+    rng = np.random.default_rng(1)
+    pairs = [
+        ([1, *rng.integers(0, V, n)], list(rng.integers(0, V, m))) for n, m in [(3, 1), (20, 5), (0, 16)]
+    ]
+    with torch.inference_mode():
+        full, _ = model(torch.tensor([pairs[0][0]]))
+    best = int(full[0, -1].argmax())
+    pairs.append((pairs[0][0], [best]))  # a greedy continuation
+    new = score_pairs(model, pairs, batch_size=2)
+    old = score_pairs(FullLogits(model), pairs, batch_size=2)
+    assert [g for _, g in new] == [g for _, g in old] and new[-1][1]
+    assert np.allclose([v for v, _ in new], [v for v, _ in old], rtol=1e-5, atol=1e-5)
+    docs = [list(rng.integers(0, V, n)) for n in (5, 40)]
+    new_docs = rolling_loglikelihoods(model, docs, prefix=1, batch_size=2)
+    old_docs = rolling_loglikelihoods(FullLogits(model), docs, prefix=1, batch_size=2)
+    assert np.allclose(new_docs, old_docs, rtol=1e-5)
+
+
+class LargestTensor(TorchDispatchMode):
+    """The element count of the largest tensor any operation returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("arch", ["gpt", "modern"])
+def test_evaluation_makes_no_batch_by_context_by_vocab_tensor(arch):
+    model = _model(arch, block_size=32)
+    tokens = np.random.default_rng(0).integers(0, V, 400)
+    B, T = 4, 32
+    with LargestTensor() as new:
+        evaluate_tokens(model, tokens, block_size=T, stride=T // 2, batch_size=B)
+    with LargestTensor() as old:
+        evaluate_tokens(FullLogits(model), tokens, block_size=T, stride=T // 2, batch_size=B)
+    assert old.largest >= B * T * V  # the recorder sees the old path's logits
+    assert new.largest < B * T * V
