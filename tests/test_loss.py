@@ -66,3 +66,30 @@ def test_gpu_chunks_are_whole_tiles_of_rows():
         assert n <= max(GPU_CHUNK_ROW_MULTIPLE, elements // rows)
     assert chunk_rows_for(2**26, 50304, "cuda") == 1280  # 1334 rounded down
     assert chunk_rows_for(1000, 97, "cpu") == 10  # the CPU keeps its rows
+
+
+def _relative_errors(grad: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    return (grad - exact).abs() / exact.abs().clamp_min(1e-30)
+
+
+def test_fp16_keeps_the_small_head_gradients_like_a_grad_scaler():
+    """Under fp16 the logits' gradient is made in forward, before any loss scale: sharp logits
+    (most probabilities far below fp16's smallest normal, 6e-5) must still reach the head's
+    gradient as they do through F.cross_entropy under a GradScaler's scale."""
+    torch.manual_seed(0)
+    N, C, V = 64, 32, 1000
+    x = torch.randn(N, C, requires_grad=True)
+    w = (1.5 * torch.randn(V, C)).requires_grad_()
+    targets = torch.randint(0, V, (N,))
+    _, exact_w = torch.autograd.grad(F.cross_entropy(x @ w.t(), targets), (x, w))  # fp32
+    scale = 2.0**16  # GradScaler's initial scale
+    with torch.autocast("cpu", dtype=torch.float16):
+        reference = F.cross_entropy(x @ w.t(), targets)
+        loss = linear_cross_entropy(x, w, targets, V, block_elements=2**30)
+    _, reference_w = torch.autograd.grad(reference * scale, (x, w))
+    _, grad_w = torch.autograd.grad(loss * scale, (x, w))
+    assert abs(loss.item() - reference.item()) < 1e-3
+    reference_err = _relative_errors(reference_w / scale, exact_w)
+    err = _relative_errors(grad_w / scale, exact_w)
+    assert (grad_w == 0).sum() == (reference_w == 0).sum() == 0  # nothing flushed to zero
+    assert err.quantile(0.99) < 1.5 * reference_err.quantile(0.99)
