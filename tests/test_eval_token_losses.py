@@ -140,3 +140,30 @@ def test_evaluation_makes_no_batch_by_context_by_vocab_tensor(arch):
         evaluate_tokens(FullLogits(model), tokens, block_size=T, stride=T // 2, batch_size=B)
     assert old.largest >= B * T * V  # the recorder sees the old path's logits
     assert new.largest < B * T * V
+
+
+@pytest.mark.parametrize("softcap", [0.0, 15.0])
+@pytest.mark.parametrize(
+    "chunk_elements, block_elements", [(128 * 7, 128 * 3), (128 * 7, 2**30), (2**24, None)]
+)
+def test_token_losses_in_chunks_and_blocks(softcap, chunk_elements, block_elements):
+    """Several chunks, the last one short, with blocks that do not divide them (the CPU's), or
+    one block per chunk (the GPU's)."""
+    from lmforge.model.loss import token_losses
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 50, 32)
+    w = torch.randn(128, 32)  # 97 real rows, padded to 128
+    targets = torch.randint(0, 97, (3, 50))
+    targets[0, :7] = -1
+    targets[2, 20:] = -1
+    losses, argmax = token_losses(
+        x, w, targets, 97, softcap, True, chunk_elements=chunk_elements, block_elements=block_elements
+    )
+    logits = x @ w[:97].t()
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    expected = F.cross_entropy(logits.view(-1, 97), targets.view(-1), ignore_index=-1, reduction="none")
+    torch.testing.assert_close(losses, expected.view(3, 50), rtol=1e-5, atol=1e-5)
+    scored = targets >= 0
+    assert torch.equal(argmax, (logits.argmax(-1) == targets) & scored)

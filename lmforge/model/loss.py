@@ -259,8 +259,9 @@ def token_losses(
     for start in range(0, len(scored), chunk_rows):
         xc = xs[start : start + chunk_rows].to(compute_dtype)
         logits = (xc * (2.0 / softcap) if softcap else xc) @ w.t()  # (n, Vp)
-        for b in range(0, logits.size(0), block_rows):
-            rows = slice(start + b, start + b + block_rows)
+        n = logits.size(0)
+        for b in range(0, n, block_rows):
+            rows = slice(start + b, start + min(b + block_rows, n))  # of the scored rows
             block_losses, block_argmax = _block_losses(
                 logits[b : b + block_rows], ts[rows], vocab_size, softcap, False, want_argmax=want_argmax
             )
