@@ -98,13 +98,7 @@ class GPT(nn.Module):
         x = run_blocks(self.transformer.h, x, kv_cache, self.config.gradient_checkpointing and self.training)
         x = self.transformer.ln_f(x)
         return head_output(
-            x,
-            self.lm_head.weight,
-            self.config.vocab_size,
-            targets=targets,
-            last_only=kv_cache is not None,
-            loss_reduction=loss_reduction,
-            with_argmax=with_argmax,
+            x, self.lm_head.weight, self.config, targets, kv_cache, loss_reduction, with_argmax
         )
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
