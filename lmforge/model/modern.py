@@ -41,33 +41,44 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.size(-1),), eps=eps).type_as(x)
 
 
-class Rotary:
+class Rotary(nn.Module):
     """cos/sin tables of the rotary embedding for every position up to ``block_size``.
 
     Layout as in NanoChat (and Hugging Face's ``rotate_half``): a head's first half of
     dimensions pairs with its second half, ``(x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin)``.
-    The tables are derived from the config, never stored: made on first use on each device
-    (a model built on the meta device and loaded with ``assign=True`` has no buffers to move).
+    The tables are buffers derived from the config, never stored (``persistent=False``), and
+    never made inside ``forward``: a table made on first use in a compiled region is a side
+    effect the compiler guards on, and the next call would recompile. They are made at init
+    (on the CPU even under a ``torch.device("meta")`` build, whose loading fills only the
+    stored tensors) and made again wherever the model moves (``to_empty`` of a sharded model
+    would leave them uninitialised).
     """
 
     def __init__(self, head_dim: int, block_size: int) -> None:
+        super().__init__()
         self.head_dim, self.block_size = head_dim, block_size
-        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        cos, sin = self._tables(torch.device("cpu"))
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
-    def _table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._tables:
-            d = self.head_dim
-            inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
-            pos = torch.arange(self.block_size, dtype=torch.float32, device=device)
-            freqs = torch.outer(pos, inv_freq)  # (block_size, hs / 2)
-            self._tables[device] = (freqs.cos(), freqs.sin())
-        return self._tables[device]
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.head_dim
+        inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+        pos = torch.arange(self.block_size, dtype=torch.float32, device=device)
+        freqs = torch.outer(pos, inv_freq)  # (block_size, hs / 2)
+        return freqs.cos(), freqs.sin()
 
-    def __call__(self, x: torch.Tensor, start: int) -> torch.Tensor:
+    def _apply(self, fn, recurse: bool = True):  # nn.Module._apply: every move, cast or to_empty
+        super()._apply(fn, recurse)
+        cos, sin = self._tables(self.cos.device)
+        self.cos, self.sin = cos.to(self.cos.dtype), sin.to(self.sin.dtype)
+        return self
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """``x`` (B, nh, T, hs) at positions ``start .. start + T - 1``, turned."""
-        cos, sin = self._table(x.device)
         T = x.size(2)
-        cos, sin = cos[start : start + T].to(x.dtype), sin[start : start + T].to(x.dtype)  # (T, hs / 2)
+        cos = self.cos[start : start + T].to(x.dtype)  # (T, hs / 2)
+        sin = self.sin[start : start + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
