@@ -13,7 +13,7 @@ code, kept here only); "after" is the same function on the model itself
 weights (speed does not depend on either) at stride = block / 2 and stride = block, batch
 ``--batch-size``. "train" is forward + backward + AdamW on the same number of tokens at batch
 ``--train-batch-size`` x block. Each cell is the median of ``--runs`` timed runs after one
-warm-up; the two eval paths and training run back to back in one process.
+warm-up; the two eval paths alternate run by run, and training follows in the same process.
 
 Targets (issue 27): after >= 2x before at stride = block / 2; evaluating N tokens at
 stride = block takes at most a third of the time of training on N tokens.
@@ -48,15 +48,18 @@ class FullLogits(nn.Module):
         return None, nll.view(y.shape)
 
 
-def timed(fn, runs: int) -> float:
-    """Median seconds of ``runs`` calls after one warm-up."""
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def timed(fns, runs: int) -> list[float]:
+    """Median seconds of each of ``fns`` over ``runs`` rounds after one warm-up each; a round
+    runs them back to back, so a change in the machine's load touches all of them alike."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(runs):
+        for fn, ts in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - start)
+    return [statistics.median(ts) for ts in times]
 
 
 def main() -> None:
@@ -103,8 +106,7 @@ def main() -> None:
 
     rows = []
     for label, stride in (("block / 2", T // 2), ("block", T)):
-        before = timed(evaluation(FullLogits(model), stride), args.runs)
-        after = timed(evaluation(model, stride), args.runs)
+        before, after = timed([evaluation(FullLogits(model), stride), evaluation(model, stride)], args.runs)
         rows.append((label, stride, args.tokens / before, args.tokens / after, before / after, after))
 
     # training on the same tokens: forward, backward, AdamW, one micro-batch per step
@@ -125,7 +127,7 @@ def main() -> None:
             optimizer.zero_grad(set_to_none=True)
         model.eval()
 
-    train_s = timed(training, args.runs)
+    (train_s,) = timed([training], args.runs)
     train_tps = steps * B * T / train_s
 
     print(

@@ -18,16 +18,17 @@ def attend(
     ``k, v`` (B, nkv, past + T, hs) on PyTorch's fused SDPA kernels -> (B, nh, T, hs).
     ``gqa``: fewer key/value heads than query heads, each shared by a group of queries."""
     T = q.size(2)
+    extra = {"enable_gqa": True} if gqa else {}  # the argument exists from torch 2.5 on; GPT-2 runs on 2.4
     if past == 0:
         # is_causal lets SDPA pick the Flash / memory-efficient kernels on GPU
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, **extra)
     if T == 1:
         # one new token may look at every cached position: no mask at all
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **extra)
     # several new tokens after a cached prefix: is_causal would align the mask to the top-left
     # corner, so give the bottom-right-aligned causal mask explicitly
     mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, **extra)
 
 
 class CausalSelfAttention(nn.Module):
