@@ -77,11 +77,10 @@ def test_the_model_forward_has_no_graph_breaks(arch, gpu_loss_path):
 
 
 @pytest.mark.slow  # ~25 s on a loaded 2-core machine: dynamic-shape tracing
-def test_rotary_tables_cause_no_recompilation(gpu_loss_path, monkeypatch):
+def test_rotary_tables_cause_no_recompilation(gpu_loss_path):
     model = _model("modern").eval()
     compiled = torch.compile(model, backend="aot_eager", dynamic=True)
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-    with torch.no_grad():
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
         for T in (8, 12):  # two lengths up to the block size: one graph for both
             idx = torch.randint(0, 97, (1, T))
             torch.testing.assert_close(compiled(idx)[0], model(idx)[0])
