@@ -14,19 +14,9 @@ import torch._dynamo
 from lmforge import TrainingManager
 from lmforge.observe.reporting import Reporter
 
-# the modern recipe recompiles once today: Rotary makes its cos/sin tables on first use, inside
-# the compiled forward (guard "device not in rotary._tables"); building them outside the
-# compiled region is issue 22 item 13 (lmforge/model/modern.py). Strict: once fixed, this
-# marker must go.
-ROTARY_RECOMPILES = pytest.mark.xfail(
-    raises=torch._dynamo.exc.RecompileError,
-    strict=True,
-    reason="Rotary builds its tables inside the compiled region (issue 22 item 13)",
-)
-
 
 @pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["gpt2", pytest.param("modern", marks=ROTARY_RECOMPILES)])
+@pytest.mark.parametrize("recipe", ["gpt2", "modern"])
 def test_five_compiled_steps_with_evaluations_and_samples_do_not_recompile(
     recipe, train_workspace, tiny_train_config, monkeypatch
 ):

@@ -233,16 +233,7 @@ def load_state_dict(path: str | os.PathLike, *, verify: bool | None = None) -> d
 
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], where: str | Path = "checkpoint") -> None:
     """Copy ``state`` into ``model`` (every key but the tied head must match)."""
-    state = pad_vocab_rows(state, _model_rows(model))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatch
-        raise CheckpointError(f"{where} does not fit the model: {exc}") from exc
-    missing = [k for k in missing if not (_tied(model) and k in TIED_KEYS)]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{where} does not fit the model: missing {missing[:5]}, unexpected {list(unexpected)[:5]}"
-        )
+    _load_into(model, state, f"{where} does not fit the model")
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -259,21 +250,28 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     # built on the meta device: no time spent on a random init that is overwritten at once
     with torch.device("meta"):
         model = build_model(config.model)
-    state = pad_vocab_rows(state, _model_rows(model))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path / MODEL_FILE} does not fit its config: {exc}") from exc
-    missing = [k for k in missing if not (_tied(model) and k in TIED_KEYS)]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path / MODEL_FILE} does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    if _tied(model):
-        model.lm_head.weight = model.transformer.wte.weight  # re-tie
+    _load_into(model, state, f"{path / MODEL_FILE} does not fit its config", assign=True)
     model.to(device)
     model.eval()
     return model, config, meta
+
+
+def _load_into(model: nn.Module, state: dict[str, torch.Tensor], misfit: str, assign: bool = False) -> None:
+    """The loaders' core: ``state`` (the real vocabulary rows, no tied head) padded to the
+    model's rows and loaded; a key or shape that does not fit raises ``misfit: ...``.
+    ``assign`` takes the tensors themselves (a model built on the meta device has none to copy
+    into) and ties the head to the embedding again."""
+    state = pad_vocab_rows(state, _model_rows(model))
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=assign)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(f"{misfit}: {exc}") from exc
+    tied = _tied(model)
+    missing = [k for k in missing if not (tied and k in TIED_KEYS)]
+    if missing or unexpected:
+        raise CheckpointError(f"{misfit}: missing {missing[:5]}, unexpected {list(unexpected)[:5]}")
+    if assign and tied:
+        model.lm_head.weight = model.transformer.wte.weight  # re-tie
 
 
 def load_trainer_state(path: str | os.PathLike, *, verify: bool | None = None) -> dict[str, Any]:

@@ -51,7 +51,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lmforge.distributed import all_reduce_sum
 from lmforge.distributed import unwrap as unwrap_model
@@ -225,10 +224,10 @@ def evaluate_tokens(
             for batch in _batches(mine, batch_size):
                 x, y = _window_batch(data, batch, windows[0])
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits, _ = model(x)  # (B, T, vocab)
-                nll = F.cross_entropy(
-                    logits.float().view(-1, logits.size(-1)), y.view(-1), ignore_index=-1, reduction="none"
-                )
+                # per-token NLL (B, T), 0 where y is -1: only the scored positions go through the
+                # head, in chunks (no (B, T, vocab) logits)
+                _, nll = model(x, y, loss_reduction="none")
+                nll = nll.view(-1)
                 loss_sum += nll.sum().double()  # stays on the device: no sync per batch
                 if eot_token is not None:
                     is_eot = y.view(-1) == eot_token

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lmforge.distributed import all_reduce_sum
 from lmforge.distributed import unwrap as unwrap_model
@@ -163,14 +162,13 @@ def score_pairs(
                     x[b, : len(inp)] = torch.tensor(inp)
                     y[b, len(inp) - n_cont : len(inp)] = torch.tensor(cont)
                 x, y = x.to(device), y.to(device)
-                logits, _ = model(x)  # (B, T, vocab)
-                logits = logits.float()
-                V = logits.size(-1)
-                nll = F.cross_entropy(logits.view(-1, V), y.view(-1), ignore_index=-1, reduction="none")
+                # per-token NLL (B, T), 0 where y is -1, and whether each target is the argmax:
+                # only the scored positions go through the head (no (B, T, vocab) logits)
+                is_argmax, nll = model(x, y, loss_reduction="none", with_argmax=greedy)
                 scored = y >= 0
-                ll = (-nll.view(y.shape) * scored).sum(-1).double()  # (B,)
+                ll = (-nll).sum(-1).double()  # (B,)
                 if greedy:
-                    is_greedy = ((logits.argmax(-1) == y) | ~scored).all(-1)  # (B,)
+                    is_greedy = (is_argmax | ~scored).all(-1)  # (B,)
                 else:
                     is_greedy = torch.zeros(len(batch), dtype=torch.bool)
                 # .tolist(): one device-to-host sync per batch, for the per-request results

@@ -1,4 +1,5 @@
-"""Multi-head causal self-attention, as in GPT-2, on PyTorch's fused SDPA kernels."""
+"""Causal self-attention: ``attend`` (the SDPA call both architectures share, with and without a
+KV cache) and GPT-2's multi-head attention on it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,26 @@ import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
 from lmforge.model.kv_cache import KVCache
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, dropout_p: float, gqa: bool = False
+) -> torch.Tensor:
+    """Causal attention of ``q`` (B, nh, T, hs) at positions ``past .. past + T - 1`` over
+    ``k, v`` (B, nkv, past + T, hs) on PyTorch's fused SDPA kernels -> (B, nh, T, hs).
+    ``gqa``: fewer key/value heads than query heads, each shared by a group of queries."""
+    T = q.size(2)
+    extra = {"enable_gqa": True} if gqa else {}  # the argument exists from torch 2.5 on; GPT-2 runs on 2.4
+    if past == 0:
+        # is_causal lets SDPA pick the Flash / memory-efficient kernels on GPU
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, **extra)
+    if T == 1:
+        # one new token may look at every cached position: no mask at all
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, **extra)
+    # several new tokens after a cached prefix: is_causal would align the mask to the top-left
+    # corner, so give the bottom-right-aligned causal mask explicitly
+    mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, **extra)
 
 
 class CausalSelfAttention(nn.Module):
@@ -35,17 +56,6 @@ class CausalSelfAttention(nn.Module):
             past = kv_cache.length
             k, v = kv_cache.append(self.layer_idx, k, v)  # (B, nh, past + T, hs)
 
-        dropout_p = self.dropout if self.training else 0.0
-        if past == 0:
-            # is_causal lets SDPA pick the Flash / memory-efficient kernels on GPU
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif T == 1:
-            # one new token may look at every cached position: no mask at all
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-        else:
-            # several new tokens after a cached prefix: is_causal would align the mask to the
-            # top-left corner, so give the bottom-right-aligned causal mask explicitly
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        y = attend(q, k, v, past, self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): re-assemble the heads
         return self.resid_dropout(self.c_proj(y))

@@ -1,5 +1,6 @@
 """One pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x)); and what every
-architecture's forward shares (the context check, the run through the blocks)."""
+architecture shares around its blocks (the context check, the run through the blocks, the FLOPs
+count)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,11 @@ def run_blocks(
     if kv_cache is not None:
         kv_cache.advance(x.size(1))
     return x
+
+
+def flops_per_token(config: ModelConfig, matmul_params: int, seq_len: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward): 6 per weight of a matmul (``matmul_params``:
+    lookups such as embeddings count none, the head does) plus attention's scores and values
+    over ``seq_len`` positions (PaLM appendix B)."""
+    t = seq_len or config.block_size
+    return 6 * matmul_params + 12 * config.n_layer * config.n_embd * t

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from lmforge.config import ModelConfig
-from lmforge.model.blocks import Block, context_start, run_blocks
-from lmforge.model.kv_cache import KVCache
-from lmforge.model.loss import linear_cross_entropy
+from lmforge.model.blocks import Block, context_start, flops_per_token, run_blocks
+from lmforge.model.head import head_output
+from lmforge.model.kv_cache import KVCache, new_kv_cache
 
 
 class GPT(nn.Module):
@@ -79,10 +79,14 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        loss_reduction: str = "mean",
+        with_argmax: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """``idx`` (B, T) token ids -> ``(logits (B, T, vocab), None)``; with ``targets`` (B, T)
         -> ``(None, mean cross-entropy)`` (positions with target -1 are ignored), computed
-        without materialising the logits.
+        without materialising the logits. ``loss_reduction="none"`` (evaluation) gives the
+        per-token losses (B, T) instead, putting only the positions with a target through
+        the head (``model.head.head_output`` says what ``with_argmax`` adds).
 
         With a ``kv_cache`` (generation), ``idx`` holds only the new tokens, positions
         continue after the cached ones, and only the last position's logits are made.
@@ -93,30 +97,15 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         x = run_blocks(self.transformer.h, x, kv_cache, self.config.gradient_checkpointing and self.training)
         x = self.transformer.ln_f(x)
-
-        V = self.config.vocab_size
-        if targets is not None:
-            # chunk by chunk, without the (B, T, vocab) logits and their copies (see model.loss);
-            # the padded ids are never predicted
-            return None, linear_cross_entropy(x, self.lm_head.weight, targets, V)
-        if kv_cache is not None:
-            x = x[:, [-1], :]  # (B, 1, C): the last position is all sampling needs
-        logits = self.lm_head(x)
-        if logits.size(-1) != V:
-            logits = logits[..., :V].contiguous()
-        return logits, None
+        return head_output(
+            x, self.lm_head.weight, self.config, targets, kv_cache, loss_reduction, with_argmax
+        )
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens."""
-        c = self.config
-        p = self.transformer.wte.weight
-        return KVCache(
-            c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.n_embd // c.n_head, p.device, p.dtype
-        )
+        return new_kv_cache(self.config, batch_size, max_len, self.transformer.wte.weight)
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token (forward + backward): 6N for the matmuls with the
-        weights plus the attention scores and values (PaLM appendix B)."""
-        c = self.config
-        t = seq_len or c.block_size
-        return 6 * self.get_num_params() + 12 * c.n_layer * c.n_embd * t
+        """Training FLOPs per token: every non-embedding weight is in a matmul (the token
+        embedding too, as the tied head)."""
+        return flops_per_token(self.config, self.get_num_params(), seq_len)

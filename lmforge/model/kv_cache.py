@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:
+    from lmforge.config import ModelConfig
 
 
 class KVCache:
@@ -41,3 +46,18 @@ class KVCache:
     def advance(self, n: int) -> None:
         """Called by the model once all layers have appended ``n`` positions."""
         self.length += n
+
+
+def new_kv_cache(config: ModelConfig, batch_size: int, max_len: int | None, weight: torch.Tensor) -> KVCache:
+    """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens (the context by
+    default), on ``weight``'s device, in the dtype the keys and values are computed in: the
+    autocast dtype under autocast (an fp32 cache would double its memory and make every
+    attention step read fp32 keys), else ``weight``'s."""
+    device = weight.device
+    dtype = weight.dtype
+    if device.type in ("cuda", "cpu") and torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+    head_dim = config.n_embd // config.n_head
+    return KVCache(
+        config.n_layer, batch_size, config.kv_heads, max_len or config.block_size, head_dim, device, dtype
+    )

@@ -27,9 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
-from lmforge.model.blocks import context_start, run_blocks
-from lmforge.model.kv_cache import KVCache
-from lmforge.model.loss import linear_cross_entropy
+from lmforge.model.attention import attend
+from lmforge.model.blocks import context_start, flops_per_token, run_blocks
+from lmforge.model.head import head_output
+from lmforge.model.kv_cache import KVCache, new_kv_cache
 
 ROPE_THETA = 10_000.0  # the rotary base of RoFormer, Llama 2 and NanoChatConfig's default
 
@@ -40,33 +41,44 @@ def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     return F.rms_norm(x.float(), (x.size(-1),), eps=eps).type_as(x)
 
 
-class Rotary:
+class Rotary(nn.Module):
     """cos/sin tables of the rotary embedding for every position up to ``block_size``.
 
     Layout as in NanoChat (and Hugging Face's ``rotate_half``): a head's first half of
     dimensions pairs with its second half, ``(x1, x2) -> (x1 cos + x2 sin, x2 cos - x1 sin)``.
-    The tables are derived from the config, never stored: made on first use on each device
-    (a model built on the meta device and loaded with ``assign=True`` has no buffers to move).
+    The tables are buffers derived from the config, never stored (``persistent=False``), and
+    never made inside ``forward``: a table made on first use in a compiled region is a side
+    effect the compiler guards on, and the next call would recompile. They are made at init
+    (on the CPU even under a ``torch.device("meta")`` build, whose loading fills only the
+    stored tensors) and made again wherever the model moves (``to_empty`` of a sharded model
+    would leave them uninitialised).
     """
 
     def __init__(self, head_dim: int, block_size: int) -> None:
+        super().__init__()
         self.head_dim, self.block_size = head_dim, block_size
-        self._tables: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        cos, sin = self._tables(torch.device("cpu"))
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
 
-    def _table(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._tables:
-            d = self.head_dim
-            inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
-            pos = torch.arange(self.block_size, dtype=torch.float32, device=device)
-            freqs = torch.outer(pos, inv_freq)  # (block_size, hs / 2)
-            self._tables[device] = (freqs.cos(), freqs.sin())
-        return self._tables[device]
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.head_dim
+        inv_freq = 1.0 / (ROPE_THETA ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
+        pos = torch.arange(self.block_size, dtype=torch.float32, device=device)
+        freqs = torch.outer(pos, inv_freq)  # (block_size, hs / 2)
+        return freqs.cos(), freqs.sin()
 
-    def __call__(self, x: torch.Tensor, start: int) -> torch.Tensor:
+    def _apply(self, fn, recurse: bool = True):  # nn.Module._apply: every move, cast or to_empty
+        super()._apply(fn, recurse)
+        cos, sin = self._tables(self.cos.device)
+        self.cos, self.sin = cos.to(self.cos.dtype), sin.to(self.sin.dtype)
+        return self
+
+    def forward(self, x: torch.Tensor, start: int) -> torch.Tensor:
         """``x`` (B, nh, T, hs) at positions ``start .. start + T - 1``, turned."""
-        cos, sin = self._table(x.device)
         T = x.size(2)
-        cos, sin = cos[start : start + T].to(x.dtype), sin[start : start + T].to(x.dtype)  # (T, hs / 2)
+        cos = self.cos[start : start + T].to(x.dtype)  # (T, hs / 2)
+        sin = self.sin[start : start + T].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
@@ -102,16 +114,7 @@ class ModernAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer_idx, k, v)  # (B, nkv, past + T, hs)
 
-        dropout_p = self.dropout if self.training else 0.0
-        gqa = self.n_kv_head != self.n_head
-        if past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
-        elif T == 1:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
-        else:
-            # new tokens after a cached prefix: the bottom-right-aligned causal mask (see attention.py)
-            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+        y = attend(q, k, v, past, self.dropout if self.training else 0.0, gqa=self.n_kv_head != self.n_head)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -187,41 +190,25 @@ class ModernGPT(nn.Module):
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """As ``GPT.forward``: logits (B, T, vocab), or with ``targets`` the mean loss."""
+        loss_reduction: str = "mean",
+        with_argmax: bool = False,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """As ``GPT.forward``: logits (B, T, vocab), with ``targets`` the mean loss, or with
+        ``loss_reduction="none"`` the per-token losses; all of the soft-capped logits."""
         context_start(kv_cache, idx.size(1), self.config.block_size)
         eps = self.config.layer_norm_epsilon
         x = self.transformer.drop(rms_norm(self.transformer.wte(idx), eps))  # (B, T, C)
         x = run_blocks(self.transformer.h, x, kv_cache, self.config.gradient_checkpointing and self.training)
         x = rms_norm(x, eps)
-
-        V, cap = self.config.vocab_size, self.config.logit_softcap
-        if targets is not None:
-            return None, linear_cross_entropy(x, self.lm_head.weight, targets, V, softcap=cap)
-        if kv_cache is not None:
-            x = x[:, [-1], :]  # (B, 1, C)
-        logits = self.lm_head(x)[..., :V]
-        if cap:
-            logits = cap * torch.tanh(logits / cap)
-        return logits.contiguous(), None
-
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        c = self.config
-        p = self.transformer.wte.weight
-        return KVCache(
-            c.n_layer,
-            batch_size,
-            c.kv_heads,
-            max_len or c.block_size,
-            c.n_embd // c.n_head,
-            p.device,
-            p.dtype,
+        return head_output(
+            x, self.lm_head.weight, self.config, targets, kv_cache, loss_reduction, with_argmax
         )
 
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens (``kv_heads`` each)."""
+        return new_kv_cache(self.config, batch_size, max_len, self.transformer.wte.weight)
+
     def flops_per_token(self, seq_len: int | None = None) -> float:
-        """Training FLOPs per token: 6N for the matmuls (the embedding lookup is none; the
-        untied head is) plus attention's scores and values (PaLM appendix B)."""
-        c = self.config
-        t = seq_len or c.block_size
-        n_matmul = self.get_num_params() - c.vocab_size * c.n_embd
-        return 6 * n_matmul + 12 * c.n_layer * c.n_embd * t
+        """Training FLOPs per token: the embedding lookup is no matmul; the untied head is."""
+        matmul_params = self.get_num_params() - self.config.vocab_size * self.config.n_embd
+        return flops_per_token(self.config, matmul_params, seq_len)
