@@ -230,7 +230,7 @@ def test_dry_run_counts_tokens_of_all_processes(cli):
 
 def test_launcher_command_line():
     from lmforge.cli.train import _without_nproc
-    from lmforge.distributed import torchrun_command
+    from lmforge.launch import torchrun_command
 
     assert _without_nproc(["train", "--nproc", "2", "--run", "x", "--nproc=3"]) == ["train", "--run", "x"]
     cmd = torchrun_command(2, ["train", "--run", "x"])

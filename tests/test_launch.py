@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch.distributed
 
-from lmforge.distributed import _failure_exit, _package_path, torchrun_command
+from lmforge.launch import _failure_exit, _package_path, torchrun_command
 
 REPO = Path(__file__).resolve().parents[1]
 needs_gloo = pytest.mark.skipif(

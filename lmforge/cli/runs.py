@@ -266,7 +266,9 @@ def compare_cmd(
     if group is not None:
         if runs:
             raise UsageError("--group and run names cannot be combined", "compare a sweep, or name runs")
-        _compare_group(ctx, group, baseline or [], target_loss, out, force, no_plot, as_json)
+        from lmforge.cli.sweep import compare_group
+
+        compare_group(ctx, group, baseline or [], target_loss, out, force, no_plot, as_json)
         return
     if baseline or target_loss is not None:
         raise UsageError("--baseline and --target-loss need --group", "name a sweep: --group NAME")
@@ -311,88 +313,6 @@ def compare_cmd(
     elif not no_plot:
         info(ctx, "No losses logged yet: no plot written.")
     _print_warnings(infos)
-
-
-def _compare_group(
-    ctx: typer.Context,
-    name: str,
-    baseline: list[str],
-    target_loss: float | None,
-    out: Path | None,
-    force: bool,
-    no_plot: bool,
-    as_json: bool,
-) -> None:
-    """``runs compare --group``: one row per setting of a sweep, and one plot of mean curves."""
-    from lmforge.errors import UsageError
-    from lmforge.runs.compare import COMPARE_DIR
-    from lmforge.runs.group import group_report, mean_curve
-    from lmforge.runs.plots import plot_group
-
-    ws = workspace(ctx)
-    report = group_report(ws, name, baseline=baseline, target_loss=target_loss)
-    plot_path = None
-    if not no_plot:
-        target_file = out or ws.runs_dir / COMPARE_DIR / f"group-{name}.png"
-        if out is not None and (out.exists() or out.is_symlink()) and not force:
-            raise UsageError(
-                f"--out {out} already exists", "pass --force to replace it, or choose another --out"
-            )
-        plot_path = plot_group(
-            [(s.label, mean_curve(s.curves)) for s in report.settings],
-            target_file,
-            title=f"sweep {name}: validation loss, mean and range over seeds",
-            target=report.target_loss,
-        )
-    if as_json:
-        print_json({**report.to_dict(), "plot": str(plot_path) if plot_path else None})
-        return
-
-    def interval(i, fmt="{:.4f}") -> str:
-        if i is None:
-            return "-"
-        text = fmt.format(i.mean)
-        return text if i.half_width is None else f"{text} ± {fmt.format(i.half_width)}"
-
-    table = Table(title=f"Sweep {escape(name)} (mean ± 95% interval over seeds)", title_justify="left")
-    table.add_column("setting")
-    table.add_column("seeds", justify="right")
-    for fraction in (25, 50, 75):
-        table.add_column(f"val @{fraction}%", justify="right")
-    table.add_column("final val loss", justify="right")
-    if report.target_loss is not None:
-        table.add_column(f"tokens to {report.target_loss:.4f}", justify="right")
-    if report.baseline is not None:
-        table.add_column("p (Welch)", justify="right")
-    for s in report.settings:
-        n = len(s.runs)
-        row = [escape(s.label) + (" [dim](baseline)[/dim]" if s.is_baseline else ""), f"{s.finished}/{n}"]
-        row += [interval(s.loss_at[f]) for f in (0.25, 0.5, 0.75)]
-        row.append(interval(s.final_loss))
-        if report.target_loss is not None:
-            tokens = "-"
-            if s.tokens_to_target is not None:
-                tokens = interval(s.tokens_to_target, "{:,.0f}")
-                base_budget = report.baseline.budget_tokens if report.baseline else s.budget_tokens
-                if base_budget:
-                    tokens += f" ({s.tokens_to_target.mean / base_budget:.0%})"
-                if s.reached_target < s.finished:
-                    tokens += f" [{s.reached_target}/{s.finished} reached]"
-            row.append(tokens)
-        if report.baseline is not None:
-            row.append("-" if s.p_value is None else f"{s.p_value:.3g}")
-        table.add_row(*row)
-    print_table(out_console, table)
-    if plot_path:
-        out_console.print(f"Loss curves: {escape(str(plot_path))}", highlight=False, soft_wrap=True)
-    unfinished = [s.label for s in report.settings if s.finished < len(s.runs)]
-    if unfinished:
-        err_console.print(
-            f"[yellow]warning:[/yellow] {len(unfinished)} setting(s) have unfinished runs (left out of the "
-            f"figures): continue with the sweep's own command",
-            highlight=False,
-            soft_wrap=True,
-        )
 
 
 # ----------------------------------------------------------------------------- rm

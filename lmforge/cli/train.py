@@ -114,7 +114,7 @@ def train(
         return
 
     if nproc is not None and nproc > 1:
-        from lmforge.distributed import launch
+        from lmforge.launch import launch
 
         # the same command line in nproc processes (the options were checked above, once)
         raise typer.Exit(launch(nproc, _without_nproc(sys.argv[1:])))
