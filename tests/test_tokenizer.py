@@ -117,13 +117,18 @@ def test_named_ranks_file_in_workspace(data_ws):
 
 def test_gpt2_offline_without_file_is_a_clear_error(data_ws, monkeypatch):
     def offline(name):
-        raise ConnectionError("no network")
+        # what requests says offline: one line of urllib3 internals, which the message must not cut
+        raise ConnectionError(
+            "HTTPSConnectionPool(host='openaipublic.blob.core.windows.net', port=443): Max retries "
+            "exceeded with url: /gpt-2/encodings/main/vocab.bpe (Caused by NameResolutionError(...))"
+        )
 
     monkeypatch.setattr(tokmod.tiktoken, "get_encoding", offline)
     monkeypatch.setattr(tokmod, "_GPT2_DOWNLOADED", None)
     with pytest.raises(DataError) as exc:
         get_tokenizer("gpt2", workspace=data_ws)
     assert "could not be downloaded" in exc.value.message
+    assert exc.value.message.endswith("(no connection to openaipublic.blob.core.windows.net)")
     assert str(data_ws.tokenizers_dir / "gpt2.tiktoken") in exc.value.hint
     assert "--tokenizer-file" in exc.value.hint and "LMFORGE_TOKENIZER_FILE" in exc.value.hint
 

@@ -24,6 +24,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -313,6 +314,14 @@ def _get_encoding_with_timeout(name: str, timeout: float) -> tiktoken.Encoding:
 _GPT2_DOWNLOADED: Tokenizer | None = None
 
 
+def _download_failure(exc: BaseException) -> str:
+    """Why tiktoken's download failed in whole words, not a cut page of urllib3 internals."""
+    host = re.search(r"host='([^']+)'", str(exc))
+    if host or (isinstance(exc, OSError) and not isinstance(exc, TimeoutError)):
+        return f"no connection to {host.group(1) if host else 'the download server'}"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0]}" if str(exc) else type(exc).__name__
+
+
 def _gpt2(tokenizer_file, workspace: Workspace | None) -> Tokenizer:
     global _GPT2_DOWNLOADED
     for path, origin in _gpt2_file_candidates(tokenizer_file, workspace):
@@ -329,9 +338,9 @@ def _gpt2(tokenizer_file, workspace: Workspace | None) -> Tokenizer:
     try:
         encoding = _get_encoding_with_timeout("gpt2", DOWNLOAD_TIMEOUT_S)
     except Exception as exc:
-        reason = type(exc).__name__ + (f": {str(exc).splitlines()[0][:80]}…" if str(exc) else "")
         raise DataError(
-            f"GPT-2's tokenizer files are not available offline and could not be downloaded ({reason})",
+            "GPT-2's tokenizer files are not available offline and could not be downloaded "
+            f"({_download_failure(exc)})",
             _missing_gpt2_hint(workspace),
         ) from None
     _GPT2_DOWNLOADED = Tokenizer(encoding, "gpt2", source="tiktoken")
