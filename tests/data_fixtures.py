@@ -106,3 +106,32 @@ def data_ws(tmp_path):
     from lmforge.workspace import Workspace
 
     return Workspace.resolve(tmp_path / "ws")
+
+
+def workspace_with_best_checkpoint(root: Path, model_config, *, test_docs: int = 2) -> Path:
+    """A workspace under ``root`` with a byte-level wikitext-2 and one run ``tiny`` holding a
+    ``best`` checkpoint of an untrained GPT of ``model_config`` (seed 0); returns its root."""
+    import json
+
+    import torch
+
+    from lmforge.checkpoint.store import save_checkpoint
+    from lmforge.config import TrainingConfig
+    from lmforge.data.prepare import prepare_dataset
+    from lmforge.data.tokenizer import bytes_tokenizer
+    from lmforge.model.gpt import GPT
+    from lmforge.workspace import Workspace
+
+    write_wikitext(root / "src", sizes=(("train", 3), ("validation", 2), ("test", test_docs)))
+    ws = Workspace.resolve(root / "ws")
+    prepare_dataset(ws, "wikitext-2", source=root / "src", tokenizer="bytes")
+    config = TrainingConfig(preset="tiny", tokenizer="bytes", model=model_config)
+    config.data.name = "wikitext-2"
+    run_dir = ws.run_dir("tiny")
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"name": "tiny", "started_at": "2024-01-01T00:00:00+00:00"}))
+    torch.manual_seed(0)
+    meta = {"kind": "best", "run": "tiny", "step": 10, "tokens": 1000, "val_loss": 5.0}
+    meta |= {"config": config.to_dict(), "tokenizer": bytes_tokenizer().identity, "dataset": "wikitext-2"}
+    save_checkpoint(run_dir / "checkpoints" / "best", GPT(model_config), meta)
+    return ws.root

@@ -3,24 +3,17 @@
 least every ``INTERVAL_S`` seconds, and at the end (CliRunner's stderr is not a terminal)."""
 
 import io
-import json
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 import lmforge.cli.progress_lines as progress_lines
-from lmforge.checkpoint.store import save_checkpoint
 from lmforge.cli.progress_lines import ProgressLines
-from lmforge.config import ModelConfig, TrainingConfig
-from lmforge.data.prepare import prepare_dataset
-from lmforge.data.tokenizer import bytes_tokenizer
-from lmforge.model.gpt import GPT
-from lmforge.workspace import Workspace
+from lmforge.config import ModelConfig
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from data_fixtures import write_wikitext  # noqa: E402
+from data_fixtures import workspace_with_best_checkpoint  # noqa: E402
 
 
 class FakeClock:
@@ -79,21 +72,8 @@ def test_skipped_units_count_for_the_eta_not_the_rate():
 @pytest.fixture(scope="module")
 def ws_dir(tmp_path_factory):
     """A workspace with a byte-level wikitext-2 and one run `tiny` with a best checkpoint."""
-    root = tmp_path_factory.mktemp("progress")
-    write_wikitext(root / "src", sizes=(("train", 3), ("validation", 2), ("test", 2)))
-    ws = Workspace.resolve(root / "ws")
-    prepare_dataset(ws, "wikitext-2", source=root / "src", tokenizer="bytes")
     model_config = ModelConfig(vocab_size=257, block_size=32, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
-    config = TrainingConfig(preset="tiny", tokenizer="bytes", model=model_config)
-    config.data.name = "wikitext-2"
-    run_dir = ws.run_dir("tiny")
-    run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({"name": "tiny", "started_at": "2024-01-01T00:00:00+00:00"}))
-    torch.manual_seed(0)
-    meta = {"kind": "best", "run": "tiny", "step": 10, "tokens": 1000, "val_loss": 5.0}
-    meta |= {"config": config.to_dict(), "tokenizer": bytes_tokenizer().identity, "dataset": "wikitext-2"}
-    save_checkpoint(run_dir / "checkpoints" / "best", GPT(model_config), meta)
-    return ws.root
+    return workspace_with_best_checkpoint(tmp_path_factory.mktemp("progress"), model_config, test_docs=2)
 
 
 @pytest.fixture

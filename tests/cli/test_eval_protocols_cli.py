@@ -6,38 +6,20 @@ import math
 import sys
 
 import pytest
-import torch
 
-from lmforge.checkpoint.store import save_checkpoint
-from lmforge.config import ModelConfig, TrainingConfig
-from lmforge.data.prepare import prepare_dataset
-from lmforge.data.tokenizer import bytes_tokenizer
+from lmforge.config import ModelConfig
 from lmforge.errors import UsageError
-from lmforge.model.gpt import GPT
 from lmforge.workspace import Workspace
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1]))
-from data_fixtures import write_wikitext  # noqa: E402
+from data_fixtures import workspace_with_best_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def ws_dir(tmp_path_factory):
     """A workspace with a byte-level wikitext-2 and one run `tiny` with a best checkpoint."""
-    root = tmp_path_factory.mktemp("protocols")
-    write_wikitext(root / "src", sizes=(("train", 3), ("validation", 2), ("test", 3)))
-    ws = Workspace.resolve(root / "ws")
-    prepare_dataset(ws, "wikitext-2", source=root / "src", tokenizer="bytes")
     model_config = ModelConfig(vocab_size=257, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
-    config = TrainingConfig(preset="tiny", tokenizer="bytes", model=model_config)
-    config.data.name = "wikitext-2"
-    run_dir = ws.run_dir("tiny")
-    run_dir.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps({"name": "tiny", "started_at": "2024-01-01T00:00:00+00:00"}))
-    torch.manual_seed(0)
-    meta = {"kind": "best", "run": "tiny", "step": 10, "tokens": 1000, "val_loss": 5.0}
-    meta |= {"config": config.to_dict(), "tokenizer": bytes_tokenizer().identity, "dataset": "wikitext-2"}
-    save_checkpoint(run_dir / "checkpoints" / "best", GPT(model_config), meta)
-    return ws.root
+    return workspace_with_best_checkpoint(tmp_path_factory.mktemp("protocols"), model_config, test_docs=3)
 
 
 @pytest.fixture
