@@ -32,7 +32,6 @@ def test_parse_grid_types_values_by_their_option():
         (["lr=1e-3", "optim.lr=2e-3"], "twice"),
         (["lr=1e-3,1e-3"], "repeats a value"),
         (["preset=huge"], "unknown preset"),
-        ([], "at least one --grid"),
     ],
 )
 def test_parse_grid_errors(specs, message):

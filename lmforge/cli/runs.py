@@ -214,17 +214,18 @@ def compare_cmd(
     runs: list[str] = typer.Argument(
         None, help="Two or more run names.", autocompletion=complete_run_names, show_default=False
     ),
-    group: str = typer.Option(
+    group: list[str] = typer.Option(
         None,
         "--group",
-        help="A sweep's name: its settings with means and 95% intervals over seeds.",
+        help="A sweep's name: its settings with means and 95% intervals over seeds; repeat it to "
+        "compare the settings of several sweeps (labelled sweep=NAME).",
         show_default=False,
     ),
     baseline: list[str] = typer.Option(
         None,
         "--baseline",
-        help="With --group: the setting the others are tested against (KEY=VALUE, repeat for more keys); "
-        "its final mean loss is the target unless --target-loss.",
+        help="With --group: the setting the others are tested against (KEY=VALUE, repeat for more keys; "
+        "sweep=NAME with several --group); its final mean loss is the target unless --target-loss.",
         show_default=False,
     ),
     target_loss: float = typer.Option(
@@ -259,11 +260,14 @@ def compare_cmd(
 
       [bold]lmforge runs compare --group recipes --baseline recipe=gpt2[/bold]   (a sweep: means,
       95% intervals over seeds, tokens to the baseline's final loss, Welch p-values)
+
+      [bold]lmforge runs compare --group pgpt2 --group pmodern --baseline sweep=pgpt2[/bold]   (several
+      sweeps: one setting per sweep and grid value)
     """
     from lmforge.errors import UsageError
     from lmforge.runs.compare import compare_runs
 
-    if group is not None:
+    if group:
         if runs:
             raise UsageError("--group and run names cannot be combined", "compare a sweep, or name runs")
         from lmforge.cli.sweep import compare_group

@@ -44,7 +44,11 @@ def sweep(
 
       [bold]lmforge sweep lr --preset tiny --grid lr=5e-4,1e-3,2e-3 --seeds 1-3 --steps 500[/bold]
 
+      [bold]lmforge sweep pmodern --preset tiny --recipe modern --seeds 1-5[/bold]   (no grid: one setting)
+
       [bold]lmforge runs compare --group recipes --baseline recipe=gpt2[/bold]
+
+      [bold]lmforge runs compare --group pgpt2 --group pmodern --baseline sweep=pgpt2[/bold]
     """
     from lmforge.errors import UsageError
     from lmforge.runs.sweeps import Sweep, parse_grid, parse_seeds
@@ -84,10 +88,10 @@ def sweep(
 
     def announce(i: int, n: int, point, point_state_: str) -> None:
         what = {"finished": "finished already, skipped", "resume": "resuming", "new": "starting"}
-        setting = ", ".join(f"{k}={v}" for k, v in point.setting)
+        setting = "".join(f"{k}={v}, " for k, v in point.setting)
         info(
             ctx,
-            f"[bold]sweep {escape(name)}[/bold] {i}/{n}: {escape(point.run)} ({escape(setting)}, "
+            f"[bold]sweep {escape(name)}[/bold] {i}/{n}: {escape(point.run)} ({escape(setting)}"
             f"seed {point.seed}): {what[point_state_]}",
         )
 
@@ -126,14 +130,14 @@ def _print_points(rows: list[dict[str, Any]]) -> None:
     for column in ("run", "setting", "seed", "state"):
         table.add_column(column)
     for row in rows:
-        setting = ", ".join(f"{k}={v}" for k, v in row["setting"].items())
+        setting = ", ".join(f"{k}={v}" for k, v in row["setting"].items()) or "-"
         table.add_row(escape(row["run"]), escape(setting), str(row["seed"]), row["state"])
     print_table(out_console, table)
 
 
 def compare_group(
     ctx: typer.Context,
-    name: str,
+    names: list[str],
     baseline: list[str],
     target_loss: float | None,
     out: Path | None,
@@ -141,17 +145,19 @@ def compare_group(
     no_plot: bool,
     as_json: bool,
 ) -> None:
-    """``runs compare --group``: one row per setting of a sweep, and one plot of mean curves."""
+    """``runs compare --group``: one row per setting of one or more sweeps, and one plot of mean
+    curves."""
     from lmforge.errors import UsageError
     from lmforge.runs.compare import COMPARE_DIR
-    from lmforge.runs.group import group_report, mean_curve
+    from lmforge.runs.group import groups_report, mean_curve
     from lmforge.runs.plots import plot_group
 
     ws = workspace(ctx)
-    report = group_report(ws, name, baseline=baseline, target_loss=target_loss)
+    report = groups_report(ws, names, baseline=baseline, target_loss=target_loss)
+    name = ", ".join(names)
     plot_path = None
     if not no_plot:
-        target_file = out or ws.runs_dir / COMPARE_DIR / f"group-{name}.png"
+        target_file = out or ws.runs_dir / COMPARE_DIR / f"group-{'-'.join(names)}.png"
         if out is not None and (out.exists() or out.is_symlink()) and not force:
             raise UsageError(
                 f"--out {out} already exists", "pass --force to replace it, or choose another --out"
@@ -159,7 +165,7 @@ def compare_group(
         plot_path = plot_group(
             [(s.label, mean_curve(s.curves)) for s in report.settings],
             target_file,
-            title=f"sweep {name}: validation loss, mean and range over seeds",
+            title=f"sweep{'s' if len(names) > 1 else ''} {name}: validation loss, mean and range over seeds",
             target=report.target_loss,
         )
     if as_json:
@@ -172,7 +178,8 @@ def compare_group(
         text = fmt.format(i.mean)
         return text if i.half_width is None else f"{text} ± {fmt.format(i.half_width)}"
 
-    table = Table(title=f"Sweep {escape(name)} (mean ± 95% interval over seeds)", title_justify="left")
+    title = f"Sweep{'s' if len(names) > 1 else ''} {escape(name)} (mean ± 95% interval over seeds)"
+    table = Table(title=title, title_justify="left")
     table.add_column("setting")
     table.add_column("seeds", justify="right")
     for fraction in (25, 50, 75):

@@ -51,7 +51,7 @@ class Sweep:
 
     def points(self) -> list[SweepPoint]:
         """Every setting times every seed, settings in grid order and the seeds inside each, so
-        that an interrupted sweep has finished whole settings first."""
+        that an interrupted sweep has finished whole settings first. No grid: one setting."""
         keys = list(self.grid)
         out = []
         for values in itertools.product(*(self.grid[k] for k in keys)):
@@ -59,6 +59,17 @@ class Sweep:
             for seed in self.seeds:
                 out.append(SweepPoint(setting, seed, point_run_name(self.name, setting, seed)))
         return out
+
+    def point_options(self, point: SweepPoint) -> tuple[str | None, dict[str, Any]]:
+        """The preset and the options (dotted config paths) of one point, its seed and run name
+        left out: what makes two points of two sweeps the same setting."""
+        preset, options = self.preset, dict(self.base)
+        for key, value in point.setting:
+            if key == "preset":
+                preset = value
+            else:
+                options[".".join(grid_field(key).path)] = value
+        return preset, options
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -203,9 +214,7 @@ def parse_grid(specs: list[str]) -> dict[str, list[Any]]:
         if len(set(map(str, parsed))) != len(parsed):
             raise UsageError(f"--grid {key} repeats a value", "give each value once")
         grid[key] = parsed
-    if not grid:
-        raise UsageError("a sweep needs at least one --grid", "e.g. --grid recipe=gpt2,modern")
-    return grid
+    return grid  # empty: one setting (the shared options) over the seeds
 
 
 def _check_presets(names: list[str]) -> None:

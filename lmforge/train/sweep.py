@@ -18,7 +18,7 @@ from lmforge.fileio import remove_dir
 from lmforge.observe.reporting import Reporter
 from lmforge.runs.listing import run_info
 from lmforge.runs.metrics import read_metrics
-from lmforge.runs.sweeps import Sweep, SweepPoint, grid_field, write_manifest
+from lmforge.runs.sweeps import Sweep, SweepPoint, write_manifest
 from lmforge.workspace import RunDir, Workspace
 
 PointState = Literal["finished", "resume", "new"]
@@ -48,13 +48,8 @@ def point_state(workspace: Workspace, point: SweepPoint) -> PointState:
 
 def point_overrides(sweep: Sweep, point: SweepPoint) -> tuple[str | None, dict[tuple[str, ...], Any]]:
     """The preset and the config overrides (``{("optim", "lr"): 1e-3}``) of one point."""
-    overrides: dict[tuple[str, ...], Any] = {tuple(k.split(".")): v for k, v in sweep.base.items()}
-    preset = sweep.preset
-    for key, value in point.setting:
-        if key == "preset":
-            preset = value
-        else:
-            overrides[grid_field(key).path] = value
+    preset, options = sweep.point_options(point)
+    overrides: dict[tuple[str, ...], Any] = {tuple(k.split(".")): v for k, v in options.items()}
     overrides[("run",)] = point.run
     overrides[("train", "seed")] = point.seed
     return preset, overrides
