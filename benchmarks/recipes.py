@@ -21,7 +21,8 @@ Protocol (every run):
 
 Sweeps (named ``<prefix>gpt2-lr``, ``<prefix>gpt2``, ``<prefix>modern``, ``<prefix><NAME>``):
 
-1. the gpt2 recipe at each of ``--gpt2-lrs`` (5e-4, 1e-3, 1.5e-3, 2e-3), the first seed only;
+1. the gpt2 recipe at each of ``--gpt2-lrs`` (5e-4, 1e-3, 1.5e-3, 2e-3), the first seed only,
+   its ``--min-lr`` at the recipe's default (1e-4 on ``tiny``; the former script used lr / 10);
 2. the gpt2 recipe at the lr with the lowest final validation loss, for the other seeds; its
    first seed is the run of sweep 1 (``runs compare`` merges the two sweeps' runs with the same
    options into one setting, ``sweep=<prefix>gpt2-lr+<prefix>gpt2``), not a rerun;

@@ -221,3 +221,25 @@ def test_single_group_without_grid_has_a_label(ws):
     from lmforge.runs.group import group_report
 
     assert [s.label for s in group_report(ws, "pmodern").settings] == ["(no grid)"]
+
+
+@pytest.mark.slow
+def test_an_lr_sweep_and_a_sweep_of_more_seeds_at_its_best_lr_are_one_setting(cli, train_workspace):
+    """Real runs: the lr sweep's run at 3e-3 (seed 1) and the no-grid sweep at --lr 3e-3 (seed 2)
+    have the same options, so ``runs compare`` counts them as one setting of two seeds."""
+    from conftest import tiny_train_flags
+
+    flags = tiny_train_flags(steps=6, eval_interval=3, sample_tokens=0)
+    lr_sweep = cli("sweep", "lrs", "--grid", "lr=3e-3,3e-4", "--seeds", "1", *flags)
+    assert lr_sweep.exit_code == 0, lr_sweep.output
+    more = cli("sweep", "best", "--lr", "3e-3", "--seeds", "2", *flags)
+    assert more.exit_code == 0, more.output
+    assert "1 run(s) trained" in more.stdout
+
+    out = cli("runs", "compare", "--group", "lrs", "--group", "best", "--baseline", "sweep=best", "--json")
+    assert out.exit_code == 0, out.output
+    report = json.loads(out.stdout)
+    merged, other = report["settings"]
+    assert merged["setting"] == {"sweep": "lrs+best", "lr": 3e-3} and merged["baseline"]
+    assert merged["runs"] == ["lrs-lr_0.003-s1", "best-s2"] and merged["finished"] == 2
+    assert other["setting"] == {"sweep": "lrs", "lr": 3e-4} and other["finished"] == 1
