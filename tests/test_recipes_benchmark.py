@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shlex
 from pathlib import Path
 
@@ -81,3 +82,29 @@ def test_best_lr_is_the_lowest_final_mean(recipes, workspace_dir):
     losses = {5e-4: 4.0, 1e-3: 3.6, 1.5e-3: 3.4, 2e-3: 3.5}
     fake_sweep(ws, Sweep("pgpt2-lr", {"lr": list(losses)}, [1]), lambda s, seed: losses[s["lr"]])
     assert recipes.best_lr(workspace_dir, "pgpt2-lr") == "0.0015"
+
+
+@pytest.mark.slow
+def test_the_protocol_runs_end_to_end(recipes, train_workspace, runner, monkeypatch):
+    """Two steps per run, seeds 1-2, one lr: the lr sweep (seed 1), the gpt2 recipe's seed 2 at
+    that lr, the modern recipe; the comparison merges the gpt2 recipe's two sweeps. Each lmforge
+    command runs in this process (the CLI runner in place of a subprocess: no startup per run)."""
+    from types import SimpleNamespace
+
+    from lmforge.cli.main import app
+
+    outputs = []
+
+    def run_in_process(command):
+        result = runner.invoke(app, command[len(recipes.LMFORGE) :], prog_name="lmforge")
+        outputs.append(result.stdout)
+        return SimpleNamespace(returncode=result.exit_code)
+
+    monkeypatch.setattr(recipes.subprocess, "run", run_in_process)
+    args = ["--workspace", str(train_workspace), "--steps", "2", "--seeds", "1-2", "--gpt2-lrs", "1e-3"]
+    assert recipes.main([*args, "--json"]) == 0
+    assert len(outputs) == 4  # three sweeps and the comparison
+    gpt2, modern = json.loads(outputs[-1])["settings"]
+    assert gpt2["setting"] == {"sweep": "pgpt2-lr+pgpt2", "lr": 1e-3} and gpt2["baseline"]
+    assert gpt2["runs"] == ["pgpt2-lr-lr_0.001-s1", "pgpt2-s2"] and gpt2["finished"] == 2
+    assert modern["setting"] == {"sweep": "pmodern"} and modern["finished"] == 2
