@@ -75,10 +75,6 @@ class GroupReport:
     target_loss: float | None
     baseline: SettingSummary | None
 
-    @property
-    def names(self) -> list[str]:
-        return [s.name for s in self.sweeps]
-
     def to_dict(self) -> dict[str, Any]:
         figures = {
             "target_loss": self.target_loss,
@@ -205,8 +201,8 @@ def groups_report(
     if repeated:
         raise UsageError(f"--group {repeated[0]} is given twice", "name each sweep once")
     sweeps = [read_manifest(workspace, n) for n in names]
-    settings = [_summarise(workspace, s, pts) for s, pts in _merged_settings(sweeps)]
     check_comparable(workspace, sweeps)
+    settings = [_summarise(workspace, s, pts) for s, pts in _merged_settings(sweeps)]
     wanted = None
     if baseline:
         keys = [SWEEP_KEY, *dict.fromkeys(k for s in sweeps for k in s.grid)]
