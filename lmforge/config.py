@@ -214,6 +214,11 @@ class OptimizerConfig:
         default=0.0,
     )
     head_lr: float = doc("Peak AdamW learning rate of an untied LM head (0 = --lr).", default=0.0)
+    scalar_lr: float = doc(
+        "Peak AdamW learning rate of the per-block scalars of --residual-lambdas and --unet-skips "
+        "(0 = --lr).",
+        default=0.0,
+    )
     min_lr: float = doc(
         "Learning rate at the end of the decay (the other groups' floors keep their ratio to --lr).",
         default=1.5e-5,
@@ -254,6 +259,7 @@ class OptimizerConfig:
         _non_negative(
             self, "min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eps", "embed_lr", "head_lr"
         )
+        _non_negative(self, "scalar_lr")
         _non_negative(self, "muon_momentum_warmup")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ConfigError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")

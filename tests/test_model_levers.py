@@ -215,19 +215,42 @@ def test_every_parameter_gets_a_gradient_and_recomputation_changes_nothing():
 
 @pytest.mark.parametrize("optimizer", ["muon", "adamw"])
 def test_param_groups_put_each_new_parameter_where_intended(optimizer):
+    from lmforge.train.optim import build_optimizer, set_hyperparameters
+
     model = ModernGPT(_config(**ALL_ON))
-    config = OptimizerConfig(optimizer=optimizer, weight_decay=0.1, embed_lr=0.2)
-    groups, _ = param_groups(model, config.weight_decay, config)
+    config = OptimizerConfig(optimizer=optimizer, lr=0.02, weight_decay=0.1, embed_lr=0.2)
+    groups, counts = param_groups(model, config.weight_decay, config)
     group_of = {id(p): g for g in groups for p in g["params"]}
     params = dict(model.named_parameters())
-    for name in ("resid_lambdas", "x0_lambdas", "skip_weights", "transformer.value_embeds.0.weight"):
-        g = group_of[id(params[name])]
-        assert (g["optimizer"], g["lr_field"], g["weight_decay"]) == ("adamw", "embed_lr", 0.0), name
-        assert g is group_of[id(params["transformer.wte.weight"])], name  # with the token embedding
+    # the tables: with the token embedding, at --embed-lr, never decayed
+    table = group_of[id(params["transformer.value_embeds.0.weight"])]
+    assert table is group_of[id(params["transformer.wte.weight"])]
+    assert (table["optimizer"], table["lr_field"], table["weight_decay"]) == ("adamw", "embed_lr", 0.0)
+    # the scalars: their own AdamW group at --scalar-lr (0 = --lr), never decayed
+    scalars = group_of[id(params["resid_lambdas"])]
+    assert [id(p) for p in scalars["params"]] == [
+        id(params[n]) for n in ("resid_lambdas", "x0_lambdas", "skip_weights")
+    ]
+    assert (scalars["optimizer"], scalars["lr_field"], scalars["lr_scale"], scalars["weight_decay"]) == (
+        "adamw",
+        "scalar_lr",
+        1.0,
+        0.0,
+    )
+    assert counts.no_decay_tensors == 1 + 2 + 3  # wte, two tables, three scalar vectors
     # the gate is a matrix inside a block, as in nanochat: Muon's (or AdamW's decayed matrices)
     gate = group_of[id(params["transformer.h.2.attn.ve_gate.weight"])]
     assert (gate["optimizer"], gate["lr_field"]) == (optimizer, "lr")
     assert gate is group_of[id(params["transformer.h.2.attn.c_v.weight"])]
+    # a resumed run's config decides the scalars' lr, and never decays them
+    opt, _ = build_optimizer(model, config, torch.device("cpu"), torch.float32)
+    set_hyperparameters(
+        opt,
+        OptimizerConfig(optimizer=optimizer, lr=0.02, weight_decay=0.1, scalar_lr=0.04),
+        torch.device("cpu"),
+    )
+    (resumed,) = [g for g in opt.param_groups if g["lr_field"] == "scalar_lr"]
+    assert (resumed["lr_scale"], resumed["weight_decay"]) == (2.0, 0.0)
 
 
 # ----------------------------------------------------------------------------- the config
@@ -243,6 +266,8 @@ def test_the_levers_need_the_modern_architecture_with_a_one_line_error():
             resolve_config(preset="tiny", overrides={("model", lever): True})
     with pytest.raises(ConfigError, match="--unet-skips needs --n-layer 2 or more, got 1"):
         _config(unet_skips=True, n_layer=1)
+    with pytest.raises(ConfigError, match="--scalar-lr must be >= 0"):
+        OptimizerConfig(scalar_lr=-1.0)
 
 
 def test_the_levers_are_off_in_both_recipes():
