@@ -86,6 +86,21 @@ class ModelConfig:
         "Soft-cap the logits to (-c, c) with c * tanh(logits / c) (0 = off; --arch modern only).",
         default=0.0,
     )
+    value_embeds: bool = doc(
+        "Value embeddings: per-layer token tables added, gated per key/value head, to the attention "
+        "values of alternating layers ending with the last (--arch modern only).",
+        default=False,
+    )
+    residual_lambdas: bool = doc(
+        "Learnable per-block scalars mixing the residual stream and the normalised embedding before "
+        "each block: x = resid_lambda * x + x0_lambda * x0 (--arch modern only).",
+        default=False,
+    )
+    unet_skips: bool = doc(
+        "U-net skips: each block output of the first half added, with a learnable weight, to the "
+        "input of its mirror block in the second half (--arch modern only).",
+        default=False,
+    )
     gradient_checkpointing: bool = doc(
         "Recompute block activations in backward to save memory.", default=False
     )
@@ -124,12 +139,20 @@ class ModelConfig:
                 "--n-kv-head": self.n_kv_head not in (0, self.n_head),
                 "--qk-norm": self.qk_norm,
                 "--logit-softcap": self.logit_softcap > 0,
+                "--value-embeds": self.value_embeds,
+                "--residual-lambdas": self.residual_lambdas,
+                "--unet-skips": self.unet_skips,
             }
             for flag, given in modern_only.items():
                 if given:
                     raise ConfigError(f"{flag} needs --arch modern", "add --recipe modern (or --arch modern)")
         elif self.bias:
             raise ConfigError("--arch modern has no biases", "add --no-bias, or use --recipe modern")
+        if self.unet_skips and self.n_layer < 2:
+            raise ConfigError(
+                f"--unet-skips needs --n-layer 2 or more, got {self.n_layer}",
+                "a skip joins a block of the first half to its mirror in the second half",
+            )
         if self.arch == "modern" and (self.n_embd // self.n_head) % 2:
             raise ConfigError(
                 f"--arch modern needs an even head size, got {self.n_embd // self.n_head}",
@@ -191,6 +214,11 @@ class OptimizerConfig:
         default=0.0,
     )
     head_lr: float = doc("Peak AdamW learning rate of an untied LM head (0 = --lr).", default=0.0)
+    scalar_lr: float = doc(
+        "Peak AdamW learning rate of the per-block scalars of --residual-lambdas and --unet-skips "
+        "(0 = --lr).",
+        default=0.0,
+    )
     min_lr: float = doc(
         "Learning rate at the end of the decay (the other groups' floors keep their ratio to --lr).",
         default=1.5e-5,
@@ -231,6 +259,7 @@ class OptimizerConfig:
         _non_negative(
             self, "min_lr", "warmup_steps", "weight_decay", "max_grad_norm", "eps", "embed_lr", "head_lr"
         )
+        _non_negative(self, "scalar_lr")
         _non_negative(self, "muon_momentum_warmup")
         if not 0.0 <= self.decay_fraction <= 1.0:
             raise ConfigError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")

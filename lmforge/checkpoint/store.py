@@ -52,6 +52,7 @@ from lmforge.units import is_count, now_iso
 TIED_KEYS = ("lm_head.weight",)  # the same tensor as transformer.wte.weight (GPT-2; not --arch modern)
 WTE_KEY = "transformer.wte.weight"
 VOCAB_KEYS = (WTE_KEY, "lm_head.weight")  # a row per token id (the head's only when untied)
+VALUE_EMBEDS_PREFIX = "transformer.value_embeds."  # --value-embeds: a row per token id too, per layer
 # what a resume reads of trainer.pt without a default (and "rng" or "rng_per_rank")
 TRAINER_KEYS = ("optimizer", "step", "tokens", "loader")
 SKIP_CHECKSUMS_ENV = "LMFORGE_SKIP_CHECKSUMS"  # "1": load without hashing (sizes still checked)
@@ -64,32 +65,37 @@ def model_state(
     model: nn.Module | dict[str, torch.Tensor], vocab_size: int | None = None, tied: bool | None = None
 ) -> dict[str, torch.Tensor]:
     """The weights to store: fp32, contiguous, on the CPU, tied copies left out, and the token
-    embedding (and an untied head) cut to the real ``vocab_size`` rows (a model padded for speed
-    stores what an unpadded one would). ``model`` may also be a (gathered, full) state dict;
-    ``tied`` (default: the model's ``config.tied_head``, else True) says whether its head is the
-    embedding."""
+    embedding (an untied head, value-embedding tables) cut to the real ``vocab_size`` rows (a
+    model padded for speed stores what an unpadded one would). ``model`` may also be a
+    (gathered, full) state dict; ``tied`` (default: the model's ``config.tied_head``, else True)
+    says whether its head is the embedding."""
     if isinstance(model, nn.Module):
         vocab_size = vocab_size or getattr(getattr(model, "config", None), "vocab_size", None)
         tied = _tied(model) if tied is None else tied
         model = model.state_dict()
     tied = True if tied is None else tied
     state = {k: v.detach() for k, v in model.items() if not (tied and k in TIED_KEYS)}
-    for key in VOCAB_KEYS:
-        if vocab_size and key in state and state[key].size(0) > vocab_size:
+    for key in _vocab_keys(state):
+        if vocab_size and state[key].size(0) > vocab_size:
             state[key] = state[key][:vocab_size]
     return {k: v.to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
 
 def pad_vocab_rows(state: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
-    """``state`` with the token embedding (and an untied head) padded with zero rows up to
-    ``rows`` (a stored checkpoint has the real rows; a model padded for speed has more)."""
+    """``state`` with the token embedding (an untied head, value embeddings) padded with zero
+    rows up to ``rows`` (a stored checkpoint has the real rows; a model padded for speed has more)."""
     out = dict(state)
-    for key in VOCAB_KEYS:
-        t = state.get(key)
-        if t is not None and t.size(0) < rows:
+    for key in _vocab_keys(state):
+        t = state[key]
+        if t.size(0) < rows:
             pad = torch.zeros(rows - t.size(0), *t.shape[1:], dtype=t.dtype, device=t.device)
             out[key] = torch.cat([t, pad])
     return out
+
+
+def _vocab_keys(state: dict[str, torch.Tensor]) -> list[str]:
+    """The tensors of ``state`` with a row per token id (padded on CUDA, stored without the padding)."""
+    return [k for k in state if k in VOCAB_KEYS or k.startswith(VALUE_EMBEDS_PREFIX)]
 
 
 def _tied(model: nn.Module) -> bool:

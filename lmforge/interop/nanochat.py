@@ -11,8 +11,9 @@ transformers' ``modeling_nanochat.py``:
   ``final_logit_softcapping`` as ``c * tanh(logits / c)``; ``num_key_value_heads`` for GQA.
 
 Where it cannot hold a lever, the export is refused (``qk_norm = false``: NanoChat always
-normalises q and k) and an import refuses what ``ModernGPT`` cannot compute. The weights need
-no transposes (both store ``nn.Linear`` layouts); only the names differ.
+normalises q and k; value embeddings, residual lambdas and U-net skips: it has none) and an
+import refuses what ``ModernGPT`` cannot compute. The weights need no transposes (both store
+``nn.Linear`` layouts); only the names differ.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ _LAYER_NAMES = {
 _TOP_NAMES = {"transformer.wte.weight": "model.embed_tokens.weight", "lm_head.weight": "lm_head.weight"}
 
 
+# the levers NanoChatForCausalLM (transformers' modeling_nanochat.py) has no tensors or code for
+_NOT_IN_NANOCHAT = {
+    "value_embeds": "--value-embeds: NanoChatForCausalLM has no value embeddings",
+    "residual_lambdas": "--residual-lambdas: NanoChatForCausalLM has no residual or x0 lambdas",
+    "unet_skips": "--unet-skips: NanoChatForCausalLM has no skip connections between blocks",
+}
+
+
 def check_exportable(c: ModelConfig) -> None:
     """Refuse a config whose every lever ``NanoChatForCausalLM`` cannot hold."""
     if not c.qk_norm:
@@ -60,6 +69,9 @@ def check_exportable(c: ModelConfig) -> None:
             "cannot export --no-qk-norm to NanoChatForCausalLM: it always normalises queries and keys",
             "export with --format safetensors (lmforge's own), or train with --qk-norm",
         )
+    for lever, why in _NOT_IN_NANOCHAT.items():
+        if getattr(c, lever):
+            raise ConfigError(f"cannot export {why}", "export with --format safetensors (lmforge's own)")
 
 
 def nanochat_config(c: ModelConfig, eot_token: int | None = None) -> dict[str, Any]:

@@ -25,7 +25,9 @@ def dry_run_report(config: TrainingConfig, world_size: int = 1) -> dict[str, Any
     # the real vocabulary's rows only: padded rows (--pad-vocab-multiple) are not parameters that learn
     wpe = getattr(model.transformer, "wpe", None)  # the modern architecture has no position table
     n_positions = wpe.weight.numel() if wpe is not None else 0
-    n_non_embedding = n_total - n_positions - config.model.vocab_size * config.model.n_embd
+    tables = getattr(model.transformer, "value_embeds", {})  # --value-embeds: embeddings too
+    row_width = config.model.n_embd + sum(t.embedding_dim for t in tables.values())
+    n_non_embedding = n_total - n_positions - config.model.vocab_size * row_width
     tokens_per_step = config.tokens_per_step * world_size
     flops_per_token = model.flops_per_token()
     weights = 4 * n_total

@@ -9,8 +9,14 @@ With ``--optimizer muon`` the 2-D weights inside the blocks are orthogonalised b
 only, so the embeddings, an untied head and the vectors (gains, biases) stay on AdamW.
 
 Each group has its own peak learning rate, as a ratio to ``--lr`` (``lr_scale``): the block
-matrices ``--lr``, the embeddings and vectors ``--embed-lr``, an untied head ``--head-lr``. The
+matrices ``--lr``, the embeddings and vectors ``--embed-lr``, an untied head ``--head-lr``, the
+model levers' per-block scalars (``--residual-lambdas``, ``--unet-skips``) ``--scalar-lr``. The
 schedule gives the lr of ``--lr`` for each step, and every group follows it at its ratio.
+
+The scalars have their own group because each one scales a whole residual stream: at the
+embeddings' lr (0.2 in the modern recipe) AdamW moves them by ~0.2 a step, and a tiny run with
+all three model levers on jumped from loss 4.9 to 6.2 within two steps, its lambdas turning
+negative; at 0.02 (``--lr`` there) it did not (modded-nanogpt trains its scalars at 0.04).
 
 Three Muon levers, off by default (torch.optim.Muon runs when all are off): ``--cautious-wd``,
 ``--ns-coefficients polar-express`` and ``--normuon`` (``MuonNS``). Each acts on one matrix at a
@@ -54,8 +60,15 @@ class ParamGroupCounts:
         return out
 
 
+# the model levers' per-block scalars (lmforge.model.modern): never decayed, at --scalar-lr
+SCALAR_NAMES = ("resid_lambdas", "x0_lambdas", "skip_weights")
+UNDECAYED_LR_FIELDS = ("embed_lr", "scalar_lr")  # the lr fields of the groups never decayed
+
+
 def _role(name: str, p: nn.Parameter, tied_head: bool) -> tuple[str, bool, str]:
     """``(optimizer group role, decayed, lr field)`` of one parameter."""
+    if name in SCALAR_NAMES:
+        return "scalars", False, "scalar_lr"
     if name.startswith("transformer.h.") and p.dim() == 2:
         return "matrices", True, "lr"
     if name == "lm_head.weight" and not tied_head:  # a tied head is yielded once, as wte
@@ -67,7 +80,7 @@ def param_groups(
     model: nn.Module, weight_decay: float, config: OptimizerConfig | None = None
 ) -> tuple[list[dict[str, Any]], ParamGroupCounts]:
     """The optimizer's parameter groups: Muon's block matrices (with ``--optimizer muon``),
-    then AdamW's decayed matrices and head, then the undecayed embeddings and vectors.
+    then AdamW's decayed matrices and head, then the undecayed embeddings, vectors and scalars.
 
     Each group dict carries ``name``, ``optimizer`` (adamw or muon), ``lr_field`` (the config
     field of its peak lr) and ``lr_scale`` (that lr over ``--lr``) next to ``weight_decay``.
@@ -94,8 +107,8 @@ def param_groups(
         groups[key]["params"].append(p)
     # muon first, then decayed before undecayed (the order of every checkpoint's groups)
     ordered = [groups[k] for k in sorted(groups, key=lambda k: (k[0] != "muon", not k[1]))]
-    decayed = [g for g in ordered if g["lr_field"] != "embed_lr"]  # the vectors' field is never decayed
-    undecayed = [g for g in ordered if g["lr_field"] == "embed_lr"]
+    decayed = [g for g in ordered if g["lr_field"] not in UNDECAYED_LR_FIELDS]
+    undecayed = [g for g in ordered if g["lr_field"] in UNDECAYED_LR_FIELDS]
     counts = ParamGroupCounts(
         decay_tensors=sum(len(g["params"]) for g in decayed),
         decay_params=sum(p.numel() for g in decayed for p in g["params"]),
@@ -107,7 +120,7 @@ def param_groups(
 
 
 def lr_scale(lr_field: str, config: OptimizerConfig) -> float:
-    """A group's peak lr as a multiple of ``--lr`` (0 for --embed-lr/--head-lr means --lr)."""
+    """A group's peak lr as a multiple of ``--lr`` (0 for --embed-lr/--head-lr/--scalar-lr means --lr)."""
     lr = getattr(config, lr_field) or config.lr
     return lr / config.lr
 
@@ -384,7 +397,7 @@ def set_hyperparameters(
         # checkpoints from before the per-group fields hold AdamW's [decayed matrices, the rest]
         lr_field = group.setdefault("lr_field", "lr" if i == 0 else "embed_lr")
         group["lr_scale"] = lr_scale(lr_field, config)
-        group["weight_decay"] = config.weight_decay if lr_field != "embed_lr" else 0.0
+        group["weight_decay"] = config.weight_decay if lr_field not in UNDECAYED_LR_FIELDS else 0.0
         if group.get("optimizer", "adamw") == "adamw":
             group.update(betas=(config.beta1, config.beta2), eps=config.eps)
             group["fused"] = fused_adamw(device)

@@ -60,6 +60,9 @@ ARCHITECTURE_FIELDS = (
     "n_kv_head",
     "qk_norm",
     "logit_softcap",
+    "value_embeds",
+    "residual_lambdas",
+    "unet_skips",
 )
 _DEFAULT_VOCAB = ModelConfig().vocab_size
 
