@@ -60,6 +60,11 @@ def check_exportable(c: ModelConfig) -> None:
             "cannot export --no-qk-norm to NanoChatForCausalLM: it always normalises queries and keys",
             "export with --format safetensors (lmforge's own), or train with --qk-norm",
         )
+    if c.document_masking:
+        raise ConfigError(
+            "cannot export --document-masking to NanoChatForCausalLM: its attention has no document mask",
+            "export with --format safetensors (lmforge's own), or train without --document-masking",
+        )
 
 
 def nanochat_config(c: ModelConfig, eot_token: int | None = None) -> dict[str, Any]:

@@ -38,16 +38,22 @@ def context_start(kv_cache: KVCache | None, new_tokens: int, block_size: int) ->
 
 
 def run_blocks(
-    blocks: nn.ModuleList, x: torch.Tensor, kv_cache: KVCache | None, recompute: bool
+    blocks: nn.ModuleList,
+    x: torch.Tensor,
+    kv_cache: KVCache | None,
+    recompute: bool,
+    attn_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x`` through every block; ``recompute`` (gradient checkpointing in training) keeps only
     the blocks' inputs and recomputes their activations in backward. The cache advances once
-    every layer has stored the new positions."""
+    every layer has stored the new positions. ``attn_mask``: every block's attention mask
+    (document masking), passed only when there is one."""
+    extra = {} if attn_mask is None else {"attn_mask": attn_mask}
     for block in blocks:
         if recompute and kv_cache is None:
-            x = checkpoint(block, x, use_reentrant=False)
+            x = checkpoint(block, x, use_reentrant=False, **extra)
         else:
-            x = block(x, kv_cache)
+            x = block(x, kv_cache, **extra)
     if kv_cache is not None:
         kv_cache.advance(x.size(1))
     return x

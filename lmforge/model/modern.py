@@ -12,7 +12,9 @@ What changes from ``gpt.py`` and why (modded-nanogpt's records, nanochat):
 - an untied LM head, and output projections that start at zero (each block starts as the
   identity; the head starts predicting uniformly);
 - a tanh soft-cap on the logits (``c * tanh(logits / c)``), against runaway logits;
-- optional grouped-query attention: ``n_kv_head`` key/value heads shared by the query heads.
+- optional grouped-query attention: ``n_kv_head`` key/value heads shared by the query heads;
+- optional document masking: attention stays within the documents of a window (an end-of-text
+  token starts the next one), in training, evaluation and generation alike.
 
 Parameter names follow nanochat (``transformer.h.0.attn.c_q.weight``); ``lmforge.interop.nanochat``
 maps them to Hugging Face's ``NanoChatForCausalLM``.
@@ -27,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.config import ModelConfig
-from lmforge.model.attention import attend
+from lmforge.errors import ConfigError
+from lmforge.model.attention import attend, document_mask
 from lmforge.model.blocks import context_start, flops_per_token, run_blocks
 from lmforge.model.head import head_output
 from lmforge.model.kv_cache import KVCache, new_kv_cache
@@ -100,7 +103,9 @@ class ModernAttention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         B, T, C = x.size()
         hs = self.head_dim
         q = self.c_q(x).view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
@@ -114,7 +119,8 @@ class ModernAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer_idx, k, v)  # (B, nkv, past + T, hs)
 
-        y = attend(q, k, v, past, self.dropout if self.training else 0.0, gqa=self.n_kv_head != self.n_head)
+        dropout_p = self.dropout if self.training else 0.0
+        y = attend(q, k, v, past, dropout_p, gqa=self.n_kv_head != self.n_head, mask=attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -137,8 +143,10 @@ class ModernBlock(nn.Module):
         self.attn = ModernAttention(config, rotary, layer_idx)
         self.mlp = ReluSquaredMLP(config)
 
-    def forward(self, x: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attn(rms_norm(x, self.eps), kv_cache)
+    def forward(
+        self, x: torch.Tensor, kv_cache: KVCache | None = None, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = x + self.attn(rms_norm(x, self.eps), kv_cache, attn_mask)
         x = x + self.mlp(rms_norm(x, self.eps))
         return x
 
@@ -196,13 +204,29 @@ class ModernGPT(nn.Module):
         """As ``GPT.forward``: logits (B, T, vocab), with ``targets`` the mean loss, or with
         ``loss_reduction="none"`` the per-token losses; all of the soft-capped logits."""
         context_start(kv_cache, idx.size(1), self.config.block_size)
+        mask = self.document_mask(idx, kv_cache) if self.config.document_masking else None
         eps = self.config.layer_norm_epsilon
         x = self.transformer.drop(rms_norm(self.transformer.wte(idx), eps))  # (B, T, C)
-        x = run_blocks(self.transformer.h, x, kv_cache, self.config.gradient_checkpointing and self.training)
+        recompute = self.config.gradient_checkpointing and self.training
+        x = run_blocks(self.transformer.h, x, kv_cache, recompute, attn_mask=mask)
         x = rms_norm(x, eps)
         return head_output(
             x, self.lm_head.weight, self.config, targets, kv_cache, loss_reduction, with_argmax
         )
+
+    def document_mask(self, idx: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+        """The attention mask (B, 1, T, past + T) of document masking, once per forward: an
+        end-of-text token starts a document (it is that document's BOS), and no token sees one
+        before it. Document ids count the end-of-text tokens so far, the cached ones included."""
+        eot = self.config.eot_token
+        if eot < 0:
+            raise ConfigError(
+                "--document-masking needs the end-of-text token id, and model.eot_token is not set",
+                "set ModelConfig(eot_token=...) to the tokenizer's (a run takes its dataset's)",
+            )
+        starts = idx == eot  # (B, T)
+        doc_ids = starts.long().cumsum(1) if kv_cache is None else kv_cache.document_ids(starts)
+        return document_mask(doc_ids, idx.size(1))
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens (``kv_heads`` each)."""
