@@ -195,6 +195,18 @@ def test_training_changes_only_where_a_window_holds_an_end_of_text_token():
     assert abs(loss_on - loss_off) > 1e-4
 
 
+def test_gradient_checkpointing_recomputes_with_the_same_mask():
+    idx, targets = _text(2, T), _text(2, T, seed=3)
+    idx[0, 5] = EOT
+    grads = []
+    for recompute in (False, True):
+        model = _model(gradient_checkpointing=recompute).train()
+        model(idx, targets)[1].backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_stream_evaluation_scores_each_target_within_its_document():
     """Every target by hand: the model without the mask on the tokens of its own document inside
     its window. Evaluation that bypassed the mask would differ."""
