@@ -82,6 +82,16 @@ class ModelConfig:
         "Key/value heads for grouped-query attention (0 = --n-head); --arch modern only.", default=0
     )
     qk_norm: bool = doc("RMSNorm on each head's queries and keys (--arch modern only).", default=False)
+    document_masking: bool = doc(
+        "Attention stays within a document: no token attends across an end-of-text token in its "
+        "window (--arch modern only).",
+        default=False,
+    )
+    eot_token: int = doc(
+        "End-of-text token id where --document-masking starts a document (-1 = not known yet: a "
+        "run takes its dataset's).",
+        default=-1,
+    )
     logit_softcap: float = doc(
         "Soft-cap the logits to (-c, c) with c * tanh(logits / c) (0 = off; --arch modern only).",
         default=0.0,
@@ -134,10 +144,17 @@ class ModelConfig:
                 f"--n-kv-head ({self.n_kv_head}) must divide --n-head ({self.n_head})",
                 "each key/value head serves the same number of query heads",
             )
+        if not -1 <= self.eot_token < self.vocab_size:
+            raise ConfigError(
+                f"--eot-token must be a token id below --vocab-size ({self.vocab_size}), "
+                f"got {self.eot_token}",
+                "leave it at -1: a run takes its dataset's end-of-text id",
+            )
         if self.arch == "gpt2":
             modern_only = {
                 "--n-kv-head": self.n_kv_head not in (0, self.n_head),
                 "--qk-norm": self.qk_norm,
+                "--document-masking": self.document_masking,
                 "--logit-softcap": self.logit_softcap > 0,
                 "--value-embeds": self.value_embeds,
                 "--residual-lambdas": self.residual_lambdas,

@@ -86,6 +86,30 @@ def test_kv_cache_decoding_gives_the_full_forward_logits(levers):
         torch.testing.assert_close(torch.stack(got, 1), full[:, prompt - 1 :], atol=1e-5, rtol=1e-5)
 
 
+def test_every_lever_with_document_masking_keeps_causality_the_cache_and_the_documents():
+    """All four model levers at once: the value embeddings, lambdas and skips carry nothing
+    across an end-of-text token either, and decoding with the cache still equals a full forward."""
+    eot = 5
+    model = _randomised(ModernGPT(_config(**ALL_ON, document_masking=True, eot_token=eot)))
+    idx = torch.randint(6, 97, (2, 20), generator=torch.Generator().manual_seed(5))
+    idx[:, 8] = eot  # a document starts at position 8
+    full, _ = model(idx)
+    other_past = idx.clone()
+    other_past[:, :8] = torch.randint(6, 97, (2, 8), generator=torch.Generator().manual_seed(6))
+    other_future = idx.clone()
+    other_future[:, 14:] = torch.randint(6, 97, (2, 6), generator=torch.Generator().manual_seed(7))
+    assert torch.equal(model(other_past)[0][:, 8:], full[:, 8:])  # what came before the eot is unseen
+    assert not torch.allclose(model(other_past)[0][:, :8], full[:, :8])
+    assert torch.equal(model(other_future)[0][:, :14], full[:, :14])  # causality
+    cache = model.new_kv_cache(2)
+    logits, _ = model(idx[:, :3], kv_cache=cache)
+    got = [logits[:, -1]]
+    for t in range(3, 20):
+        logits, _ = model(idx[:, t : t + 1], kv_cache=cache)
+        got.append(logits[:, -1])
+    torch.testing.assert_close(torch.stack(got, 1), full[:, 2:], atol=1e-5, rtol=1e-5)
+
+
 def test_each_lever_changes_the_function():
     idx = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(4))
     plain, _ = _randomised(ModernGPT(_config()))(idx)

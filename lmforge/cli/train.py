@@ -219,6 +219,8 @@ def _print_plan(report: dict[str, Any]) -> None:
         ("memory: activations (a micro-batch)", f"{m['activations'] / 2**30:.2f} GiB"),
         ("memory: training step (per process)", f"{m['step'] / 2**30:.2f} GiB"),
     ]
+    if report["config"]["model"].get("document_masking"):
+        rows.append(("attention", "within documents: never across an end-of-text token (--document-masking)"))
     here = report.get("this_machine") or {}
     if "error" in here:
         rows.append(("on this machine", f"n/a: {here['error']}"))

@@ -59,6 +59,7 @@ _NOT_IN_NANOCHAT = {
     "value_embeds": "--value-embeds: NanoChatForCausalLM has no value embeddings",
     "residual_lambdas": "--residual-lambdas: NanoChatForCausalLM has no residual or x0 lambdas",
     "unet_skips": "--unet-skips: NanoChatForCausalLM has no skip connections between blocks",
+    "document_masking": "--document-masking to NanoChatForCausalLM: its attention has no document mask",
 }
 
 

@@ -12,13 +12,23 @@ from lmforge.model.kv_cache import KVCache
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int, dropout_p: float, gqa: bool = False
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past: int,
+    dropout_p: float,
+    gqa: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of ``q`` (B, nh, T, hs) at positions ``past .. past + T - 1`` over
     ``k, v`` (B, nkv, past + T, hs) on PyTorch's fused SDPA kernels -> (B, nh, T, hs).
-    ``gqa``: fewer key/value heads than query heads, each shared by a group of queries."""
+    ``gqa``: fewer key/value heads than query heads, each shared by a group of queries.
+    ``mask`` (B, 1, T, past + T) bool, True where a query may look: it replaces the causal mask
+    and must include it (``document_mask``)."""
     T = q.size(2)
     extra = {"enable_gqa": True} if gqa else {}  # the argument exists from torch 2.5 on; GPT-2 runs on 2.4
+    if mask is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, **extra)
     if past == 0:
         # is_causal lets SDPA pick the Flash / memory-efficient kernels on GPU
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, **extra)
@@ -29,6 +39,21 @@ def attend(
     # corner, so give the bottom-right-aligned causal mask explicitly
     mask = torch.ones(T, past + T, dtype=torch.bool, device=q.device).tril(diagonal=past)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, **extra)
+
+
+def document_mask(doc_ids: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """The block-diagonal causal mask of document masking: (B, 1, T, S) bool from the document
+    ids (B, S) of every position so far, the last ``T = new_tokens`` of them the queries'. A
+    query at position p sees key s where ``s <= p`` and both lie in the same document.
+
+    A boolean mask costs SDPA its Flash kernel on CUDA; FlexAttention's block mask would skip
+    the masked-out tiles instead (faster on long windows of many documents), but this runs
+    the same on every device."""
+    S = doc_ids.size(1)
+    past = S - new_tokens
+    causal = torch.ones(new_tokens, S, dtype=torch.bool, device=doc_ids.device).tril(diagonal=past)
+    same_doc = doc_ids[:, past:, None] == doc_ids[:, None, :]  # (B, T, S)
+    return (same_doc & causal).unsqueeze(1)  # (B, 1, T, S): one mask for every head
 
 
 class CausalSelfAttention(nn.Module):

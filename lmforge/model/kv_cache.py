@@ -33,6 +33,7 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0  # positions already stored (the same for every layer after a full forward)
+        self.doc_ids: torch.Tensor | None = None  # (B, max_len): document masking's ids, on first use
 
     def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store ``k, v`` of shape (B, nh, T, hs) after the past; return past + new."""
@@ -42,6 +43,19 @@ class KVCache:
         self.k[layer, :, :, start:end] = k
         self.v[layer, :, :, start:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def document_ids(self, starts: torch.Tensor) -> torch.Tensor:
+        """Document ids (B, past + T) of the cached positions and the new ones, where ``starts``
+        (B, T) marks the new tokens that begin a document: the count goes on from the last cached
+        position's, so a decode step masks what a full forward over the whole sequence would."""
+        past, end = self.length, self.length + starts.size(1)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {end} were needed")
+        if self.doc_ids is None:
+            self.doc_ids = torch.zeros(starts.size(0), self.max_len, dtype=torch.long, device=starts.device)
+        before = self.doc_ids[:, past - 1 : past] if past else 0  # (B, 1): the last cached document
+        self.doc_ids[:, past:end] = before + starts.long().cumsum(1)
+        return self.doc_ids[:, :end]
 
     def advance(self, n: int) -> None:
         """Called by the model once all layers have appended ``n`` positions."""

@@ -12,7 +12,9 @@ What changes from ``gpt.py`` and why (modded-nanogpt's records, nanochat):
 - an untied LM head, and output projections that start at zero (each block starts as the
   identity; the head starts predicting uniformly);
 - a tanh soft-cap on the logits (``c * tanh(logits / c)``), against runaway logits;
-- optional grouped-query attention: ``n_kv_head`` key/value heads shared by the query heads.
+- optional grouped-query attention: ``n_kv_head`` key/value heads shared by the query heads;
+- optional document masking: attention stays within the documents of a window (an end-of-text
+  token starts the next one), in training, evaluation and generation alike.
 
 Three levers that connect the blocks, each off by default (issue 26):
 
@@ -46,7 +48,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from lmforge.config import ModelConfig
-from lmforge.model.attention import attend
+from lmforge.errors import ConfigError
+from lmforge.model.attention import attend, document_mask
 from lmforge.model.blocks import context_start, flops_per_token
 from lmforge.model.head import head_output
 from lmforge.model.kv_cache import KVCache, new_kv_cache
@@ -135,7 +138,11 @@ class ModernAttention(nn.Module):
             self.ve_gate = nn.Linear(min(VE_GATE_CHANNELS, config.n_embd), self.n_kv_head, bias=False)
 
     def forward(
-        self, x: torch.Tensor, kv_cache: KVCache | None = None, ve: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        ve: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, T, C = x.size()
         hs = self.head_dim
@@ -154,7 +161,8 @@ class ModernAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.append(self.layer_idx, k, v)  # (B, nkv, past + T, hs)
 
-        y = attend(q, k, v, past, self.dropout if self.training else 0.0, gqa=self.n_kv_head != self.n_head)
+        dropout_p = self.dropout if self.training else 0.0
+        y = attend(q, k, v, past, dropout_p, gqa=self.n_kv_head != self.n_head, mask=attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -178,9 +186,13 @@ class ModernBlock(nn.Module):
         self.mlp = ReluSquaredMLP(config)
 
     def forward(
-        self, x: torch.Tensor, kv_cache: KVCache | None = None, ve: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        ve: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(rms_norm(x, self.eps), kv_cache, ve)
+        x = x + self.attn(rms_norm(x, self.eps), kv_cache, ve, attn_mask)
         x = x + self.mlp(rms_norm(x, self.eps))
         return x
 
@@ -275,15 +287,22 @@ class ModernGPT(nn.Module):
         """As ``GPT.forward``: logits (B, T, vocab), with ``targets`` the mean loss, or with
         ``loss_reduction="none"`` the per-token losses; all of the soft-capped logits."""
         context_start(kv_cache, idx.size(1), self.config.block_size)
+        mask = self.document_mask(idx, kv_cache) if self.config.document_masking else None
         eps = self.config.layer_norm_epsilon
         x = self.transformer.drop(rms_norm(self.transformer.wte(idx), eps))  # (B, T, C)
-        x = self.run_blocks(idx, x, kv_cache)
+        x = self.run_blocks(idx, x, kv_cache, mask)
         x = rms_norm(x, eps)
         return head_output(
             x, self.lm_head.weight, self.config, targets, kv_cache, loss_reduction, with_argmax
         )
 
-    def run_blocks(self, idx: torch.Tensor, x: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+    def run_blocks(
+        self,
+        idx: torch.Tensor,
+        x: torch.Tensor,
+        kv_cache: KVCache | None,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """``x`` (B, T, C), the normalised embedding of ``idx``, through every block, with what
         the levers add between them; with every lever off, ``blocks.run_blocks``. Gradient
         checkpointing (in training) keeps only each block's input and value embeddings. A value
@@ -302,14 +321,28 @@ class ModernGPT(nn.Module):
                 x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             ve = tables[str(i)](idx) if str(i) in tables else None  # (B, T, kv_dim)
             if recompute:
-                x = checkpoint(block, x, None, ve, use_reentrant=False)
+                x = checkpoint(block, x, None, ve, attn_mask, use_reentrant=False)
             else:
-                x = block(x, kv_cache, ve)
+                x = block(x, kv_cache, ve, attn_mask)
             if i < n_skips:
                 skips.append(x)
         if kv_cache is not None:
             kv_cache.advance(x.size(1))
         return x
+
+    def document_mask(self, idx: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+        """The attention mask (B, 1, T, past + T) of document masking, once per forward: an
+        end-of-text token starts a document (it is that document's BOS), and no token sees one
+        before it. Document ids count the end-of-text tokens so far, the cached ones included."""
+        eot = self.config.eot_token
+        if eot < 0:
+            raise ConfigError(
+                "--document-masking needs the end-of-text token id, and model.eot_token is not set",
+                "set ModelConfig(eot_token=...) to the tokenizer's (a run takes its dataset's)",
+            )
+        starts = idx == eot  # (B, T)
+        doc_ids = starts.long().cumsum(1) if kv_cache is None else kv_cache.document_ids(starts)
+        return document_mask(doc_ids, idx.size(1))
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache for ``batch_size`` sequences of up to ``max_len`` tokens (``kv_heads`` each)."""

@@ -59,6 +59,7 @@ ARCHITECTURE_FIELDS = (
     "arch",
     "n_kv_head",
     "qk_norm",
+    "document_masking",
     "logit_softcap",
     "value_embeds",
     "residual_lambdas",
@@ -177,6 +178,7 @@ def check_run_start(workspace: Workspace, spec: RunSpec, dataset: Any) -> RunSpe
             check_tokenizer_match(identity, recorded, f"run {spec.resume_dir.name}")
     fixed = spec.init_from is not None or spec.resume_dir is not None
     config.model = resolve_vocab(config.model, int(dataset.vocab_size), dataset.name, fixed)
+    config.model = resolve_eot(config.model, int(dataset.eot_token), dataset.name)
     if spec.resume_dir is not None:
         check_resume_point(spec.resume_dir, config.train.steps)
         config.run = spec.resume_dir.name
@@ -459,6 +461,17 @@ def resolve_vocab(model: ModelConfig, data_vocab: int, dataset: str, fixed: bool
             "leave --vocab-size unset (it comes from the data), or use data of the model's tokenizer",
         )
     return model
+
+
+def resolve_eot(model: ModelConfig, data_eot: int, dataset: str) -> ModelConfig:
+    """The model's end-of-text id (where ``--document-masking`` starts a document) is the dataset
+    tokenizer's, kept in the model config so that a checkpoint's eval and generate use it too."""
+    if model.eot_token not in (-1, data_eot):
+        raise ConfigError(
+            f"--eot-token {model.eot_token} differs from dataset '{dataset}''s end-of-text id {data_eot}",
+            "leave --eot-token unset: a run takes its data's",
+        )
+    return dataclasses.replace(model, eot_token=data_eot)
 
 
 def replaced_by_data(chosen: TrainingConfig, started: TrainingConfig, dataset: str) -> list[str]:
