@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -407,10 +408,31 @@ def lost_peer_error(exc: BaseException, rank: int) -> LmforgeError:
 
 @contextlib.contextmanager
 def process_group(device: str | torch.device) -> Iterator[DistInfo]:
-    """``init_distributed`` for the duration of a block; the group is destroyed after it."""
+    """``init_distributed`` for the duration of a block; the group is destroyed after it. A block
+    that ends normally first waits for every rank (a barrier), so no rank closes its connections
+    while another still has a collective on them; one that raised does not wait (the other ranks
+    may be gone)."""
     info = init_distributed(device)
     try:
         yield info
-    finally:
+    except BaseException:
         if info.enabled:
             destroy()
+        raise
+    if info.enabled:
+        barrier()
+        destroy()
+
+
+def leave_rank(exit_code: int) -> NoReturn:
+    """End a rank of a multi-process run once it has written and printed everything: flush the
+    output and exit without Python's and C++'s exit-time teardown. FSDP's device mesh keeps the
+    gloo process group (and its worker threads) alive after ``destroy_process_group``; torn down
+    at interpreter exit, it can abort the process ("terminate called without an active
+    exception", SIGABRT), so a run that saved and stopped cleanly would end as a crash (-6
+    instead of 0 or 143), and the launcher would report a failed rank."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(exit_code)

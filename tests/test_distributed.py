@@ -214,6 +214,14 @@ def test_fsdp_sigterm_on_one_rank_then_exact_resume_under_ddp(
 # ----------------------------------------------------------------------------- in one process
 
 
+def test_a_rank_leaves_with_its_code_and_its_output_flushed():
+    """``leave_rank`` skips the exit-time teardown (FSDP's gloo group can abort there, turning a
+    clean 143 into -6) but not what the rank printed: buffered output still reaches the pipe."""
+    code = "from lmforge.distributed import leave_rank; print('saved', end=''); leave_rank(143)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert (proc.returncode, proc.stdout) == (143, "saved"), proc.stderr
+
+
 def test_nproc_is_refused_under_torchrun(cli, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -158,6 +158,10 @@ def train(
             from lmforge.observe.dashboard import summary_table
 
             out_console.print(summary_table(result))
+    if group.enabled:  # a rank of a multi-process run: everything is written, leave at once
+        from lmforge.distributed import leave_rank
+
+        leave_rank(result.exit_code)
     if result.exit_code:
         raise typer.Exit(result.exit_code)
 
