@@ -5,6 +5,8 @@
         # GPT-2 small on one GPU: batch 16 x 1024 tokens, grad-accum 4 (the CUDA defaults)
     python benchmarks/train_throughput.py --recipes --batch-size 8 --dtype fp32 --compile off
         # the modern recipe's step time against the gpt2 one's (tiny, batch 8 x 128)
+    python benchmarks/train_throughput.py --recipes --batch-size 16 --dtype fp32 --compile off \
+        --levers value_embeds,residual_lambdas,unet_skips   # + a row: modern with those levers on
     python benchmarks/train_throughput.py --matrix              # CPU: every dtype x compile choice
         # tiny shape, batch 8 x 256, vs the plain loop in fp32 eager; plus lmforge's own defaults
 
@@ -125,6 +127,8 @@ def run_lmforge(args, ws: Path) -> dict:
         from lmforge.presets import apply_recipe
 
         config = apply_recipe(config, args.recipe)
+    for lever in filter(None, args.levers.split(",")):
+        setattr(config.model, lever, True)
     config.logging.log_interval = math.gcd(
         args.warmup, last
     )  # logs (and syncs) at the end of warm-up and at the end
@@ -283,6 +287,12 @@ def parse(argv=None):
     )
     p.add_argument("--recipe", default="gpt2", choices=["gpt2", "modern"], help="lmforge's recipe")
     p.add_argument(
+        "--levers",
+        default="",
+        help="with --recipes: a third row, the modern recipe with these model levers on "
+        "(comma-separated ModelConfig fields: value_embeds, residual_lambdas, unet_skips, document_masking)",
+    )
+    p.add_argument(
         "--impls",
         default="plain,lmforge",
         help="which loops to run: plain, lmforge or both (benchmarks/plain_loop.py is the independent one)",
@@ -400,7 +410,12 @@ def main(argv=None) -> None:
 def contenders(args) -> list[tuple[str, str, list[str]]]:
     """``(row name, worker, extra options)``: the plain loop first (the baseline of "vs plain")."""
     if args.recipes:
-        return [(f"lmforge --recipe {r}", "lmforge", ["--recipe", r]) for r in ("gpt2", "modern")]
+        rows = [(f"lmforge --recipe {r}", "lmforge", ["--recipe", r]) for r in ("gpt2", "modern")]
+        if args.levers:
+            rows.append(
+                (f"modern + {args.levers}", "lmforge", ["--recipe", "modern", "--levers", args.levers])
+            )
+        return rows
     if not args.matrix:
         chosen = args.impls.split(",")
         return [(name, name, []) for name in ("plain", "lmforge") if name in chosen]
