@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from resume_helpers import assert_same_curves, curve, resume_to_end, train_until
 
 from lmforge import TrainingManager
 from lmforge.checkpoint.store import load_model, save_checkpoint
@@ -272,28 +273,14 @@ def test_dry_run_shows_the_option(cli):
     assert r.exit_code != 0 and "--document-masking needs --arch modern" in r.stderr
 
 
-class _StopAt(Reporter):
-    def __init__(self, step: int):
-        self.stop_step, self.manager = step, None
-
-    def step(self, stats) -> None:
-        if stats.step == self.stop_step:
-            self.manager.request_stop()
-
-
 def test_resume_with_document_masking_is_the_straight_run_bitwise(train_workspace, tiny_train_config):
     from lmforge.data.store import open_dataset
-    from lmforge.train.run_spec import resume_config
     from lmforge.workspace import Workspace
 
     def config(run, on=True):
         return tiny_train_config(
             steps=8, eval_interval=4, sample_tokens=0, run=run, recipe="modern", document_masking=on
         )
-
-    def curve(run, kind, key):
-        lines = (train_workspace / "runs" / run / "metrics.jsonl").read_text().splitlines()
-        return [(r["step"], r[key]) for r in map(json.loads, lines) if r["kind"] == kind]
 
     dataset = open_dataset(Workspace.resolve(train_workspace), "wikitext-2")
     first_tokens = np.asarray(dataset.tokens("train")[: 8 * 4 * 32])
@@ -302,17 +289,13 @@ def test_resume_with_document_masking_is_the_straight_run_bitwise(train_workspac
     TrainingManager(config("straight"), train_workspace, reporter=Reporter()).train()
     saved = TrainingConfig.from_toml(train_workspace / "runs" / "straight" / "config.toml").model
     assert (saved.document_masking, saved.eot_token) == (True, dataset.eot_token)  # from the data
-    stopper = _StopAt(4)
-    first = TrainingManager(config("halves"), train_workspace, reporter=stopper)
-    stopper.manager = first
-    assert first.train().step == 4
-    resumed = resume_config(train_workspace / "runs" / "halves", {})
-    TrainingManager(resumed, train_workspace, resume="halves", reporter=Reporter()).train()
-    assert curve("halves", "train", "loss") == curve("straight", "train", "loss")  # bitwise equal
-    assert curve("halves", "eval", "val_loss") == curve("straight", "eval", "val_loss")
+    train_until(config("halves"), train_workspace, 4)
+    resume_to_end(train_workspace, "halves")
+    assert_same_curves(train_workspace, "halves", "straight")
     # and the option did change this training: its windows hold end-of-text tokens
     TrainingManager(config("off", on=False), train_workspace, reporter=Reporter()).train()
-    assert curve("off", "train", "loss")[1:] != curve("straight", "train", "loss")[1:]
+    losses = curve(train_workspace, "off", "train", "loss")
+    assert losses[1:] != curve(train_workspace, "straight", "train", "loss")[1:]
 
 
 def test_turning_the_option_on_at_a_resume_is_refused(train_workspace, tiny_train_config):

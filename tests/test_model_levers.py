@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from resume_helpers import assert_same_curves, resume_to_end, train_until
 
 from lmforge import TrainingManager
 from lmforge.config import ModelConfig, OptimizerConfig, TrainingConfig
@@ -390,39 +391,18 @@ def test_hf_export_refuses_each_lever_with_one_line(tmp_path, lever, message):
 # ----------------------------------------------------------------------------- training
 
 
-class _StopAt(Reporter):
-    def __init__(self, step: int):
-        self.stop_step, self.manager = step, None
-
-    def step(self, stats) -> None:
-        if stats.step == self.stop_step:
-            self.manager.request_stop()
-
-
 def test_resume_with_every_lever_on_is_the_straight_run_bitwise(train_workspace, tiny_train_config):
-    from lmforge.train.run_spec import resume_config
-
     def config(run):
         return tiny_train_config(
             steps=8, eval_interval=4, sample_tokens=0, run=run, recipe="modern", **ALL_ON
         )
 
     TrainingManager(config("straight"), train_workspace, reporter=Reporter()).train()
-    stopper = _StopAt(4)
-    first = TrainingManager(config("halves"), train_workspace, reporter=stopper)
-    stopper.manager = first
-    assert first.train().step == 4
+    train_until(config("halves"), train_workspace, 4)
     saved = TrainingConfig.from_toml(train_workspace / "runs" / "halves" / "config.toml")
     assert {k: getattr(saved.model, k) for k in LEVERS} == ALL_ON
-    resumed = resume_config(train_workspace / "runs" / "halves", {})
-    TrainingManager(resumed, train_workspace, resume="halves", reporter=Reporter()).train()
-
-    def curve(run, kind, key):
-        lines = (train_workspace / "runs" / run / "metrics.jsonl").read_text().splitlines()
-        return [(r["step"], r[key]) for r in map(json.loads, lines) if r["kind"] == kind]
-
-    assert curve("halves", "train", "loss") == curve("straight", "train", "loss")  # bitwise equal
-    assert curve("halves", "eval", "val_loss") == curve("straight", "eval", "val_loss")
+    resume_to_end(train_workspace, "halves")
+    assert_same_curves(train_workspace, "halves", "straight")
     # the lambdas and skip weights were trained (not left at their initial values)
     from lmforge.checkpoint.store import load_model
 

@@ -9,6 +9,7 @@ import json
 
 import pytest
 import torch
+from resume_helpers import assert_same_curves, resume_to_end, train_until
 
 from lmforge import TrainingManager
 from lmforge.config import ModelConfig, OptimizerConfig, TrainingConfig
@@ -200,18 +201,8 @@ def test_dry_run_shows_the_levers(cli):
     assert r.exit_code != 0 and "--normuon needs --optimizer muon" in r.stderr
 
 
-class _StopAt(Reporter):
-    def __init__(self, step: int):
-        self.stop_step, self.manager = step, None
-
-    def step(self, stats) -> None:
-        if stats.step == self.stop_step:
-            self.manager.request_stop()
-
-
 def test_resume_with_every_lever_on_is_the_straight_run_bitwise(train_workspace, tiny_train_config):
     from lmforge.checkpoint.store import load_trainer_state
-    from lmforge.train.run_spec import resume_config
 
     def config(run):
         return tiny_train_config(
@@ -228,25 +219,15 @@ def test_resume_with_every_lever_on_is_the_straight_run_bitwise(train_workspace,
         )
 
     TrainingManager(config("straight"), train_workspace, reporter=Reporter()).train()
-    stopper = _StopAt(4)
-    first = TrainingManager(config("halves"), train_workspace, reporter=stopper)
-    stopper.manager = first
+    first = train_until(config("halves"), train_workspace, 4)
     assert type(first.optimizer.muon).__name__ == "MuonNS" and first.optimizer.muon.normuon
-    assert first.train().step == 4
     saved = TrainingConfig.from_toml(train_workspace / "runs" / "halves" / "config.toml")
     assert {k: getattr(saved.optim, k) for k in LEVERS_ON} == LEVERS_ON
     ckpt = train_workspace / "runs" / "halves" / "checkpoints" / "step-4"
     muon_state = load_trainer_state(ckpt)["optimizer"]["muon"]["state"]
     assert muon_state and all(s["second_moment"].abs().sum() > 0 for s in muon_state.values())
-    resumed = resume_config(train_workspace / "runs" / "halves", {})
-    TrainingManager(resumed, train_workspace, resume="halves", reporter=Reporter()).train()
-
-    def curve(run, kind, key):
-        lines = (train_workspace / "runs" / run / "metrics.jsonl").read_text().splitlines()
-        return [(r["step"], r[key]) for r in map(json.loads, lines) if r["kind"] == kind]
-
-    assert curve("halves", "train", "loss") == curve("straight", "train", "loss")  # bitwise equal
-    assert curve("halves", "eval", "val_loss") == curve("straight", "eval", "val_loss")
+    resume_to_end(train_workspace, "halves")
+    assert_same_curves(train_workspace, "halves", "straight")
 
 
 def test_a_lever_can_be_turned_on_or_off_at_a_resume():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from resume_helpers import assert_same_curves, curve, resume_to_end, train_until
 
 from lmforge import TrainingManager
 from lmforge.config import TrainingConfig
@@ -104,7 +105,6 @@ def test_muon_wsd_resume_with_more_steps_before_the_decay_is_the_longer_run_bitw
 
     if cpu == "no fast bf16":
         monkeypatch.setattr(lmforge.device, "_read_cpuinfo", lambda: "model name : Old\nflags : avx2\n")
-    from lmforge.train.run_spec import resume_config
 
     def config(run, steps):
         return tiny_train_config(
@@ -114,23 +114,15 @@ def test_muon_wsd_resume_with_more_steps_before_the_decay_is_the_longer_run_bitw
     TrainingManager(config("straight", 20), train_workspace, reporter=Reporter()).train()
     # planned as 16 steps (decay from step 8), stopped at 6, resumed with --steps 20 (decay from 10):
     # the plateau simply goes on, and the run is the 20-step one exactly
-    stopper = _StopAt(6)
-    first = TrainingManager(config("halves", 16), train_workspace, reporter=stopper)
-    stopper.manager = first
+    first = train_until(config("halves", 16), train_workspace, 6)
     if cpu == "no fast bf16":
         assert type(first.optimizer.muon).__name__ == "MuonNS" and first.dtype == "fp32"
-    assert first.train().step == 6
     warnings = _Warnings()
-    longer = resume_config(train_workspace / "runs" / "halves", {("train", "steps"): 20})
-    TrainingManager(longer, train_workspace, resume="halves", reporter=warnings).train()
+    resume_to_end(train_workspace, "halves", {("train", "steps"): 20}, reporter=warnings)
     assert warnings.seen == []
-
-    def curve(run, kind, key):
-        return [(r["step"], r[key]) for r in _records(train_workspace / "runs" / run, kind)]
-
-    assert curve("halves", "train", "loss") == curve("straight", "train", "loss")  # bitwise equal
-    assert curve("halves", "train", "lr") == curve("straight", "train", "lr")
-    assert curve("halves", "eval", "val_loss") == curve("straight", "eval", "val_loss")
+    assert_same_curves(train_workspace, "halves", "straight")
+    lrs = curve(train_workspace, "halves", "train", "lr")
+    assert lrs == curve(train_workspace, "straight", "train", "lr")
 
 
 def test_cosine_warns_when_more_steps_change_the_past_schedule(train_workspace, tiny_train_config):
@@ -150,15 +142,6 @@ class _Warnings(Reporter):
 
     def warning(self, message: str) -> None:
         self.seen.append(message)
-
-
-class _StopAt(Reporter):
-    def __init__(self, step: int):
-        self.stop_step, self.manager = step, None
-
-    def step(self, stats) -> None:
-        if stats.step == self.stop_step:
-            self.manager.request_stop()
 
 
 def test_trains_evaluates_generates_shows_exports_and_imports(train_workspace, tiny_train_config, cli):

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from resume_helpers import StopAtStep
 
 from lmforge import TrainingConfig, TrainingManager
 from lmforge.checkpoint.listing import list_checkpoints
@@ -196,22 +197,13 @@ def test_divergence_without_a_checkpoint_stops(train_workspace, tiny_train_confi
     assert run["status"] == "failed" and "diverged" in run["error"]
 
 
-class _StopAt(Reporter):
-    def __init__(self, step):
-        self.at, self.manager = step, None
-
-    def step(self, stats):
-        if stats.step == self.at:
-            self.manager.request_stop()
-
-
 def test_resume_gives_exactly_the_uninterrupted_losses(train_workspace, tiny_train_config):
     def config(run):
         return tiny_train_config(steps=16, dropout=0.1, eval_interval=6, sample_tokens=0, run=run)
 
     TrainingManager(config("straight"), train_workspace, reporter=Reporter()).train()
 
-    stopper = _StopAt(7)
+    stopper = StopAtStep(7)
     first = TrainingManager(config("halves"), train_workspace, reporter=stopper)
     stopper.manager = first
     interrupted = first.train()
@@ -501,7 +493,7 @@ def test_resume_on_another_gpu_count_warns_once(train_workspace, tiny_train_conf
     fake_cuda = [torch.zeros(16, dtype=torch.uint8)] * 2  # saved on a 2-GPU machine
     monkeypatch.setattr(state, "get_rng_state", lambda: rng.get_rng_state() | {"cuda": fake_cuda})
     config = tiny_train_config(steps=3, eval_interval=2, sample_tokens=0, run="gpus")
-    stopper = _StopAt(2)
+    stopper = StopAtStep(2)
     stopper.manager = TrainingManager(config, train_workspace, reporter=stopper)
     assert stopper.manager.train().step == 2
 
