@@ -212,9 +212,15 @@ def test_export_refuses_a_lever_nanochat_cannot_hold():
 
 
 @pytest.mark.skipif(not torch.distributed.is_gloo_available(), reason="no gloo backend in this torch")
-def test_ddp_with_muon_matches_one_process(train_workspace, train_flags, tiny_train_config):
+def test_ddp_with_muon_and_every_model_lever_matches_one_process(
+    train_workspace, train_flags, tiny_train_config
+):
+    """Two ranks of batch 2 = one process of batch 4, with Muon and the four model levers on (their
+    parameters all get gradients, so DDP's reducer needs no unused-parameter search)."""
     run = {"steps": 4, "eval_interval": 2, "grad_accum": 1, "sample_tokens": 0}
+    levers = ("value_embeds", "residual_lambdas", "unet_skips", "document_masking")
     flags = train_flags(batch_size=2, **run, **{k: v for k, v in MODERN.items()})
+    flags += [f"--{lever.replace('_', '-')}" for lever in levers]
     cmd = [sys.executable, "-m", "lmforge", "--workspace", str(train_workspace), "train", *flags]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     out = subprocess.run(
@@ -226,7 +232,9 @@ def test_ddp_with_muon_matches_one_process(train_workspace, train_flags, tiny_tr
         timeout=180,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    ref = tiny_train_config(run="ref", batch_size=4, **run, **MODERN)
+    saved = TrainingConfig.from_toml(train_workspace / "runs" / "ddp" / "config.toml").model
+    assert all(getattr(saved, lever) for lever in levers)
+    ref = tiny_train_config(run="ref", batch_size=4, **run, **MODERN, **dict.fromkeys(levers, True))
     TrainingManager(ref, train_workspace, reporter=Reporter()).train()
     a = _records(train_workspace / "runs" / "ddp", "train")
     b = _records(train_workspace / "runs" / "ref", "train")
