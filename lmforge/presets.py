@@ -62,6 +62,7 @@ _RECIPE_MODERN: dict[tuple[str, ...], Any] = {
     ("model", "bias"): False,
     ("model", "qk_norm"): True,
     ("model", "logit_softcap"): 15.0,
+    ("model", "value_embeds"): True,  # issue 26's protocol: README, "Levers"
     ("optim", "optimizer"): "muon",
     ("optim", "schedule"): "wsd",
     ("optim", "lr"): 0.02,

@@ -295,10 +295,17 @@ def test_the_levers_need_the_modern_architecture_with_a_one_line_error():
         OptimizerConfig(scalar_lr=-1.0)
 
 
-def test_the_levers_are_off_in_both_recipes():
-    for recipe in ("gpt2", "modern"):
-        c = resolve_config(preset="tiny", overrides={("recipe",): recipe})
-        assert not any(getattr(c.model, lever) for lever in LEVERS)
+def test_the_modern_recipe_turns_on_the_measured_lever_only():
+    """Value embeddings won the protocol (README, "Levers"); the lambdas and U-net skips did not."""
+    gpt2 = resolve_config(preset="tiny", overrides={("recipe",): "gpt2"}).model
+    modern = resolve_config(preset="tiny", overrides={("recipe",): "modern"}).model
+    assert not any(getattr(gpt2, lever) for lever in LEVERS)
+    assert {lever: getattr(modern, lever) for lever in LEVERS} == {
+        "value_embeds": True,
+        "residual_lambdas": False,
+        "unet_skips": False,
+    }
+    assert not modern.document_masking
 
 
 @pytest.mark.parametrize("on", [True, False])
@@ -328,7 +335,7 @@ def test_a_config_from_before_the_levers_loads_with_them_off():
 
 
 def test_dry_run_shows_the_levers(cli):
-    r = cli("train", "--preset", "tiny", "--recipe", "modern", "--dry-run", "--json")
+    r = cli("train", "--preset", "tiny", "--recipe", "modern", "--no-value-embeds", "--dry-run", "--json")
     assert r.exit_code == 0, r.stderr
     off = json.loads(r.stdout)
     assert [off["config"]["model"][lever] for lever in LEVERS] == [False] * 3

@@ -82,7 +82,8 @@ def test_dry_run_shows_the_resolved_recipe(cli):
     plan = json.loads(r.stdout)
     assert plan["config"]["recipe"] == "modern" and plan["config"]["optim"]["optimizer"] == "muon"
     gpt2 = json.loads(cli("train", "--preset", "tiny", "--dry-run", "--json").stdout)
-    # untied head: one more vocab x width matrix, no position table
+    # untied head: one more vocab x width matrix, no position table; value embeddings on layers
+    # 1 and 3 of 4: two more vocab x width tables and their gates (12 channels -> 4 heads)
     V, C, T = 50257, 256, 256
     assert (
         plan["parameters"]["total"] - gpt2["parameters"]["total"]
@@ -90,6 +91,8 @@ def test_dry_run_shows_the_resolved_recipe(cli):
         - T * C
         - 4 * 13 * C
         - 2 * C  # + head, - positions, - per layer 2 LayerNorms + 4 biases, - ln_f
+        + 2 * V * C
+        + 2 * 12 * 4
     )
     assert plan["flops_per_token"] < gpt2["flops_per_token"] + 6 * V * C
     r = cli("train", "--recipe", "modern", "--n-kv-head", "5", "--dry-run")
@@ -150,7 +153,10 @@ def test_trains_evaluates_generates_shows_exports_and_imports(train_workspace, t
     from lmforge.interop import hf_export, hf_import
     from lmforge.workspace import Workspace
 
-    config = tiny_train_config(steps=8, eval_interval=4, sample_tokens=4, run="modern", n_kv_head=1, **MODERN)
+    # the value embeddings have no NanoChat tensors: the exported model is the recipe without them
+    config = tiny_train_config(
+        steps=8, eval_interval=4, sample_tokens=4, run="modern", n_kv_head=1, value_embeds=False, **MODERN
+    )
     result = TrainingManager(config, train_workspace, reporter=Reporter()).train()
     assert result.status == "finished" and result.last_val_loss < 5.5
     ckpt = train_workspace / "runs" / "modern" / "checkpoints" / "step-8"
