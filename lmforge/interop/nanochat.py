@@ -72,7 +72,11 @@ def check_exportable(c: ModelConfig) -> None:
         )
     for lever, why in _NOT_IN_NANOCHAT.items():
         if getattr(c, lever):
-            raise ConfigError(f"cannot export {why}", "export with --format safetensors (lmforge's own)")
+            off = "--no-" + lever.replace("_", "-")
+            raise ConfigError(
+                f"cannot export {why}",
+                f"export with --format safetensors (lmforge's own), or train with {off}",
+            )
 
 
 def nanochat_config(c: ModelConfig, eot_token: int | None = None) -> dict[str, Any]:
