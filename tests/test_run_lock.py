@@ -143,9 +143,9 @@ def test_the_cli_refuses_a_second_resume_in_one_line(train_workspace, tiny_train
 def test_a_refused_lock_stops_every_rank_of_a_ddp_resume(
     train_workspace, tiny_train_config, holder, launcher
 ):
-    """``--nproc`` refuses before it launches anything (exit 2, one line). Under torchrun every
-    rank refuses, and none waits for the others in a collective until the process group times
-    out."""
+    """``--nproc`` refuses before it launches anything (exit 2, one line). Under torchrun each rank
+    refuses on its own and the run ends at once: none waits for the others in a collective until
+    the process group times out."""
     run = _interrupted_run(train_workspace, tiny_train_config(steps=12, run="r", sample_tokens=0))
     holder(RunDir(run).lock_file)
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
@@ -165,9 +165,11 @@ def test_a_refused_lock_stops_every_rank_of_a_ddp_resume(
         assert out.returncode == 2, out.stderr[-2000:]
         errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
         assert len(errors) == 1 and "'r' is already being trained by another process" in errors[0]
-    else:  # torchrun reports a failed worker with exit 1; both ranks said why
+    else:  # torchrun reports a failed worker with exit 1
         assert out.returncode != 0
-        assert out.stderr.count("'r' is already being trained by another process") >= 2, out.stderr[-2000:]
+        # the first rank to refuse says why; torchrun then stops the others (SIGTERM), so on a
+        # loaded machine the slower rank can be stopped before it gets to its own refusal
+        assert "'r' is already being trained by another process" in out.stderr, out.stderr[-2000:]
 
 
 def test_runs_rm_force_on_a_live_run_stops_the_trainer(train_workspace, tiny_train_config):
