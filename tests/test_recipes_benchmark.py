@@ -101,6 +101,14 @@ def test_the_protocol_runs_end_to_end(recipes, train_workspace, runner, monkeypa
         return SimpleNamespace(returncode=result.exit_code)
 
     monkeypatch.setattr(recipes.subprocess, "run", run_in_process)
+    full_options = recipes.protocol_options
+
+    def fewer_eval_tokens(args):  # the protocol's 8,192 validation tokens, cut for a quick test
+        options = full_options(args)
+        options[options.index("--eval-tokens") + 1] = "512"
+        return options
+
+    monkeypatch.setattr(recipes, "protocol_options", fewer_eval_tokens)
     args = ["--workspace", str(train_workspace), "--steps", "2", "--seeds", "1-2", "--gpt2-lrs", "1e-3"]
     assert recipes.main([*args, "--json"]) == 0
     assert len(outputs) == 4  # three sweeps and the comparison
