@@ -107,6 +107,45 @@ def test_multi_group_table_and_plot_through_the_cli(cli, ws, workspace_dir):
     assert (workspace_dir / "runs" / ".compare" / "group-pgpt2lr-pgpt2-pmodern.png").is_file()
 
 
+def test_multi_group_markdown_through_the_cli(cli, ws, workspace_dir):
+    out = cli("runs", "compare", *GROUPS, "--baseline", "sweep=pgpt2", "--markdown", "--no-plot")
+    assert out.exit_code == 0, out.output
+    lines = out.stdout.splitlines()
+    assert lines[0] == "Sweeps pgpt2lr, pgpt2, pmodern (mean ± 95% interval over seeds):"
+    table = [line for line in lines if line.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header == [
+        "setting", "seeds", "val @25%", "val @50%", "val @75%", "final val loss",
+        f"tokens to {(3.5 + 3.54 + 3.56) / 3:.4f}", "p (Welch)",
+    ]  # fmt: skip
+    assert table[1] == "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    rows = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in table[2:])}
+    assert list(rows) == [
+        "sweep=pgpt2lr, lr=0.0005",
+        "sweep=pgpt2lr+pgpt2, lr=0.0015 (baseline)",
+        "sweep=pmodern",
+    ]
+    modern = rows["sweep=pmodern"]
+    assert modern[1] == "3/3" and modern[5].startswith("3.0200 ± ")  # finals 3.01, 3.02, 3.03
+    assert float(modern[7]) < 0.05
+    assert rows["sweep=pgpt2lr, lr=0.0005"][5] == "4.0000"  # one seed: the value, no interval
+    assert "[" not in out.stdout.replace("[1/", "")  # no Rich markup leaks into the Markdown
+    assert not (workspace_dir / "runs" / ".compare").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--group", "pmodern", "--markdown", "--json"], "--json and --markdown cannot be combined"),
+        (["pgpt2-s2", "pgpt2-s3", "--markdown"], "--markdown need --group"),
+    ],
+)
+def test_markdown_errors(cli, ws, args, message):
+    out = cli("runs", "compare", *args, "--no-plot")
+    assert out.exit_code == 2, out.output
+    assert message in out.output
+
+
 @pytest.mark.parametrize(
     ("baseline", "label"),
     [

@@ -242,6 +242,9 @@ def compare_cmd(
         dir_okay=False,
     ),
     as_json: bool = JSON_OPTION,
+    as_markdown: bool = typer.Option(
+        False, "--markdown", help="With --group: print the table as Markdown (for a README or a paper)."
+    ),
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip the PNG."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out file."),
 ) -> None:
@@ -263,6 +266,9 @@ def compare_cmd(
 
       [bold]lmforge runs compare --group pgpt2 --group pmodern --baseline sweep=pgpt2[/bold]   (several
       sweeps: one setting per sweep and grid value)
+
+      [bold]lmforge runs compare --group recipes --baseline recipe=gpt2 --markdown --no-plot[/bold]   (the
+      same table as Markdown, for a README)
     """
     from lmforge.errors import UsageError
     from lmforge.runs.compare import compare_runs
@@ -272,10 +278,12 @@ def compare_cmd(
             raise UsageError("--group and run names cannot be combined", "compare a sweep, or name runs")
         from lmforge.cli.sweep import compare_group
 
-        compare_group(ctx, group, baseline or [], target_loss, out, force, no_plot, as_json)
+        compare_group(ctx, group, baseline or [], target_loss, out, force, no_plot, as_json, as_markdown)
         return
-    if baseline or target_loss is not None:
-        raise UsageError("--baseline and --target-loss need --group", "name a sweep: --group NAME")
+    if baseline or target_loss is not None or as_markdown:
+        raise UsageError(
+            "--baseline, --target-loss and --markdown need --group", "name a sweep: --group NAME"
+        )
     if out is not None and not no_plot and (out.exists() or out.is_symlink()) and not force:
         raise UsageError(f"--out {out} already exists", "pass --force to replace it, or choose another --out")
     comparison = compare_runs(workspace(ctx), runs, plot=not no_plot, out=out)

@@ -144,6 +144,7 @@ def compare_group(
     force: bool,
     no_plot: bool,
     as_json: bool,
+    as_markdown: bool = False,
 ) -> None:
     """``runs compare --group``: one row per setting of one or more sweeps, and one plot of mean
     curves."""
@@ -152,6 +153,8 @@ def compare_group(
     from lmforge.runs.group import groups_report, mean_curve
     from lmforge.runs.plots import plot_group
 
+    if as_json and as_markdown:
+        raise UsageError("--json and --markdown cannot be combined", "choose one output format")
     ws = workspace(ctx)
     report = groups_report(ws, names, baseline=baseline, target_loss=target_loss)
     name = ", ".join(names)
@@ -171,42 +174,23 @@ def compare_group(
     if as_json:
         print_json({**report.to_dict(), "plot": str(plot_path) if plot_path else None})
         return
-
-    def interval(i, fmt="{:.4f}") -> str:
-        if i is None:
-            return "-"
-        text = fmt.format(i.mean)
-        return text if i.half_width is None else f"{text} ± {fmt.format(i.half_width)}"
-
-    title = f"Sweep{'s' if len(names) > 1 else ''} {escape(name)} (mean ± 95% interval over seeds)"
-    table = Table(title=title, title_justify="left")
-    table.add_column("setting")
-    table.add_column("seeds", justify="right")
-    for fraction in (25, 50, 75):
-        table.add_column(f"val @{fraction}%", justify="right")
-    table.add_column("final val loss", justify="right")
-    if report.target_loss is not None:
-        table.add_column(f"tokens to {report.target_loss:.4f}", justify="right")
-    if report.baseline is not None:
-        table.add_column("p (Welch)", justify="right")
-    for s in report.settings:
-        n = len(s.runs)
-        row = [escape(s.label) + (" [dim](baseline)[/dim]" if s.is_baseline else ""), f"{s.finished}/{n}"]
-        row += [interval(s.loss_at[f]) for f in (0.25, 0.5, 0.75)]
-        row.append(interval(s.final_loss))
-        if report.target_loss is not None:
-            tokens = "-"
-            if s.tokens_to_target is not None:
-                tokens = interval(s.tokens_to_target, "{:,.0f}")
-                base_budget = report.baseline.budget_tokens if report.baseline else s.budget_tokens
-                if base_budget:
-                    tokens += f" ({s.tokens_to_target.mean / base_budget:.0%})"
-                if s.reached_target < s.finished:
-                    tokens += f" [{s.reached_target}/{s.finished} reached]"
-            row.append(tokens)
-        if report.baseline is not None:
-            row.append("-" if s.p_value is None else f"{s.p_value:.3g}")
-        table.add_row(*row)
+    header, rows = group_table_rows(report)
+    title = f"Sweep{'s' if len(names) > 1 else ''} {name} (mean ± 95% interval over seeds)"
+    if as_markdown:
+        # plain text for a README or a paper: no Rich markup, no wrapping, the plot path as a comment
+        pairs = zip(report.settings, rows, strict=True)
+        rows = [[f"{r[0]} (baseline)", *r[1:]] if s.is_baseline else r for s, r in pairs]
+        lines = [f"{title}:", "", markdown_table(header, rows)]
+        if plot_path:
+            lines += ["", f"<!-- loss curves: {plot_path} -->"]
+        print("\n".join(lines))
+        return
+    table = Table(title=escape(title), title_justify="left")
+    for i, column in enumerate(header):
+        table.add_column(escape(column), justify="left" if i == 0 else "right")
+    for s, row in zip(report.settings, rows, strict=True):
+        label = escape(row[0]) + (" [dim](baseline)[/dim]" if s.is_baseline else "")
+        table.add_row(label, *(escape(cell) for cell in row[1:]))
     print_table(out_console, table)
     if plot_path:
         out_console.print(f"Loss curves: {escape(str(plot_path))}", highlight=False, soft_wrap=True)
@@ -218,3 +202,49 @@ def compare_group(
             highlight=False,
             soft_wrap=True,
         )
+
+
+def _interval(value: Any, fmt: str = "{:.4f}") -> str:
+    """``6.7480 ± 0.0200``; the mean alone with one seed; ``-`` when there is none."""
+    if value is None:
+        return "-"
+    text = fmt.format(value.mean)
+    return text if value.half_width is None else f"{text} ± {fmt.format(value.half_width)}"
+
+
+def group_table_rows(report: Any) -> tuple[list[str], list[list[str]]]:
+    """The columns and rows (plain text) of ``runs compare --group``'s table: one row per setting."""
+    header = ["setting", "seeds", "val @25%", "val @50%", "val @75%", "final val loss"]
+    if report.target_loss is not None:
+        header.append(f"tokens to {report.target_loss:.4f}")
+    if report.baseline is not None:
+        header.append("p (Welch)")
+    rows = []
+    for s in report.settings:
+        row = [s.label, f"{s.finished}/{len(s.runs)}"]
+        row += [_interval(s.loss_at[f]) for f in (0.25, 0.5, 0.75)]
+        row.append(_interval(s.final_loss))
+        if report.target_loss is not None:
+            tokens = "-"
+            if s.tokens_to_target is not None:
+                tokens = _interval(s.tokens_to_target, "{:,.0f}")
+                base_budget = report.baseline.budget_tokens if report.baseline else s.budget_tokens
+                if base_budget:
+                    tokens += f" ({s.tokens_to_target.mean / base_budget:.0%})"
+                if s.reached_target < s.finished:
+                    tokens += f" [{s.reached_target}/{s.finished} reached]"
+            row.append(tokens)
+        if report.baseline is not None:
+            row.append("-" if s.p_value is None else f"{s.p_value:.3g}")
+        rows.append(row)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured Markdown table; ``|`` inside a cell is escaped."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return "\n".join([line(header), "| " + " | ".join(align) + " |", *map(line, rows)])
