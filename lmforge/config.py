@@ -379,7 +379,7 @@ class TrainingConfig:
     )
     recipe: Literal["gpt2", "modern"] = doc(
         "Architecture, optimizer and schedule defaults together: gpt2 = GPT-2 with AdamW and "
-        "cosine; modern = --arch modern, Muon and warmup-stable-decay.",
+        "cosine; modern = --arch modern, Muon and a linear decay (wsd, --decay-fraction 1).",
         default="gpt2",
     )
     run: str | None = doc(

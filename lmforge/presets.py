@@ -69,6 +69,9 @@ _RECIPE_MODERN: dict[tuple[str, ...], Any] = {
     ("optim", "embed_lr"): 0.2,
     ("optim", "head_lr"): 0.004,
     ("optim", "min_lr"): 0.0,
+    # a linear decay from the warmup's end (issue 26's protocol: lower loss all along the run, README
+    # "Levers"); --decay-fraction 0.2 gives back the plateau a longer resume continues
+    ("optim", "decay_fraction"): 1.0,
     ("optim", "weight_decay"): 0.0,
 }
 _DEFAULT_SECTIONS = {"model": ModelConfig(), "optim": OptimizerConfig()}

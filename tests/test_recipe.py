@@ -39,6 +39,8 @@ def test_recipe_sets_architecture_optimizer_and_schedule_and_options_win():
         15.0,
     )
     assert (c.optim.optimizer, c.optim.schedule, c.optim.lr) == ("muon", "wsd", 0.02)
+    assert c.optim.decay_fraction == 1.0  # linear decay from the warmup's end (issue 26's protocol)
+    assert resolve_config(preset="tiny", overrides={("recipe",): "gpt2"}).optim.decay_fraction == 0.2
     assert (c.model.n_layer, c.model.n_embd) == (4, 256)  # --preset still chooses the size
     big = resolve_config(preset="gpt2", overrides={("recipe",): "modern", ("optim", "schedule"): "cosine"})
     assert big.model.n_layer == 12 and big.optim.schedule == "cosine"  # one lever ablated
