@@ -79,6 +79,32 @@ class StopOnce(Reporter):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def test_a_sweep_grows_by_more_seeds_or_values_and_nothing_else(workspace_dir):
+    from lmforge.runs.sweeps import read_manifest, write_manifest
+
+    ws = Workspace.resolve(workspace_dir)
+    base = {"optim.decay_fraction": 1.0}
+    write_manifest(ws, Sweep("sw", {"lr": [1e-3]}, [1, 2, 3], preset="tiny", base=base))
+    # seeds 4-5 and one more lr: the runs of seeds 1-3 at lr 1e-3 keep their names and count
+    grown = Sweep("sw", {"lr": [1e-3, 2e-3]}, [1, 2, 3, 4, 5], preset="tiny", base=dict(base))
+    write_manifest(ws, grown)
+    back = read_manifest(ws, "sw")
+    assert (back.seeds, back.grid) == ([1, 2, 3, 4, 5], {"lr": [1e-3, 2e-3]})
+    assert {"sw-lr_0.001-s1", "sw-lr_0.001-s3"} <= {p.run for p in back.points()}
+    refused = [
+        Sweep("sw", {"lr": [1e-3, 2e-3]}, [4, 5], preset="tiny", base=base),  # seeds dropped
+        Sweep("sw", {"lr": [2e-3]}, [1, 2, 3, 4, 5], preset="tiny", base=base),  # a value dropped
+        Sweep("sw", {"lr": [1e-3, 2e-3]}, [1, 2, 3, 4, 5], preset="tiny", base={}),  # other options
+        Sweep("sw", {"lr": [1e-3, 2e-3]}, [1, 2, 3, 4, 5], preset=None, base=base),  # other preset
+        Sweep("sw", {"lr": [1e-3, 2e-3], "recipe": ["modern"]}, [1, 2, 3, 4, 5], preset="tiny", base=base),
+    ]
+    for sweep in refused:
+        with pytest.raises(UsageError, match="already exists with another grid") as e:
+            write_manifest(ws, sweep)
+        assert "adding seeds or grid values to grow it" in e.value.hint
+    assert read_manifest(ws, "sw").seeds == [1, 2, 3, 4, 5]  # a refusal leaves the manifest alone
+
+
 @pytest.mark.slow
 def test_interrupted_sweep_continues_without_redoing_finished_runs(train_workspace):
     from lmforge.train.sweep import run_sweep

@@ -88,18 +88,20 @@ def manifest_path(workspace: Workspace, name: str) -> Path:
 
 
 def write_manifest(workspace: Workspace, sweep: Sweep) -> Path:
-    """Write the manifest; a sweep of that name with another definition is refused (its runs
-    would mix two experiments)."""
+    """Write the manifest. A sweep of that name may only grow: the same grid keys, preset and
+    options, with every seed and grid value it had (more seeds, more values). Any other
+    definition is refused: its runs would mix two experiments."""
     path = manifest_path(workspace, sweep.name)
     if path.is_file():
         old = read_manifest(workspace, sweep.name)
-        if _definition(old) != _definition(sweep):
+        if _definition(old) == _definition(sweep):
+            return path
+        if not grows(old, sweep):
             raise UsageError(
                 f"sweep {sweep.name!r} already exists with another grid, seeds or options",
                 f"rerun it with its own options (lmforge runs compare --group {sweep.name} shows them), "
-                "or name a new sweep",
+                "adding seeds or grid values to grow it, or name a new sweep",
             )
-        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(sweep.to_dict(), indent=2) + "\n")
     return path
@@ -107,6 +109,24 @@ def write_manifest(workspace: Workspace, sweep: Sweep) -> Path:
 
 def _definition(sweep: Sweep) -> str:
     return json.dumps([sweep.grid, sweep.seeds, sweep.preset, sweep.base], sort_keys=True)
+
+
+def grows(old: Sweep, new: Sweep) -> bool:
+    """Whether ``new`` is ``old`` with more seeds or grid values: every run of ``old`` is a run
+    of ``new`` with the same options, so its finished runs count as ``new``'s."""
+
+    def values(sweep: Sweep, key: str) -> set[str]:
+        return {json.dumps(v) for v in sweep.grid[key]}
+
+    same = json.dumps([old.preset, old.base], sort_keys=True) == json.dumps(
+        [new.preset, new.base], sort_keys=True
+    )
+    return (
+        same
+        and list(old.grid) == list(new.grid)
+        and all(values(old, key) <= values(new, key) for key in old.grid)
+        and set(old.seeds) <= set(new.seeds)
+    )
 
 
 def read_manifest(workspace: Workspace, name: str) -> Sweep:
