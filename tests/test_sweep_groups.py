@@ -133,6 +133,14 @@ def test_multi_group_markdown_through_the_cli(cli, ws, workspace_dir):
     assert not (workspace_dir / "runs" / ".compare").exists()
 
 
+def test_markdown_warns_of_unfinished_runs_on_stderr(cli, ws):
+    (ws.runs_dir / "pmodern-s3" / "run.json").write_text(json.dumps({"status": "running"}))
+    out = cli("runs", "compare", "--group", "pmodern", "--markdown", "--no-plot")
+    assert out.exit_code == 0, out.output
+    assert "| (no grid) | 2/3 |" in out.stdout  # one sweep without a grid: one unlabelled setting
+    assert "1 setting(s) have unfinished runs" in out.stderr and "warning" not in out.stdout
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -4,7 +4,7 @@ and the table ``lmforge runs compare --group NAME`` prints of a sweep's settings
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,9 @@ from rich.table import Table
 from lmforge.cli.common import err_console, info, out_console, print_json, state, workspace
 from lmforge.cli.config_options import with_config_options
 from lmforge.cli.format import print_table
+
+if TYPE_CHECKING:
+    from lmforge.runs.group import GroupReport
 
 
 @with_config_options
@@ -184,6 +187,7 @@ def compare_group(
         if plot_path:
             lines += ["", f"<!-- loss curves: {plot_path} -->"]
         print("\n".join(lines))
+        _warn_unfinished(report)
         return
     table = Table(title=escape(title), title_justify="left")
     for i, column in enumerate(header):
@@ -194,6 +198,11 @@ def compare_group(
     print_table(out_console, table)
     if plot_path:
         out_console.print(f"Loss curves: {escape(str(plot_path))}", highlight=False, soft_wrap=True)
+    _warn_unfinished(report)
+
+
+def _warn_unfinished(report: GroupReport) -> None:
+    """On stderr, under either table: settings whose unfinished runs are left out of the figures."""
     unfinished = [s.label for s in report.settings if s.finished < len(s.runs)]
     if unfinished:
         err_console.print(
@@ -212,7 +221,7 @@ def _interval(value: Any, fmt: str = "{:.4f}") -> str:
     return text if value.half_width is None else f"{text} ± {fmt.format(value.half_width)}"
 
 
-def group_table_rows(report: Any) -> tuple[list[str], list[list[str]]]:
+def group_table_rows(report: GroupReport) -> tuple[list[str], list[list[str]]]:
     """The columns and rows (plain text) of ``runs compare --group``'s table: one row per setting."""
     header = ["setting", "seeds", "val @25%", "val @50%", "val @75%", "final val loss"]
     if report.target_loss is not None:
